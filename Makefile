@@ -1,0 +1,44 @@
+# The two commands the README opens with: `make run` and `make test`. Both set up everything
+# they need on a fresh Debian 12 machine.
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEV_DIR := .xks-dev
+PYTHON ?= python3
+
+.PHONY: run test check lint typecheck unit system-deps lock clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	bash scripts/install-system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	# The build uses the venv's bundled setuptools (no isolated build env fetching the newest).
+	$(BIN)/pip install -q --no-build-isolation -c constraints.txt -e '.[test]'
+	touch $(INSTALLED)
+
+run: $(INSTALLED)
+	test -f $(DEV_DIR)/xks-proxy.toml || $(BIN)/xks-proxy init $(DEV_DIR)
+	$(BIN)/xks-proxy serve --config $(DEV_DIR)/xks-proxy.toml --host 127.0.0.1 --port 8080
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check xks_proxy tests
+	$(BIN)/ruff format --check xks_proxy tests
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy
+
+unit: $(INSTALLED) system-deps
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+check: test
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock: $(INSTALLED)
+	$(BIN)/pip freeze --exclude-editable --exclude xks-proxy > constraints.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

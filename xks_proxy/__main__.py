@@ -1,0 +1,3 @@
+from xks_proxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,387 @@
+"""The ``xks-proxy`` command line.
+
+Exit codes: 0 success, 1 a command that could not do what was asked (unknown key, …), 2 bad
+configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from xks_proxy import __version__
+from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.config import (
+    NAME_PATTERN,
+    REGION_PATTERN,
+    Config,
+    SoftwareBackendConfig,
+    load_config,
+)
+from xks_proxy.credentials import CredentialsFile, generate_credential
+from xks_proxy.errors import ConfigError
+from xks_proxy.keystore.store import KeyDatabase, KeyExistsError, UnknownKeyError
+from xks_proxy.model import KEY_ID_PATTERN
+
+USAGES = {
+    "ENCRYPT,DECRYPT": frozenset({ENCRYPT, DECRYPT}),
+    "DECRYPT,ENCRYPT": frozenset({ENCRYPT, DECRYPT}),
+    "ENCRYPT": frozenset({ENCRYPT}),
+    "DECRYPT": frozenset({DECRYPT}),
+    "NONE": frozenset(),
+}
+
+
+class CommandError(Exception):
+    """A command that cannot do what was asked; exit status 1."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config))
+
+
+def _software_backend(config: Config, name: str | None) -> SoftwareBackendConfig:
+    backends = [b for b in config.backends.values() if b.type == "software"]
+    if name is not None:
+        backends = [b for b in backends if b.name == name]
+    if len(backends) != 1:
+        raise ConfigError(
+            "name the software backend with --backend"
+            if backends
+            else "no such software backend in the configuration"
+        )
+    return backends[0]
+
+
+def _key_database(args: argparse.Namespace) -> KeyDatabase:
+    backend = _software_backend(_config(args), args.backend)
+    return KeyDatabase(backend.path, backend.kek)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from xks_proxy.scaffold import AlreadyInitialisedError, scaffold
+
+    if not NAME_PATTERN.fullmatch(args.name):
+        raise ConfigError("--name: 1-64 characters of A-Z a-z 0-9 . _ -")
+    if not REGION_PATTERN.fullmatch(args.region):
+        raise ConfigError("--region: not an AWS region name like us-east-1")
+    if args.key_id is not None and not KEY_ID_PATTERN.fullmatch(args.key_id):
+        raise ConfigError("--key-id: 1-128 characters of A-Z a-z 0-9 . _ -")
+    try:
+        made = scaffold(
+            Path(args.directory),
+            name=args.name,
+            region=args.region,
+            key_id=args.key_id,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            force=args.force,
+        )
+    except AlreadyInitialisedError as error:
+        raise CommandError(str(error)) from None
+    print(f"configuration      {made.config_path}")
+    print(f"key-encryption key {made.kek_path} (0600)")
+    print(f"key store          {made.key_db_path}, key {made.key_id} (ENCRYPT, DECRYPT)")
+    print(f"credentials        {made.credentials_path} (0600), access key id {made.access_key_id}")
+    print(f"XKS key store      {made.key_store} at URI path {made.uri_path}")
+    print(f"next: xks-proxy serve --config {made.config_path}")
+    print(f"      xks-proxy kms-config --config {made.config_path}  (for the KMS console)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from xks_proxy.web.server import serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = _config(args)
+    asyncio.run(serve(config, args.host, args.port))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    for backend in config.backends.values():
+        # Opening the store proves the KEK decrypts every key in it.
+        database = KeyDatabase(backend.path, backend.kek)
+        try:
+            database.load()
+        finally:
+            database.close()
+    for store in config.key_stores:
+        print(
+            f"key store {store.name}: {store.uri_path}, region {store.region}, "
+            f"backend {store.backend}, {len(store.credentials)} credential(s)"
+        )
+    print(f"{config.path}: ok")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    if not KEY_ID_PATTERN.fullmatch(args.key_id):
+        raise ConfigError("--key-id: 1-128 characters of A-Z a-z 0-9 . _ -")
+    usage = USAGES.get(args.usage.upper().replace(" ", ""))
+    if usage is None:
+        raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
+    database = _key_database(args)
+    try:
+        database.create_key(args.key_id, usage)
+    except KeyExistsError:
+        raise CommandError(f"key {args.key_id} already exists") from None
+    finally:
+        database.close()
+    print(f"created key {args.key_id} ({', '.join(sorted(usage)) or 'no usage'})")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    database = _key_database(args)
+    try:
+        keys = [k for k in database.load() if not k.internal]
+    finally:
+        database.close()
+    rows = [
+        {
+            "keyId": k.key_id,
+            "keyUsage": sorted(k.usage),
+            "keyStatus": "ENABLED" if k.enabled else "DISABLED",
+            "versions": len(k.versions),
+            "createdAt": k.created_at,
+        }
+        for k in keys
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        usage = ",".join(row["keyUsage"]) or "NONE"  # type: ignore[arg-type]
+        print(
+            f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  {row['createdAt']}"
+        )
+    return 0
+
+
+def _change_key(args: argparse.Namespace, change: Callable[[KeyDatabase], str]) -> int:
+    database = _key_database(args)
+    try:
+        print(change(database))
+    except UnknownKeyError:
+        raise CommandError(f"no key {args.key_id}") from None
+    finally:
+        database.close()
+    return 0
+
+
+def cmd_keys_enable(args: argparse.Namespace) -> int:
+    def enable(db: KeyDatabase) -> str:
+        db.set_enabled(args.key_id, True)
+        return f"enabled key {args.key_id}"
+
+    return _change_key(args, enable)
+
+
+def cmd_keys_disable(args: argparse.Namespace) -> int:
+    def disable(db: KeyDatabase) -> str:
+        db.set_enabled(args.key_id, False)
+        return f"disabled key {args.key_id}"
+
+    return _change_key(args, disable)
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    def rotate(db: KeyDatabase) -> str:
+        return f"key {args.key_id} now encrypts with version {db.rotate_key(args.key_id)}"
+
+    return _change_key(args, rotate)
+
+
+def _credentials_file(config: Config) -> CredentialsFile:
+    if config.credentials_file is None:
+        raise ConfigError("credentials_file: not set, so the CLI cannot manage credentials")
+    return CredentialsFile(config.credentials_file)
+
+
+def cmd_credentials_create(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = config.key_store(args.key_store)
+    entry = _credentials_file(config).add(store.name, generate_credential())
+    print(
+        json.dumps(
+            {
+                "keyStore": store.name,
+                "uriPath": store.uri_path,
+                "AccessKeyId": entry.access_key_id,
+                "RawSecretAccessKey": entry.secret_access_key,
+            },
+            indent=2,
+        )
+    )
+    print("Running proxies accept the new credential after a restart or reload.", file=sys.stderr)
+    return 0
+
+
+def cmd_credentials_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    stores = [config.key_store(args.key_store)] if args.key_store else list(config.key_stores)
+    managed = (
+        {e.access_key_id: e for e in _credentials_file(config).entries()}
+        if config.credentials_file
+        else {}
+    )
+    for store in stores:
+        for credential in store.credentials:
+            entry = managed.get(credential.access_key_id)
+            origin = f"created {entry.created_at}" if entry else "inline in the configuration"
+            print(f"{store.name}  {credential.access_key_id}  {origin}")
+    return 0
+
+
+def cmd_credentials_revoke(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = config.key_store(args.key_store)
+    if args.access_key_id not in {c.access_key_id for c in store.credentials}:
+        raise CommandError(f"key store {store.name} has no credential {args.access_key_id}")
+    removed = _credentials_file(config).remove(args.access_key_id)
+    if removed is None:
+        raise CommandError(
+            f"{args.access_key_id} is written in the configuration file; remove it there"
+        )
+    print(f"revoked {args.access_key_id} from key store {store.name}")
+    if len(store.credentials) == 1:
+        print(f"warning: key store {store.name} has no credential left", file=sys.stderr)
+    return 0
+
+
+def cmd_kms_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = config.key_store(args.key_store)
+    if not store.credentials:
+        raise CommandError(f"key store {store.name} has no credential")
+    credential = store.credentials[-1]
+    if args.access_key_id:
+        matches = [c for c in store.credentials if c.access_key_id == args.access_key_id]
+        if not matches:
+            raise CommandError(f"key store {store.name} has no credential {args.access_key_id}")
+        credential = matches[0]
+    # XKS spec §6.2: the proxy configuration file the KMS console accepts.
+    document = {
+        "XksProxyUriPath": store.uri_path,
+        "XksProxyAuthenticationCredential": {
+            "AccessKeyId": credential.access_key_id,
+            "RawSecretAccessKey": credential.secret_access_key,
+        },
+    }
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xks-proxy", description="AWS KMS External Key Store (XKS) proxy."
+    )
+    parser.add_argument("--version", action="version", version=f"xks-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, help="the xks-proxy.toml file")
+
+    init = commands.add_parser("init", help="scaffold a ready-to-run deployment in DIR")
+    init.add_argument("directory", metavar="DIR")
+    init.add_argument("--name", default="dev", help="key store name, used in its URI path")
+    init.add_argument("--region", default="us-east-1", help="the key store's AWS region")
+    init.add_argument("--key-id", help="id of the first key (default: a random UUID)")
+    init.add_argument("--port", type=int, default=8080)
+    init.add_argument("--metrics-port", type=int, default=9464)
+    init.add_argument("--force", action="store_true", help="overwrite an existing deployment")
+    init.set_defaults(func=cmd_init)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    config_arg(serve)
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate a configuration and its key stores")
+    config_arg(check)
+    check.set_defaults(func=cmd_check_config)
+
+    keys = commands.add_parser("keys", help="manage keys of the embedded software key store")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    key_actions: list[tuple[str, str, Callable[[argparse.Namespace], int], bool]] = [
+        ("create", "create a key", cmd_keys_create, True),
+        ("list", "list keys", cmd_keys_list, False),
+        ("enable", "enable a key", cmd_keys_enable, True),
+        (
+            "disable",
+            "disable a key: GetKeyMetadata says DISABLED, crypto fails",
+            cmd_keys_disable,
+            True,
+        ),
+        ("rotate", "add a key version; new encryptions use it", cmd_keys_rotate, True),
+    ]
+    for action, help_text, func, needs_key in key_actions:
+        sub = key_commands.add_parser(action, help=help_text)
+        config_arg(sub)
+        sub.add_argument("--backend", help="software backend name (default: the only one)")
+        if needs_key:
+            sub.add_argument("--key-id", required=True)
+        if action == "create":
+            sub.add_argument(
+                "--usage",
+                default="ENCRYPT,DECRYPT",
+                help="ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE",
+            )
+        if action == "list":
+            sub.add_argument("--json", action="store_true")
+        sub.set_defaults(func=func)
+
+    creds = commands.add_parser("credentials", help="manage SigV4 credentials of key stores")
+    cred_commands = creds.add_subparsers(
+        dest="credentials_command", required=True, metavar="ACTION"
+    )
+    cred_actions: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
+        (
+            "create",
+            "add a credential (several may be live at once, for rotation)",
+            cmd_credentials_create,
+        ),
+        ("list", "list access key ids (never secrets)", cmd_credentials_list),
+        ("revoke", "remove a credential", cmd_credentials_revoke),
+    ]
+    for action, help_text, func in cred_actions:
+        sub = cred_commands.add_parser(action, help=help_text)
+        config_arg(sub)
+        sub.add_argument("--key-store", help="key store name or URI path (default: the only one)")
+        if action == "revoke":
+            sub.add_argument("--access-key-id", required=True)
+        sub.set_defaults(func=func)
+
+    kms = commands.add_parser(
+        "kms-config", help="print the proxy configuration file for the KMS console"
+    )
+    config_arg(kms)
+    kms.add_argument("--key-store", help="key store name or URI path (default: the only one)")
+    kms.add_argument("--access-key-id", help="which credential (default: the newest)")
+    kms.set_defaults(func=cmd_kms_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as error:
+        print(f"xks-proxy: configuration error: {error}", file=sys.stderr)
+        return 2
+    except CommandError as error:
+        print(f"xks-proxy: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result

@@ -1,0 +1,421 @@
+"""Configuration: one TOML file read into frozen dataclasses and validated before any port opens.
+
+Every error is a ``ConfigError`` whose message starts with the TOML path of the bad key
+(``key_stores[0].region: ...``). Unknown keys are errors, so a typo never silently falls back to
+a default.
+
+Secrets (the key-encryption key, SigV4 secrets) may be written inline or by reference:
+``env:NAME`` reads an environment variable, ``file:PATH`` reads a file (relative paths are
+relative to the configuration file; one trailing newline is dropped). Secret values in the spec's
+alphabets never contain ``:``, so the prefixes are unambiguous.
+
+SigV4 credentials come from two places, merged: ``[[key_stores.credentials]]`` tables in the TOML
+(for configuration managed as code, secrets by reference) and the JSON ``credentials_file`` that
+the ``xks-proxy credentials`` commands manage.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from xks_proxy import __version__
+from xks_proxy.errors import ConfigError
+from xks_proxy.sigv4 import Credential
+
+# XKS spec §2.1 and the KMS API's XksProxyUriPath pattern, restricted to API version 1.
+URI_PATH_PATTERN = re.compile(r"(/[A-Za-z0-9/_-]+)?/kms/xks/v1")
+MAX_URI_PATH = 128
+# XKS spec §6.2: access key ids are Base32 text, secrets 43-64 characters of Base64 text.
+ACCESS_KEY_ID_PATTERN = re.compile(r"[A-Z2-7]{20,30}")
+SECRET_PATTERN = re.compile(r"[A-Za-z0-9/+=]{43,64}")
+REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+KEY_PATTERN_PATTERN = re.compile(r"[A-Za-z0-9._*?\[\]-]{1,128}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Room for the spec's minimum sizes in one body: 5736 Base64 characters of plaintext, 10924 of
+# AAD, two 2048-character ARNs and the JSON around them (xks-spec §1, §4.2).
+MIN_BODY_BYTES = 32 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# XKS spec §4.4: a cached deep-health result must not be older than one minute.
+MAX_HEALTH_INTERVAL = 55
+KEK_BYTES = 32
+
+T = TypeVar("T")
+
+
+# No slots: the class attributes serve as the documented defaults below.
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 1024
+
+
+# No slots: the class attributes serve as the documented defaults below.
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+# No slots: the class attributes serve as the documented defaults below.
+@dataclass(frozen=True)
+class AuditConfig:
+    enabled: bool = True
+    # "-" writes to standard output.
+    path: str = "-"
+
+
+# No slots: the class attributes serve as the documented defaults below.
+@dataclass(frozen=True)
+class HealthConfig:
+    interval_seconds: float = 15.0
+    fleet_size: int = 1
+    proxy_vendor: str = "xks-proxy"
+    proxy_model: str = f"xks-proxy {__version__}"
+    ekm_vendor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SoftwareBackendConfig:
+    name: str
+    path: Path
+    kek: bytes = field(repr=False)
+    type: str = "software"
+
+
+BackendConfig = SoftwareBackendConfig
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStoreConfig:
+    name: str
+    uri_path: str
+    region: str
+    backend: str
+    key_patterns: tuple[str, ...]
+    credentials: tuple[Credential, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    metrics: MetricsConfig
+    audit: AuditConfig
+    health: HealthConfig
+    backends: Mapping[str, BackendConfig]
+    key_stores: tuple[KeyStoreConfig, ...]
+    credentials_file: Path | None
+
+    def key_store(self, name_or_path: str | None) -> KeyStoreConfig:
+        """Find a key store by name or URI path; ``None`` picks the only one."""
+        if name_or_path is None:
+            if len(self.key_stores) != 1:
+                raise ConfigError("several key stores are configured: name one with --key-store")
+            return self.key_stores[0]
+        for store in self.key_stores:
+            if name_or_path in (store.name, store.uri_path):
+                return store
+        raise ConfigError(f"no key store named {name_or_path!r}")
+
+
+class _Table:
+    """A TOML table read key by key; ``done()`` rejects the keys nobody asked for."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a table")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self._seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self._seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{self.where(key)}: must be a {kind.__name__}")
+        return value
+
+    def require(self, key: str) -> str:
+        if key not in self.data:
+            raise ConfigError(f"{self.where(key)}: is required")
+        return self.get(key, str, "")
+
+    def ranged(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.get(key, int, default)
+        if not low <= value <= high:
+            raise ConfigError(f"{self.where(key)}: must be between {low} and {high}")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self._seen)
+        if unknown:
+            raise ConfigError(f"{self.where(unknown[0])}: unknown key")
+
+
+def resolve_secret(value: str, where: str, base_dir: Path, environ: Mapping[str, str]) -> str:
+    """Resolve an inline, ``env:NAME`` or ``file:PATH`` secret."""
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return environ[name]
+    if value.startswith("file:"):
+        path = base_dir / value[5:]
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ConfigError(f"{where}: cannot read {path}: {error.strerror}") from None
+        return text.removesuffix("\n")
+    return value
+
+
+def parse_kek(text: str, where: str) -> bytes:
+    try:
+        kek = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        kek = b""
+    if len(kek) != KEK_BYTES:
+        raise ConfigError(f"{where}: must be the Base64 encoding of 32 bytes")
+    return kek
+
+
+def validate_credential(access_key_id: str, secret: str, where: str) -> Credential:
+    if not ACCESS_KEY_ID_PATTERN.fullmatch(access_key_id):
+        raise ConfigError(f"{where}.access_key_id: must be 20-30 characters of A-Z and 2-7")
+    if not SECRET_PATTERN.fullmatch(secret):
+        raise ConfigError(
+            f"{where}.secret_access_key: must be 43-64 characters of A-Z a-z 0-9 / + ="
+        )
+    return Credential(access_key_id, secret)
+
+
+def _server(table: _Table) -> ServerConfig:
+    config = ServerConfig(
+        host=table.get("host", str, ServerConfig.host),
+        port=table.ranged("port", ServerConfig.port, 0, 65535),
+        max_body_bytes=table.ranged(
+            "max_body_bytes", ServerConfig.max_body_bytes, MIN_BODY_BYTES, MAX_BODY_BYTES
+        ),
+    )
+    table.done()
+    return config
+
+
+def _metrics(table: _Table) -> MetricsConfig:
+    config = MetricsConfig(
+        enabled=table.get("enabled", bool, MetricsConfig.enabled),
+        host=table.get("host", str, MetricsConfig.host),
+        port=table.ranged("port", MetricsConfig.port, 0, 65535),
+    )
+    table.done()
+    return config
+
+
+def _audit(table: _Table, base_dir: Path) -> AuditConfig:
+    path = table.get("path", str, AuditConfig.path)
+    config = AuditConfig(
+        enabled=table.get("enabled", bool, AuditConfig.enabled),
+        path=path if path == "-" else str(base_dir / path),
+    )
+    table.done()
+    return config
+
+
+def _health(table: _Table) -> HealthConfig:
+    interval = table.get("interval_seconds", float, HealthConfig.interval_seconds)
+    if not 1 <= interval <= MAX_HEALTH_INTERVAL:
+        raise ConfigError(
+            f"{table.where('interval_seconds')}: must be between 1 and {MAX_HEALTH_INTERVAL}"
+        )
+    ekm_vendor = table.get("ekm_vendor", str, "")
+    config = HealthConfig(
+        interval_seconds=interval,
+        fleet_size=table.ranged("fleet_size", 1, 1, 10_000),
+        proxy_vendor=table.get("proxy_vendor", str, HealthConfig.proxy_vendor),
+        proxy_model=table.get("proxy_model", str, HealthConfig.proxy_model),
+        ekm_vendor=ekm_vendor or None,
+    )
+    table.done()
+    return config
+
+
+def _backend(name: str, table: _Table, base_dir: Path, environ: Mapping[str, str]) -> BackendConfig:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{table.path}: backend names are 1-64 characters of A-Z a-z 0-9 . _ -")
+    kind = table.require("type")
+    if kind != "software":
+        raise ConfigError(f"{table.where('type')}: unknown backend type {kind!r}")
+    kek_where = table.where("kek")
+    kek = parse_kek(resolve_secret(table.require("kek"), kek_where, base_dir, environ), kek_where)
+    config = SoftwareBackendConfig(name=name, path=base_dir / table.require("path"), kek=kek)
+    table.done()
+    return config
+
+
+def _inline_credentials(
+    table: _Table, base_dir: Path, environ: Mapping[str, str]
+) -> list[Credential]:
+    raw = table.get("credentials", list, [])
+    credentials = []
+    for index, item in enumerate(raw):
+        entry = _Table(item, f"{table.where('credentials')}[{index}]")
+        secret_where = entry.where("secret_access_key")
+        secret = resolve_secret(entry.require("secret_access_key"), secret_where, base_dir, environ)
+        credentials.append(validate_credential(entry.require("access_key_id"), secret, entry.path))
+        entry.done()
+    return credentials
+
+
+def _key_store(
+    table: _Table,
+    backends: Mapping[str, BackendConfig],
+    extra_credentials: Mapping[str, list[Credential]],
+    base_dir: Path,
+    environ: Mapping[str, str],
+) -> KeyStoreConfig:
+    name = table.require("name")
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{table.where('name')}: 1-64 characters of A-Z a-z 0-9 . _ -")
+    uri_path = table.require("uri_path")
+    if len(uri_path) > MAX_URI_PATH or not URI_PATH_PATTERN.fullmatch(uri_path):
+        raise ConfigError(
+            f"{table.where('uri_path')}: must be [/prefix]/kms/xks/v1, at most 128 characters "
+            "of A-Z a-z 0-9 / - _"
+        )
+    region = table.require("region")
+    if not REGION_PATTERN.fullmatch(region):
+        raise ConfigError(f"{table.where('region')}: not an AWS region name like us-east-1")
+    backend = table.require("backend")
+    if backend not in backends:
+        raise ConfigError(f"{table.where('backend')}: no backend named {backend!r}")
+    patterns = table.get("keys", list, ["*"])
+    if not patterns or not all(
+        isinstance(p, str) and KEY_PATTERN_PATTERN.fullmatch(p) for p in patterns
+    ):
+        raise ConfigError(f"{table.where('keys')}: a non-empty list of key ids or glob patterns")
+    credentials = _inline_credentials(table, base_dir, environ) + extra_credentials.get(name, [])
+    table.done()
+    return KeyStoreConfig(
+        name=name,
+        uri_path=uri_path,
+        region=region,
+        backend=backend,
+        key_patterns=tuple(patterns),
+        credentials=tuple(credentials),
+    )
+
+
+def read_credentials_file(path: Path) -> dict[str, list[Credential]]:
+    """Credentials managed by ``xks-proxy credentials``, grouped by key store name."""
+    if not path.exists():
+        return {}
+    try:
+        document = json.loads(path.read_text())
+        entries = document["credentials"]
+        grouped: dict[str, list[Credential]] = {}
+        for index, entry in enumerate(entries):
+            where = f"{path.name}: credentials[{index}]"
+            credential = validate_credential(
+                entry["access_key_id"], entry["secret_access_key"], where
+            )
+            grouped.setdefault(entry["key_store"], []).append(credential)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"credentials_file: {path} is not a valid credentials file ({error!r})"
+        ) from None
+    return grouped
+
+
+def _check_unique(stores: list[KeyStoreConfig]) -> None:
+    seen_names: set[str] = set()
+    seen_paths: set[str] = set()
+    seen_ids: set[str] = set()
+    for index, store in enumerate(stores):
+        if store.name in seen_names:
+            raise ConfigError(f"key_stores[{index}].name: {store.name!r} is used twice")
+        if store.uri_path in seen_paths:
+            raise ConfigError(f"key_stores[{index}].uri_path: {store.uri_path!r} is used twice")
+        for credential in store.credentials:
+            # XKS spec §6.2: an access key id identifies exactly one secret.
+            if credential.access_key_id in seen_ids:
+                raise ConfigError(
+                    f"key_stores[{index}].credentials: access key id "
+                    f"{credential.access_key_id} is used twice"
+                )
+            seen_ids.add(credential.access_key_id)
+        seen_names.add(store.name)
+        seen_paths.add(store.uri_path)
+
+
+def parse_config(
+    document: dict[str, Any], path: Path, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build a validated ``Config`` from a parsed TOML document."""
+    env = os.environ if environ is None else environ
+    base_dir = path.parent
+    top = _Table(document, "")
+    credentials_name = top.get("credentials_file", str, "")
+    credentials_file = base_dir / credentials_name if credentials_name else None
+    backends_table = _Table(top.get("backends", dict, {}), "backends")
+    backends = {
+        name: _backend(
+            name, _Table(backends_table.get(name, dict, {}), f"backends.{name}"), base_dir, env
+        )
+        for name in list(backends_table.data)
+    }
+    if not backends:
+        raise ConfigError("backends: at least one backend is required")
+    extra = read_credentials_file(credentials_file) if credentials_file else {}
+    raw_stores = top.get("key_stores", list, [])
+    if not raw_stores:
+        raise ConfigError("key_stores: at least one key store is required")
+    stores = [
+        _key_store(_Table(item, f"key_stores[{index}]"), backends, extra, base_dir, env)
+        for index, item in enumerate(raw_stores)
+    ]
+    _check_unique(stores)
+    unknown_stores = sorted(set(extra) - {store.name for store in stores})
+    if unknown_stores:
+        raise ConfigError(f"credentials_file: names unknown key store {unknown_stores[0]!r}")
+    config = Config(
+        path=path,
+        server=_server(_Table(top.get("server", dict, {}), "server")),
+        metrics=_metrics(_Table(top.get("metrics", dict, {}), "metrics")),
+        audit=_audit(_Table(top.get("audit", dict, {}), "audit"), base_dir),
+        health=_health(_Table(top.get("health", dict, {}), "health")),
+        backends=backends,
+        key_stores=tuple(stores),
+        credentials_file=credentials_file,
+    )
+    top.done()
+    return config
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return parse_config(document, path.resolve(), environ)

@@ -1,0 +1,1 @@
+"""The software backend's embedded key store."""

@@ -1,0 +1,221 @@
+"""Typed XKS request bodies, parsed and validated from JSON (xks-spec §3, §4).
+
+Validation failures raise ``ValidationError`` with a message naming the field. Unknown fields
+are ignored and unlisted ``kmsOperation`` values accepted (§3.2, §3.3); ``kmsRequestId`` is an
+opaque string. ARNs are opaque strings too (§12 item 8). Base64 is strict standard RFC 4648 §4
+with padding, which is what KMS sends (§12 item 14).
+
+Limits that are the implementation's (not the spec's) are checked by the service, after the key
+lookup, so the order of checks follows §7.4.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from xks_proxy.aad import MAX_CIPHERTEXT_METADATA_BYTES
+from xks_proxy.errors import ValidationError
+
+# XKS spec §2.3: at most 128 characters of A-Z a-z 0-9 - . _
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# XKS spec §4.2 and §4.3: v1 knows one algorithm of each kind.
+ENCRYPTION_ALGORITHM = "AES_GCM"
+CDIV_ALGORITHM = "SHA_256"
+# XKS spec §5.1: the EKM generates a 96- or 128-bit IV; tags are never truncated.
+IV_LENGTHS = (12, 16)
+TAG_LENGTH = 16
+
+_HEALTH_FIELDS = ("kmsRequestId", "kmsOperation")
+_METADATA_FIELDS = (*_HEALTH_FIELDS, "awsPrincipalArn")
+_CRYPTO_FIELDS = (*_METADATA_FIELDS, "kmsKeyArn")
+_OPTIONAL_FIELDS = (
+    "awsPrincipalArn",
+    "kmsKeyArn",
+    "kmsViaService",
+    "awsSourceVpc",
+    "awsSourceVpce",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMetadata:
+    """The audit fields KMS sends with every request (xks-spec §3.1)."""
+
+    kms_request_id: str
+    kms_operation: str
+    aws_principal_arn: str | None = None
+    kms_key_arn: str | None = None
+    kms_via_service: str | None = None
+    aws_source_vpc: str | None = None
+    aws_source_vpce: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRequest:
+    metadata: RequestMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMetadataRequest:
+    metadata: RequestMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptRequest:
+    metadata: RequestMetadata
+    plaintext: bytes
+    aad: bytes | None
+    want_cdiv: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptRequest:
+    metadata: RequestMetadata
+    ciphertext: bytes
+    ciphertext_metadata: bytes | None
+    aad: bytes | None
+    iv: bytes
+    tag: bytes
+
+
+def parse_key_id(key_id: str) -> str:
+    if not KEY_ID_PATTERN.fullmatch(key_id):
+        raise ValidationError("externalKeyId must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    return key_id
+
+
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("The request body is not valid JSON.") from None
+    if not isinstance(document, dict):
+        raise ValidationError("The request body must be a JSON object.")
+    return document
+
+
+def _string(document: dict[str, Any], name: str, *, required: bool) -> str | None:
+    value = document.get(name)
+    if value is None:
+        if required:
+            raise ValidationError(f"{name} is required.")
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string.")
+    return value
+
+
+def _required_string(document: dict[str, Any], name: str) -> str:
+    value = _string(document, name, required=True)
+    assert value is not None
+    return value
+
+
+def _base64(document: dict[str, Any], name: str, *, required: bool) -> bytes | None:
+    value = _string(document, name, required=required)
+    if value is None:
+        return None
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError(f"{name} is not valid standard Base64.") from None
+
+
+def _required_base64(document: dict[str, Any], name: str) -> bytes:
+    value = _base64(document, name, required=True)
+    assert value is not None
+    return value
+
+
+def _request_metadata(document: dict[str, Any], required: tuple[str, ...]) -> RequestMetadata:
+    raw = document.get("requestMetadata")
+    if not isinstance(raw, dict) or not raw:
+        raise ValidationError("requestMetadata must be a non-empty JSON object.")
+    for name in required:
+        _string(raw, name, required=True)
+    optional = {name: _string(raw, name, required=False) for name in _OPTIONAL_FIELDS}
+    return RequestMetadata(
+        kms_request_id=raw["kmsRequestId"],
+        kms_operation=raw["kmsOperation"],
+        aws_principal_arn=optional["awsPrincipalArn"],
+        kms_key_arn=optional["kmsKeyArn"],
+        kms_via_service=optional["kmsViaService"],
+        aws_source_vpc=optional["awsSourceVpc"],
+        aws_source_vpce=optional["awsSourceVpce"],
+    )
+
+
+def _check_algorithm(document: dict[str, Any]) -> None:
+    if _required_string(document, "encryptionAlgorithm") != ENCRYPTION_ALGORITHM:
+        raise ValidationError(f"encryptionAlgorithm must be {ENCRYPTION_ALGORITHM}.")
+
+
+def parse_health(document: dict[str, Any]) -> HealthRequest:
+    return HealthRequest(_request_metadata(document, _HEALTH_FIELDS))
+
+
+def parse_key_metadata(document: dict[str, Any]) -> KeyMetadataRequest:
+    # §12 item 2: kmsKeyArn is no longer sent to /metadata; tolerated when it is.
+    return KeyMetadataRequest(_request_metadata(document, _METADATA_FIELDS))
+
+
+def parse_encrypt(document: dict[str, Any]) -> EncryptRequest:
+    metadata = _request_metadata(document, _CRYPTO_FIELDS)
+    _check_algorithm(document)
+    cdiv_algorithm = _string(document, "ciphertextDataIntegrityValueAlgorithm", required=False)
+    if cdiv_algorithm is not None and cdiv_algorithm != CDIV_ALGORITHM:
+        raise ValidationError(f"ciphertextDataIntegrityValueAlgorithm must be {CDIV_ALGORITHM}.")
+    return EncryptRequest(
+        metadata=metadata,
+        plaintext=_required_base64(document, "plaintext"),
+        aad=_base64(document, "additionalAuthenticatedData", required=False),
+        want_cdiv=cdiv_algorithm is not None,
+    )
+
+
+def parse_decrypt(document: dict[str, Any]) -> DecryptRequest:
+    metadata = _request_metadata(document, _CRYPTO_FIELDS)
+    _check_algorithm(document)
+    iv = _required_base64(document, "initializationVector")
+    if len(iv) not in IV_LENGTHS:
+        raise ValidationError("initializationVector must be 12 or 16 bytes.")
+    tag = _required_base64(document, "authenticationTag")
+    if len(tag) != TAG_LENGTH:
+        raise ValidationError("authenticationTag must be 16 bytes.")
+    ciphertext_metadata = _base64(document, "ciphertextMetadata", required=False)
+    if ciphertext_metadata is not None and len(ciphertext_metadata) > MAX_CIPHERTEXT_METADATA_BYTES:
+        raise ValidationError("ciphertextMetadata must be at most 20 bytes.")
+    return DecryptRequest(
+        metadata=metadata,
+        ciphertext=_required_base64(document, "ciphertext"),
+        ciphertext_metadata=ciphertext_metadata,
+        aad=_base64(document, "additionalAuthenticatedData", required=False),
+        iv=iv,
+        tag=tag,
+    )
+
+
+def audit_metadata(document: dict[str, Any]) -> RequestMetadata | None:
+    """The request metadata as far as it can be read, for the audit log; never raises."""
+    raw = document.get("requestMetadata")
+    if not isinstance(raw, dict):
+        return None
+
+    def text(name: str) -> str | None:
+        value = raw.get(name)
+        return value if isinstance(value, str) else None
+
+    return RequestMetadata(
+        kms_request_id=text("kmsRequestId") or "",
+        kms_operation=text("kmsOperation") or "",
+        aws_principal_arn=text("awsPrincipalArn"),
+        kms_key_arn=text("kmsKeyArn"),
+        kms_via_service=text("kmsViaService"),
+        aws_source_vpc=text("awsSourceVpc"),
+        aws_source_vpce=text("awsSourceVpce"),
+    )

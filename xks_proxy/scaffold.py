@@ -1,0 +1,132 @@
+"""``xks-proxy init``: a ready-to-run deployment in one folder.
+
+It holds a configuration file, a key-encryption key (0600), an embedded key store with one
+ENCRYPT+DECRYPT key, and a credentials file (0600) with one fresh SigV4 credential for one key
+store whose URI path has a non-empty prefix, ``/keystores/<name>/kms/xks/v1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
+from xks_proxy.keystore.store import KeyDatabase
+
+CONFIG_NAME = "xks-proxy.toml"
+KEK_NAME = "kek.key"
+KEY_DB_NAME = "keys.db"
+CREDENTIALS_NAME = "credentials.json"
+AUDIT_NAME = "audit.log"
+
+CONFIG_TEMPLATE = """\
+# xks-proxy configuration, made by `xks-proxy init`. Reference: config/xks-proxy.example.toml.
+# Relative paths are relative to this file.
+
+# SigV4 credentials managed by `xks-proxy credentials create|list|revoke` (a 0600 JSON file).
+credentials_file = "{credentials}"
+
+[server]
+host = "127.0.0.1"
+port = {port}
+max_body_bytes = 65536
+
+[metrics]
+enabled = true
+host = "127.0.0.1"
+port = {metrics_port}
+
+[audit]
+enabled = true
+path = "{audit}"
+
+[health]
+interval_seconds = 15
+fleet_size = 1
+
+[backends.local]
+type = "software"
+path = "{key_db}"
+# Key-encryption key: Base64 of 32 bytes, here read from a 0600 file.
+kek = "file:{kek}"
+
+[[key_stores]]
+name = "{name}"
+uri_path = "/keystores/{name}/kms/xks/v1"
+region = "{region}"
+backend = "local"
+keys = ["*"]
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scaffold:
+    config_path: Path
+    kek_path: Path
+    key_db_path: Path
+    credentials_path: Path
+    key_id: str
+    key_store: str
+    uri_path: str
+    access_key_id: str
+
+
+class AlreadyInitialisedError(Exception):
+    pass
+
+
+def scaffold(
+    directory: Path,
+    *,
+    name: str = "dev",
+    region: str = "us-east-1",
+    key_id: str | None = None,
+    port: int = 8080,
+    metrics_port: int = 9464,
+    force: bool = False,
+) -> Scaffold:
+    paths = {n: directory / n for n in (CONFIG_NAME, KEK_NAME, KEY_DB_NAME, CREDENTIALS_NAME)}
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not force:
+        raise AlreadyInitialisedError(f"{existing[0]} exists (use --force to overwrite)")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in (*paths.values(), *(directory / f"{KEY_DB_NAME}-{s}" for s in ("wal", "shm"))):
+        stale.unlink(missing_ok=True)
+
+    kek = secrets.token_bytes(32)
+    write_private_file(paths[KEK_NAME], base64.b64encode(kek).decode() + "\n")
+    key_id = key_id or str(uuid.uuid4())
+    database = KeyDatabase(paths[KEY_DB_NAME], kek)
+    try:
+        database.ensure_health_key()
+        database.create_key(key_id, frozenset({ENCRYPT, DECRYPT}))
+    finally:
+        database.close()
+    credential = generate_credential()
+    CredentialsFile(paths[CREDENTIALS_NAME]).add(name, credential)
+    paths[CONFIG_NAME].write_text(
+        CONFIG_TEMPLATE.format(
+            credentials=CREDENTIALS_NAME,
+            port=port,
+            metrics_port=metrics_port,
+            audit=AUDIT_NAME,
+            key_db=KEY_DB_NAME,
+            kek=KEK_NAME,
+            name=name,
+            region=region,
+        )
+    )
+    return Scaffold(
+        config_path=paths[CONFIG_NAME],
+        kek_path=paths[KEK_NAME],
+        key_db_path=paths[KEY_DB_NAME],
+        credentials_path=paths[CREDENTIALS_NAME],
+        key_id=key_id,
+        key_store=name,
+        uri_path=f"/keystores/{name}/kms/xks/v1",
+        access_key_id=credential.access_key_id,
+    )

@@ -1,0 +1,221 @@
+"""The four XKS operations, between the parsed request and the key backend.
+
+Checks run in the order xks-spec §7.4 suggests, after the web layer has done routing, SigV4 and
+body validation: key exists (404) → implementation size limits (501) → key state (400
+InvalidStateException) → key usage (400 InvalidKeyUsageException) → crypto.
+
+Encrypt with a CDIV request follows §5.3: encrypt, compute the CDIV at once, then prove the
+result decrypts before answering, retrying once. The proof needs the key's DECRYPT usage; an
+encrypt-only key gets its CDIV without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import logging
+import re
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from xks_proxy.aad import MAX_AAD_BYTES, cdiv
+from xks_proxy.backends.base import DECRYPT, ENCRYPT, Backend, EncryptResult, KeyInfo
+from xks_proxy.config import HealthConfig, KeyStoreConfig
+from xks_proxy.errors import (
+    InternalError,
+    InvalidCiphertextError,
+    InvalidKeyUsageError,
+    InvalidStateError,
+    KeyNotFoundError,
+    UnsupportedOperationError,
+    XksError,
+)
+from xks_proxy.health import HealthMonitor
+from xks_proxy.metrics import SUCCESS, ProxyMetrics
+from xks_proxy.model import DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest
+from xks_proxy.sigv4 import Credential
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# XKS spec §4.1: at most 10 keyUsage values.
+MAX_KEY_USAGE_VALUES = 10
+ENCRYPT_ATTEMPTS = 2
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStore:
+    """A configured key store bound to its backend and its live credentials."""
+
+    config: KeyStoreConfig
+    backend: Backend
+    credentials: Mapping[str, Credential]
+    key_filter: re.Pattern[str]
+
+    @classmethod
+    def build(cls, config: KeyStoreConfig, backend: Backend) -> KeyStore:
+        pattern = "|".join(f"(?:{fnmatch.translate(p)})" for p in config.key_patterns)
+        return cls(
+            config=config,
+            backend=backend,
+            credentials={c.access_key_id: c for c in config.credentials},
+            key_filter=re.compile(pattern),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class XksService:
+    def __init__(
+        self, health: HealthMonitor, health_config: HealthConfig, metrics: ProxyMetrics
+    ) -> None:
+        self._health = health
+        self._health_config = health_config
+        self._metrics = metrics
+
+    async def _backend_call(self, backend: Backend, call: str, awaitable: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        outcome = SUCCESS
+        try:
+            return await awaitable
+        except XksError as error:
+            outcome = error.error_name
+            raise
+        except Exception:
+            outcome = InternalError.error_name
+            log.exception("backend %s failed in %s", backend.name, call)
+            raise InternalError() from None
+        finally:
+            self._metrics.backend_duration.labels(backend.name, call, outcome).observe(
+                time.perf_counter() - started
+            )
+
+    async def _key(self, store: KeyStore, key_id: str) -> KeyInfo:
+        # A key the key store may not use is, for that key store, a key that does not exist.
+        if not store.key_filter.fullmatch(key_id):
+            raise KeyNotFoundError()
+        backend = store.backend
+        return await self._backend_call(backend, "describe_key", backend.describe_key(key_id))
+
+    @staticmethod
+    def _check_usable(info: KeyInfo, aad: bytes | None, usage: str) -> None:
+        if aad is not None and len(aad) > MAX_AAD_BYTES:
+            # XKS spec §7.2: 501 for sizes above the spec minimum this proxy cannot take.
+            raise UnsupportedOperationError("additionalAuthenticatedData over 65535 bytes.")
+        if not info.enabled:
+            raise InvalidStateError("The external key is disabled.")
+        if usage not in info.usage:
+            raise InvalidKeyUsageError(f"The external key does not allow {usage}.")
+
+    async def get_key_metadata(
+        self, store: KeyStore, key_id: str, request: KeyMetadataRequest
+    ) -> dict[str, Any]:
+        info = await self._key(store, key_id)
+        return {
+            "keySpec": info.key_spec,
+            "keyUsage": sorted(info.usage)[:MAX_KEY_USAGE_VALUES],
+            "keyStatus": "ENABLED" if info.enabled else "DISABLED",
+        }
+
+    async def encrypt(
+        self, store: KeyStore, key_id: str, request: EncryptRequest
+    ) -> dict[str, Any]:
+        info = await self._key(store, key_id)
+        self._check_usable(info, request.aad, ENCRYPT)
+        verify = request.want_cdiv and DECRYPT in info.usage
+        for _ in range(ENCRYPT_ATTEMPTS):
+            result = await self._backend_call(
+                store.backend,
+                "encrypt",
+                store.backend.encrypt(key_id, request.plaintext, request.aad),
+            )
+            # XKS spec §5.3: compute the CDIV before the verifying decrypt, never after.
+            digest = (
+                cdiv(
+                    request.aad,
+                    result.ciphertext_metadata,
+                    result.iv,
+                    result.ciphertext,
+                    result.tag,
+                )
+                if request.want_cdiv
+                else None
+            )
+            if not verify or await self._decrypts_to(store, key_id, request, result):
+                return _encrypt_response(result, digest)
+            log.error("encrypt result for key store %s did not decrypt; retrying", store.name)
+        raise InternalError("The encryption result could not be verified.")
+
+    async def _decrypts_to(
+        self, store: KeyStore, key_id: str, request: EncryptRequest, result: EncryptResult
+    ) -> bool:
+        backend = store.backend
+        try:
+            plaintext = await self._backend_call(
+                backend,
+                "verify_decrypt",
+                backend.decrypt(
+                    key_id,
+                    result.ciphertext,
+                    result.iv,
+                    result.tag,
+                    request.aad,
+                    result.ciphertext_metadata,
+                ),
+            )
+        except InvalidCiphertextError:
+            return False
+        return plaintext == request.plaintext
+
+    async def decrypt(
+        self, store: KeyStore, key_id: str, request: DecryptRequest
+    ) -> dict[str, Any]:
+        info = await self._key(store, key_id)
+        self._check_usable(info, request.aad, DECRYPT)
+        backend = store.backend
+        plaintext = await self._backend_call(
+            backend,
+            "decrypt",
+            backend.decrypt(
+                key_id,
+                request.ciphertext,
+                request.iv,
+                request.tag,
+                request.aad,
+                request.ciphertext_metadata,
+            ),
+        )
+        return {"plaintext": b64(plaintext)}
+
+    def health(self, store: KeyStore, request: HealthRequest) -> dict[str, Any]:
+        config = self._health_config
+        return {
+            "xksProxyFleetSize": config.fleet_size,
+            "xksProxyVendor": config.proxy_vendor,
+            "xksProxyModel": config.proxy_model,
+            "ekmVendor": config.ekm_vendor or store.backend.vendor,
+            "ekmFleetDetails": [
+                {"id": ekm.ekm_id, "model": ekm.model, "healthStatus": ekm.state.value}
+                for ekm in self._health.status(store.backend.name)
+            ],
+        }
+
+
+def _encrypt_response(result: EncryptResult, digest: bytes | None) -> dict[str, Any]:
+    response = {
+        "ciphertext": b64(result.ciphertext),
+        "initializationVector": b64(result.iv),
+        "authenticationTag": b64(result.tag),
+    }
+    if result.ciphertext_metadata is not None:
+        response["ciphertextMetadata"] = b64(result.ciphertext_metadata)
+    if digest is not None:
+        response["ciphertextDataIntegrityValue"] = b64(digest)
+    return response

@@ -1,0 +1,1 @@
+"""The HTTP layer: aiohttp application, XKS endpoint and server runner."""

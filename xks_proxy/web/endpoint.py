@@ -1,0 +1,166 @@
+"""The XKS endpoint: one entry for every XKS request, from routing to the JSON answer.
+
+The steps run in the order of xks-spec §7.4: route (404), method (405), body cap, SigV4 (401),
+JSON schema and Base64 (400), then the service (key, size limits, state, usage, crypto). Every
+outcome, success or error, is timed, counted and audited in one ``finally``; no aiohttp
+middleware is involved, so the order lives in this one function.
+
+A body over the configured cap is refused from its Content-Length before any of it is read
+(or as soon as a chunked body passes the cap) with 501 UnsupportedOperationException (§7.2:
+"a parameter exceeds this implementation's supported size"), and the connection is closed
+rather than drained. GET and other methods on an API path get 405 with ``Allow: POST``; the spec
+names no errorName for it (§12 item 11), so the body says UnsupportedOperationException.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from xks_proxy import model, sigv4
+from xks_proxy.audit import AuditRecord
+from xks_proxy.errors import (
+    AuthenticationFailedError,
+    InternalError,
+    UnsupportedOperationError,
+    XksError,
+)
+from xks_proxy.runtime import ProxyRuntime
+from xks_proxy.service import KeyStore
+from xks_proxy.web import routing
+from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
+
+log = logging.getLogger(__name__)
+
+
+class MethodNotAllowedError(UnsupportedOperationError):
+    http_status: ClassVar[int] = 405
+    default_message = "The XKS API accepts only POST."
+
+
+class BodyTooLargeError(UnsupportedOperationError):
+    pass
+
+
+def json_response(document: dict[str, Any], status: int = 200) -> web.Response:
+    # Compact single-line JSON, as real XKS clients expect (xks-spec §7.4).
+    body = json.dumps(document, separators=(",", ":")).encode()
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def error_response(error: XksError) -> web.Response:
+    response = json_response(
+        {"errorName": error.error_name, "errorMessage": error.message}, error.http_status
+    )
+    if isinstance(error, MethodNotAllowedError):
+        response.headers["Allow"] = "POST"
+    if isinstance(error, BodyTooLargeError):
+        response.force_close()
+    return response
+
+
+async def read_capped_body(request: web.Request, cap: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > cap:
+        raise BodyTooLargeError(f"The request body exceeds {cap} bytes.")
+    try:
+        # The application's client_max_size equals the cap, which bounds chunked bodies too.
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLargeError(f"The request body exceeds {cap} bytes.") from None
+
+
+def authenticate(
+    store: KeyStore, request: web.Request, body: bytes, now: Callable[[], Any]
+) -> sigv4.Credential:
+    try:
+        return sigv4.verify(
+            method=request.method,
+            path=request.rel_url.raw_path,
+            query=request.rel_url.raw_query_string,
+            headers=request.headers.items(),
+            body=body,
+            credentials=store.credentials,
+            region=store.config.region,
+            now=now(),
+        )
+    except sigv4.SignatureError as error:
+        raise AuthenticationFailedError(f"Authentication failed: {error}.") from None
+
+
+class XksEndpoint:
+    """Serves every XKS API path of every configured key store."""
+
+    def __init__(self, runtime: ProxyRuntime) -> None:
+        self._runtime = runtime
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        runtime = self._runtime
+        started = time.perf_counter()
+        record = AuditRecord()
+        runtime.metrics.in_flight.inc()
+        error: XksError | None = None
+        try:
+            response = await self._handle(request, record)
+        except XksError as raised:
+            error = raised
+        except Exception:
+            log.exception("unexpected failure handling %s", record.operation)
+            error = InternalError()
+        finally:
+            runtime.metrics.in_flight.dec()
+        if error is not None:
+            record.outcome = error.error_name
+            response = error_response(error)
+        record.status = response.status
+        elapsed = time.perf_counter() - started
+        record.latency_ms = elapsed * 1000
+        runtime.metrics.observe_request(
+            record.operation,
+            record.key_store or "-",
+            record.outcome,
+            error is not None and error.retryable,
+            elapsed,
+        )
+        if runtime.audit is not None:
+            runtime.audit.write(record)
+        return response
+
+    async def _handle(self, request: web.Request, record: AuditRecord) -> web.Response:
+        runtime = self._runtime
+        route = resolve(runtime.key_stores, request.rel_url.raw_path)
+        record.operation = route.operation
+        record.key_store = route.key_store.name
+        if request.method != "POST":
+            raise MethodNotAllowedError()
+        body = await read_capped_body(request, runtime.config.server.max_body_bytes)
+        credential = authenticate(route.key_store, request, body, runtime.clock)
+        record.access_key_id = credential.access_key_id
+        document = model.load_json_object(body)
+        record.metadata = model.audit_metadata(document)
+        return json_response(await self._operate(route, document, record))
+
+    async def _operate(
+        self, route: Route, document: dict[str, Any], record: AuditRecord
+    ) -> dict[str, Any]:
+        service = self._runtime.service
+        store = route.key_store
+        if route.operation == GET_HEALTH_STATUS:
+            return service.health(store, model.parse_health(document))
+        assert route.raw_key_id is not None
+        key_id = record.key_id = model.parse_key_id(route.raw_key_id)
+        match route.operation:
+            case routing.GET_KEY_METADATA:
+                return await service.get_key_metadata(
+                    store, key_id, model.parse_key_metadata(document)
+                )
+            case routing.ENCRYPT:
+                return await service.encrypt(store, key_id, model.parse_encrypt(document))
+            case routing.DECRYPT:
+                return await service.decrypt(store, key_id, model.parse_decrypt(document))
+        raise AssertionError(f"unrouted operation {route.operation}")
