@@ -37,7 +37,7 @@ def create_app(runtime: ProxyRuntime) -> web.Application:
     app[RUNTIME_KEY] = runtime
     app.router.add_get("/ping", ping, allow_head=True)
     # Every other path goes to the XKS endpoint, which routes by configured URI path itself.
-    app.router.add_route("*", "/{path:.*}", XksEndpoint(runtime))
+    app.router.add_route("*", "/{path:.*}", XksEndpoint(runtime).handle)
     app.cleanup_ctx.append(_runtime_lifetime)
     return app
 

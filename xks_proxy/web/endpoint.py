@@ -99,7 +99,7 @@ class XksEndpoint:
     def __init__(self, runtime: ProxyRuntime) -> None:
         self._runtime = runtime
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = self._runtime
         started = time.perf_counter()
         record = AuditRecord()
