@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -183,75 +183,243 @@ for op in BODIES:
         (f"{op}: malformed JSON", op, key, b'{"requestMetadata": ', 400, "ValidationException"),
         (f"{op}: JSON array", op, key, b"[]", 400, "ValidationException"),
         (f"{op}: empty object", op, key, {}, 400, "ValidationException"),
-        (f"{op}: empty requestMetadata", op, key, _changed(op, lambda b: b.update(
-            requestMetadata={})), 400, "ValidationException"),
-        (f"{op}: requestMetadata a string", op, key, _changed(op, lambda b: b.update(
-            requestMetadata="x")), 400, "ValidationException"),
-        (f"{op}: no kmsRequestId", op, key, _changed(op, lambda b: b["requestMetadata"].pop(
-            "kmsRequestId")), 400, "ValidationException"),
-        (f"{op}: numeric kmsOperation", op, key, _changed(op, _meta(kmsOperation=7)), 400,
-         "ValidationException"),
+        (
+            f"{op}: empty requestMetadata",
+            op,
+            key,
+            _changed(op, lambda b: b.update(requestMetadata={})),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: requestMetadata a string",
+            op,
+            key,
+            _changed(op, lambda b: b.update(requestMetadata="x")),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: no kmsRequestId",
+            op,
+            key,
+            _changed(op, lambda b: b["requestMetadata"].pop("kmsRequestId")),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: numeric kmsOperation",
+            op,
+            key,
+            _changed(op, _meta(kmsOperation=7)),
+            400,
+            "ValidationException",
+        ),
         (f"{op}: not UTF-8", op, key, b'{"requestMetadata": "\xff"}', 400, "ValidationException"),
     ]
 for op in ("metadata", "encrypt", "decrypt"):
     ERROR_CASES += [
-        (f"{op}: no awsPrincipalArn", op, KEY_BOTH, _changed(op, lambda b: b[
-            "requestMetadata"].pop("awsPrincipalArn")), 400, "ValidationException"),
+        (
+            f"{op}: no awsPrincipalArn",
+            op,
+            KEY_BOTH,
+            _changed(op, lambda b: b["requestMetadata"].pop("awsPrincipalArn")),
+            400,
+            "ValidationException",
+        ),
         (f"{op}: bad key id chars", op, "bad!key", BODIES[op](), 400, "ValidationException"),
         (f"{op}: key id too long", op, "k" * 129, BODIES[op](), 400, "ValidationException"),
         (f"{op}: unknown key", op, "key-missing", BODIES[op](), 404, "KeyNotFoundException"),
-        (f"{op}: key outside the store", op, KEY_OUTSIDE_STORE, BODIES[op](), 404,
-         "KeyNotFoundException"),
+        (
+            f"{op}: key outside the store",
+            op,
+            KEY_OUTSIDE_STORE,
+            BODIES[op](),
+            404,
+            "KeyNotFoundException",
+        ),
     ]
 for op in ("encrypt", "decrypt"):
     ERROR_CASES += [
-        (f"{op}: no kmsKeyArn", op, KEY_BOTH, _changed(op, lambda b: b["requestMetadata"].pop(
-            "kmsKeyArn")), 400, "ValidationException"),
-        (f"{op}: algorithm AES_CBC", op, KEY_BOTH, _changed(op, lambda b: b.update(
-            encryptionAlgorithm="AES_CBC")), 400, "ValidationException"),
-        (f"{op}: no algorithm", op, KEY_BOTH, _changed(op, lambda b: b.pop(
-            "encryptionAlgorithm")), 400, "ValidationException"),
-        (f"{op}: AAD not Base64", op, KEY_BOTH, _changed(op, lambda b: b.update(
-            additionalAuthenticatedData="***")), 400, "ValidationException"),
-        (f"{op}: AAD URL-safe Base64", op, KEY_BOTH, _changed(op, lambda b: b.update(
-            additionalAuthenticatedData="-_-_")), 400, "ValidationException"),
-        (f"{op}: AAD unpadded", op, KEY_BOTH, _changed(op, lambda b: b.update(
-            additionalAuthenticatedData="YWE")), 400, "ValidationException"),
+        (
+            f"{op}: no kmsKeyArn",
+            op,
+            KEY_BOTH,
+            _changed(op, lambda b: b["requestMetadata"].pop("kmsKeyArn")),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: algorithm AES_CBC",
+            op,
+            KEY_BOTH,
+            _changed(op, lambda b: b.update(encryptionAlgorithm="AES_CBC")),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: no algorithm",
+            op,
+            KEY_BOTH,
+            _changed(op, lambda b: b.pop("encryptionAlgorithm")),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: AAD not Base64",
+            op,
+            KEY_BOTH,
+            _changed(op, lambda b: b.update(additionalAuthenticatedData="***")),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: AAD URL-safe Base64",
+            op,
+            KEY_BOTH,
+            _changed(op, lambda b: b.update(additionalAuthenticatedData="-_-_")),
+            400,
+            "ValidationException",
+        ),
+        (
+            f"{op}: AAD unpadded",
+            op,
+            KEY_BOTH,
+            _changed(op, lambda b: b.update(additionalAuthenticatedData="YWE")),
+            400,
+            "ValidationException",
+        ),
         (f"{op}: disabled key", op, KEY_DISABLED, BODIES[op](), 400, "InvalidStateException"),
-        (f"{op}: key without usage", op, KEY_NO_USAGE, BODIES[op](), 400,
-         "InvalidKeyUsageException"),
+        (
+            f"{op}: key without usage",
+            op,
+            KEY_NO_USAGE,
+            BODIES[op](),
+            400,
+            "InvalidKeyUsageException",
+        ),
     ]
 ERROR_CASES += [
-    ("encrypt: no plaintext", "encrypt", KEY_BOTH, _changed("encrypt", lambda b: b.pop(
-        "plaintext")), 400, "ValidationException"),
-    ("encrypt: plaintext a number", "encrypt", KEY_BOTH, _changed("encrypt", lambda b: b.update(
-        plaintext=5)), 400, "ValidationException"),
-    ("encrypt: plaintext not Base64", "encrypt", KEY_BOTH, _changed("encrypt", lambda b: b.update(
-        plaintext="not base64!")), 400, "ValidationException"),
-    ("encrypt: CDIV algorithm MD5", "encrypt", KEY_BOTH, _changed("encrypt", lambda b: b.update(
-        ciphertextDataIntegrityValueAlgorithm="MD5")), 400, "ValidationException"),
-    ("encrypt: decrypt-only key", "encrypt", KEY_DECRYPT_ONLY, _encrypt_ok(), 400,
-     "InvalidKeyUsageException"),
-    ("decrypt: encrypt-only key", "decrypt", KEY_ENCRYPT_ONLY, _decrypt_ok(), 400,
-     "InvalidKeyUsageException"),
-    ("decrypt: no ciphertext", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.pop(
-        "ciphertext")), 400, "ValidationException"),
-    ("decrypt: no IV", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.pop(
-        "initializationVector")), 400, "ValidationException"),
-    ("decrypt: 11-byte IV", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.update(
-        initializationVector=b64(b"i" * 11))), 400, "ValidationException"),
-    ("decrypt: 13-byte IV", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.update(
-        initializationVector=b64(b"i" * 13))), 400, "ValidationException"),
-    ("decrypt: 15-byte tag", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.update(
-        authenticationTag=b64(b"t" * 15))), 400, "ValidationException"),
-    ("decrypt: no tag", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.pop(
-        "authenticationTag")), 400, "ValidationException"),
-    ("decrypt: 21-byte metadata", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.update(
-        ciphertextMetadata=b64(b"m" * 21))), 400, "ValidationException"),
-    ("decrypt: 16-byte IV, forged", "decrypt", KEY_BOTH, _changed("decrypt", lambda b: b.update(
-        initializationVector=b64(b"i" * 16))), 400, "InvalidCiphertextException"),
-    ("decrypt: forged ciphertext", "decrypt", KEY_BOTH, _decrypt_ok(), 400,
-     "InvalidCiphertextException"),
+    (
+        "encrypt: no plaintext",
+        "encrypt",
+        KEY_BOTH,
+        _changed("encrypt", lambda b: b.pop("plaintext")),
+        400,
+        "ValidationException",
+    ),
+    (
+        "encrypt: plaintext a number",
+        "encrypt",
+        KEY_BOTH,
+        _changed("encrypt", lambda b: b.update(plaintext=5)),
+        400,
+        "ValidationException",
+    ),
+    (
+        "encrypt: plaintext not Base64",
+        "encrypt",
+        KEY_BOTH,
+        _changed("encrypt", lambda b: b.update(plaintext="not base64!")),
+        400,
+        "ValidationException",
+    ),
+    (
+        "encrypt: CDIV algorithm MD5",
+        "encrypt",
+        KEY_BOTH,
+        _changed("encrypt", lambda b: b.update(ciphertextDataIntegrityValueAlgorithm="MD5")),
+        400,
+        "ValidationException",
+    ),
+    (
+        "encrypt: decrypt-only key",
+        "encrypt",
+        KEY_DECRYPT_ONLY,
+        _encrypt_ok(),
+        400,
+        "InvalidKeyUsageException",
+    ),
+    (
+        "decrypt: encrypt-only key",
+        "decrypt",
+        KEY_ENCRYPT_ONLY,
+        _decrypt_ok(),
+        400,
+        "InvalidKeyUsageException",
+    ),
+    (
+        "decrypt: no ciphertext",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.pop("ciphertext")),
+        400,
+        "ValidationException",
+    ),
+    (
+        "decrypt: no IV",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.pop("initializationVector")),
+        400,
+        "ValidationException",
+    ),
+    (
+        "decrypt: 11-byte IV",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.update(initializationVector=b64(b"i" * 11))),
+        400,
+        "ValidationException",
+    ),
+    (
+        "decrypt: 13-byte IV",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.update(initializationVector=b64(b"i" * 13))),
+        400,
+        "ValidationException",
+    ),
+    (
+        "decrypt: 15-byte tag",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.update(authenticationTag=b64(b"t" * 15))),
+        400,
+        "ValidationException",
+    ),
+    (
+        "decrypt: no tag",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.pop("authenticationTag")),
+        400,
+        "ValidationException",
+    ),
+    (
+        "decrypt: 21-byte metadata",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.update(ciphertextMetadata=b64(b"m" * 21))),
+        400,
+        "ValidationException",
+    ),
+    (
+        "decrypt: 16-byte IV, forged",
+        "decrypt",
+        KEY_BOTH,
+        _changed("decrypt", lambda b: b.update(initializationVector=b64(b"i" * 16))),
+        400,
+        "InvalidCiphertextException",
+    ),
+    (
+        "decrypt: forged ciphertext",
+        "decrypt",
+        KEY_BOTH,
+        _decrypt_ok(),
+        400,
+        "InvalidCiphertextException",
+    ),
 ]
 
 
@@ -284,8 +452,8 @@ OTHER_CREDENTIAL = sigv4.Credential("BKIAI2SFODNN7EXAMPLEBKIAI2", "x" * 44)
     [
         ("unknown access key id", {"credential": OTHER_CREDENTIAL}),
         ("wrong region", {"region": "eu-west-1"}),
-        ("six minutes late", {"now": datetime.now(timezone.utc) - timedelta(minutes=6)}),
-        ("six minutes early", {"now": datetime.now(timezone.utc) + timedelta(minutes=6)}),
+        ("six minutes late", {"now": datetime.now(UTC) - timedelta(minutes=6)}),
+        ("six minutes early", {"now": datetime.now(UTC) + timedelta(minutes=6)}),
     ],
 )
 async def test_authentication_failures(
@@ -467,7 +635,9 @@ async def test_large_aad_beyond_the_length_prefix_is_unsupported(
     runtime = ProxyRuntime(deployment.config)
     store = runtime.config.key_stores[0]
     xks = XksClient(
-        await aiohttp_client(create_app(runtime)), store.uri_path, store.region,
+        await aiohttp_client(create_app(runtime)),
+        store.uri_path,
+        store.region,
         store.credentials[0],
     )
     accepted = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"x", b"a" * 65535))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ D1_BODY = (
 D1_PATH = "/keystores/4a0d79d6-1d1b-49fd-9dbe-799cb9c0fb3f/kms/xks/v1/health"
 D1_SIGNATURE = "17b891addf2fc7d31bf5dcf6bc15be1d05d66fc18ce4f9a819779205126b2ebc"
 CREDENTIAL = sigv4.Credential("AKIAI2SFODNN7EXAMPLE", "FYtE5EFA5FT0mCc3DrGUe2sti527BitkQ0Zr9MO9fvE")
-D1_NOW = datetime(2022, 11, 10, 12, 0, 0, tzinfo=timezone.utc)
+D1_NOW = datetime(2022, 11, 10, 12, 0, 0, tzinfo=UTC)
 
 
 def _parse_now(text: str) -> datetime:
@@ -71,7 +71,9 @@ def test_sign_reproduces_d1_exactly() -> None:
 def test_d2_curl_capture_signed_content_type(vectors: dict[str, Any]) -> None:
     (case,) = [c for c in vectors["sigv4"] if "curl" in c["name"]]
     assert "content-type" in case["headers"]["Authorization"]
-    assert _verify_vector(case) == sigv4.Credential(case["access_key_id"], case["secret_access_key"])
+    assert _verify_vector(case) == sigv4.Credential(
+        case["access_key_id"], case["secret_access_key"]
+    )
 
 
 def _botocore_signed() -> tuple[dict[str, str], datetime]:
@@ -91,7 +93,7 @@ def _botocore_signed() -> tuple[dict[str, str], datetime]:
     headers = dict(request.headers.items())
     headers["Host"] = "xks.example.com"
     signed_at = datetime.strptime(headers["X-Amz-Date"], sigv4.AMZ_DATE_FORMAT)
-    return headers, signed_at.replace(tzinfo=timezone.utc)
+    return headers, signed_at.replace(tzinfo=UTC)
 
 
 def _verify(headers: dict[str, str], **changes: Any) -> sigv4.Credential:
@@ -193,9 +195,7 @@ TAMPERINGS: list[tuple[str, Any]] = [
     ("skew 5 min 1 s early", lambda h: _verify(h, now=D1_NOW - timedelta(minutes=5, seconds=1))),
     (
         "host not signed",
-        lambda h: _verify(
-            _with(h, "Authorization", h["Authorization"].replace("host;", ""))
-        ),
+        lambda h: _verify(_with(h, "Authorization", h["Authorization"].replace("host;", ""))),
     ),
     ("no authorization", lambda h: _verify({k: v for k, v in h.items() if k != "Authorization"})),
     ("no date", lambda h: _verify({k: v for k, v in h.items() if k != "X-Amz-Date"})),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import ClientResponse
@@ -106,7 +106,7 @@ class XksClient:
             body=body,
             credential=credential or self.credential,
             region=region or self.region,
-            now=now or datetime.now(timezone.utc),
+            now=now or datetime.now(UTC),
         )
 
     async def post_raw(self, path: str, body: bytes, **sign_options: Any) -> ClientResponse:

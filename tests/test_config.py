@@ -1,0 +1,176 @@
+"""Configuration: the example file loads, secrets resolve, and each mistake names its key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xks_proxy.config import load_config, parse_config
+from xks_proxy.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "xks-proxy.example.toml"
+SECRET = "FYtE5EFA5FT0mCc3DrGUe2sti527BitkQ0Zr9MO9fvE"
+KEK = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+
+def test_example_configuration_loads(tmp_path: Path) -> None:
+    example = tmp_path / "xks-proxy.toml"
+    example.write_text(EXAMPLE.read_text())
+    (tmp_path / "kek.key").write_text(KEK + "\n")
+    config = load_config(example, {"XKS_PAYMENTS_SECRET": SECRET})
+    payments, analytics = config.key_stores
+    assert payments.uri_path == "/keystores/payments/kms/xks/v1"
+    assert payments.credentials[0].secret_access_key == SECRET
+    assert analytics.region == "eu-west-1" and analytics.credentials == ()
+    assert config.backends["local"].kek == bytes(range(32))
+    assert config.audit.path == str(tmp_path / "audit.log")
+    assert SECRET not in repr(config) and KEK not in repr(config)
+
+
+def _minimal() -> dict[str, Any]:
+    return {
+        "backends": {"local": {"type": "software", "path": "keys.db", "kek": KEK}},
+        "key_stores": [
+            {
+                "name": "dev",
+                "uri_path": "/keystores/dev/kms/xks/v1",
+                "region": "us-east-1",
+                "backend": "local",
+                "credentials": [
+                    {"access_key_id": "AKIAI2SFODNN7EXAMPLE", "secret_access_key": SECRET}
+                ],
+            }
+        ],
+    }
+
+
+def _parse(document: dict[str, Any], environ: dict[str, str] | None = None) -> Any:
+    return parse_config(document, Path("/nonexistent/xks-proxy.toml"), environ or {})
+
+
+def test_minimal_configuration_and_defaults() -> None:
+    config = _parse(_minimal())
+    assert config.server.port == 8080 and config.server.host == "127.0.0.1"
+    assert config.metrics.host == "127.0.0.1" and config.audit.path == "-"
+    assert config.key_stores[0].key_patterns == ("*",)
+
+
+def _set(path: str, value: Any) -> Any:
+    def change(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = document
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[last] = value
+
+    return change
+
+
+BAD: list[tuple[str, Any, str]] = [
+    ("unknown top-level key", _set("colour", "blue"), "colour: unknown key"),
+    ("unknown server key", _set("server.prot", 1), "server.prot: unknown key"),
+    ("port type", _set("server.port", "80"), "server.port: must be a int"),
+    ("port range", _set("server.port", 70000), "server.port: must be between"),
+    ("body cap too small", _set("server.max_body_bytes", 1024), "server.max_body_bytes"),
+    (
+        "health interval over a minute",
+        _set("health.interval_seconds", 61),
+        "health.interval_seconds",
+    ),
+    ("fleet size zero", _set("health.fleet_size", 0), "health.fleet_size"),
+    ("metrics enabled type", _set("metrics.enabled", "yes"), "metrics.enabled: must be a bool"),
+    ("backend type", _set("backends.local.type", "cloud"), "backends.local.type"),
+    ("backend kek", _set("backends.local.kek", "c2hvcnQ="), "backends.local.kek"),
+    ("backend kek env missing", _set("backends.local.kek", "env:NOPE"), "backends.local.kek"),
+    ("backend kek file missing", _set("backends.local.kek", "file:nope.key"), "backends.local.kek"),
+    ("backend unknown key", _set("backends.local.pin", "1"), "backends.local.pin: unknown key"),
+    ("no key stores", _set("key_stores", []), "key_stores"),
+    (
+        "uri path without suffix",
+        _set("key_stores.0.uri_path", "/keystores/dev"),
+        "key_stores[0].uri_path",
+    ),
+    (
+        "uri path bad chars",
+        _set("key_stores.0.uri_path", "/key stores/kms/xks/v1"),
+        "key_stores[0].uri_path",
+    ),
+    (
+        "uri path too long",
+        _set("key_stores.0.uri_path", "/" + "a" * 120 + "/kms/xks/v1"),
+        "key_stores[0].uri_path",
+    ),
+    ("region", _set("key_stores.0.region", "Mars"), "key_stores[0].region"),
+    ("backend reference", _set("key_stores.0.backend", "hsm"), "key_stores[0].backend"),
+    ("key patterns", _set("key_stores.0.keys", ["bad key"]), "key_stores[0].keys"),
+    ("no name", lambda d: d["key_stores"][0].pop("name"), "key_stores[0].name: is required"),
+    (
+        "access key id lowercase",
+        _set("key_stores.0.credentials.0.access_key_id", "akiai2sfodnn7example"),
+        "key_stores[0].credentials[0].access_key_id",
+    ),
+    (
+        "access key id short",
+        _set("key_stores.0.credentials.0.access_key_id", "AKIA"),
+        "key_stores[0].credentials[0].access_key_id",
+    ),
+    (
+        "secret short",
+        _set("key_stores.0.credentials.0.secret_access_key", "short"),
+        "key_stores[0].credentials[0].secret_access_key",
+    ),
+    (
+        "secret env missing",
+        _set("key_stores.0.credentials.0.secret_access_key", "env:NOPE"),
+        "key_stores[0].credentials[0].secret_access_key",
+    ),
+    (
+        "credential unknown key",
+        _set("key_stores.0.credentials.0.role", "admin"),
+        "key_stores[0].credentials[0].role: unknown key",
+    ),
+    (
+        "duplicate key store path",
+        lambda d: d["key_stores"].append({**d["key_stores"][0], "name": "two", "credentials": []}),
+        "key_stores[1].uri_path",
+    ),
+    (
+        "duplicate access key id",
+        lambda d: d["key_stores"].append(
+            {**d["key_stores"][0], "name": "two", "uri_path": "/two/kms/xks/v1"}
+        ),
+        "key_stores[1].credentials",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "where"), BAD, ids=[b[0] for b in BAD])
+def test_mistakes_name_the_bad_key(name: str, change: Any, where: str) -> None:
+    document = _minimal()
+    change(document)
+    with pytest.raises(ConfigError) as raised:
+        _parse(document)
+    assert where in str(raised.value)
+    assert SECRET not in str(raised.value)
+
+
+def test_secret_references(tmp_path: Path) -> None:
+    document = _minimal()
+    (tmp_path / "secret.txt").write_text(SECRET + "\n")
+    document["key_stores"][0]["credentials"][0]["secret_access_key"] = "file:secret.txt"
+    document["backends"]["local"]["kek"] = "env:KEK"
+    config = parse_config(document, tmp_path / "xks-proxy.toml", {"KEK": KEK})
+    assert config.key_stores[0].credentials[0].secret_access_key == SECRET
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    assert tomllib  # the parser the proxy uses
