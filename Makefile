@@ -11,7 +11,8 @@ PYTHON ?= python3
 $(INSTALLED): pyproject.toml constraints.txt
 	bash scripts/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
-	# The build uses the venv's bundled setuptools (no isolated build env fetching the newest).
+	# Pinned build tools in the venv, and no isolated build env fetching the newest ones.
+	$(BIN)/pip install -q -c constraints.txt setuptools wheel
 	$(BIN)/pip install -q --no-build-isolation -c constraints.txt -e '.[test]'
 	touch $(INSTALLED)
 
@@ -38,7 +39,7 @@ check: test
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(INSTALLED)
-	$(BIN)/pip freeze --exclude-editable --exclude xks-proxy > constraints.txt
+	$(BIN)/pip freeze --all --exclude-editable --exclude xks-proxy --exclude pip > constraints.txt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
