@@ -189,3 +189,44 @@ async def test_audit_log_records_requests_and_no_plaintext(
         encrypted["ciphertext"].encode(),
     ):
         assert secret not in everything
+
+
+async def test_health_key_is_not_reachable_through_the_api(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    from xks_proxy.keystore.store import HEALTH_KEY_ID
+    from xks_proxy.scaffold import scaffold
+
+    made = scaffold(tmp_path, port=0, metrics_port=0)
+    config = load_config(made.config_path)
+    assert config.key_stores[0].key_patterns == ("*",)
+    store = config.key_stores[0]
+    client = await aiohttp_client(create_app(ProxyRuntime(config)))
+    xks = XksClient(client, store.uri_path, store.region, store.credentials[0])
+    for operation in ("metadata", "encrypt"):
+        body = (
+            encrypt_body(b"x")
+            if operation == "encrypt"
+            else {
+                "requestMetadata": {
+                    "awsPrincipalArn": "p",
+                    "kmsOperation": "CreateKey",
+                    "kmsRequestId": "r",
+                }
+            }
+        )
+        error = await xks.call(operation, HEALTH_KEY_ID, body, expect=404)
+        assert error["errorName"] == "KeyNotFoundException"
+    assert (
+        await xks.call(
+            "metadata",
+            made.key_id,
+            {
+                "requestMetadata": {
+                    "awsPrincipalArn": "p",
+                    "kmsOperation": "CreateKey",
+                    "kmsRequestId": "r",
+                }
+            },
+        )
+    )["keySpec"]
