@@ -117,7 +117,7 @@ async def test_metrics_are_scraped_and_parse(
     await xks.call("encrypt", KEY_BOTH, encrypt_body(SECRET_PLAINTEXT))
     await xks.call("encrypt", "key-missing", encrypt_body(SECRET_PLAINTEXT), expect=404)
     await xks.call("health", None, HEALTH_BODY)
-    metrics_client = await aiohttp_client(create_metrics_app(runtime.metrics))
+    metrics_client = await aiohttp_client(create_metrics_app(runtime.metrics.registry))
     response = await metrics_client.get("/metrics")
     assert response.status == 200
     text = await response.text()

@@ -10,6 +10,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -81,6 +83,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             port=args.port,
             metrics_port=args.metrics_port,
             force=args.force,
+            tls=args.tls,
         )
     except AlreadyInitialisedError as error:
         raise CommandError(str(error)) from None
@@ -89,19 +92,40 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"key store          {made.key_db_path}, key {made.key_id} (ENCRYPT, DECRYPT)")
     print(f"credentials        {made.credentials_path} (0600), access key id {made.access_key_id}")
     print(f"XKS key store      {made.key_store} at URI path {made.uri_path}")
+    if made.tls:
+        print(f"TLS                {made.config_path.parent / 'tls'} (self-signed, development)")
     print(f"next: xks-proxy serve --config {made.config_path}")
     print(f"      xks-proxy kms-config --config {made.config_path}  (for the KMS console)")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from xks_proxy.web.server import serve
+    from xks_proxy.web.server import ServeOptions, serve
+    from xks_proxy.web.supervisor import Supervisor
 
+    role = "worker " if args.worker else ""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s {role}%(process)d %(name)s: %(message)s",
     )
     config = _config(args)
-    asyncio.run(serve(config, args.host, args.port))
+    options = ServeOptions(host=args.host, port=args.port, worker=args.worker)
+    workers = args.workers or config.server.workers
+    if workers > 1 and not args.worker:
+        asyncio.run(Supervisor(config, options, workers).run())
+    else:
+        asyncio.run(serve(config, options))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        pid = int(config.pid_path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot signal the proxy through {config.pid_path}: {error}") from None
+    print(f"asked xks-proxy (pid {pid}) to reload {config.path}; its log says how it went")
     return 0
 
 
@@ -299,13 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--port", type=int, default=8080)
     init.add_argument("--metrics-port", type=int, default=9464)
     init.add_argument("--force", action="store_true", help="overwrite an existing deployment")
+    init.add_argument("--tls", action="store_true", help="add a self-signed dev certificate")
     init.set_defaults(func=cmd_init)
 
     serve = commands.add_parser("serve", help="run the proxy")
     config_arg(serve)
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--workers", type=int, help="override server.workers (processes)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
+
+    reload = commands.add_parser(
+        "reload", help="make a running proxy re-read its configuration (sends SIGHUP)"
+    )
+    config_arg(reload)
+    reload.set_defaults(func=cmd_reload)
 
     check = commands.add_parser("check-config", help="validate a configuration and its key stores")
     config_arg(check)

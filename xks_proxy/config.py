@@ -57,6 +57,19 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 64 * 1024
+    workers: int = 1
+    # Where `serve` writes its process id, for `xks-proxy reload`; relative to the config file.
+    pid_file: str = "xks-proxy.pid"
+    # Plain-HTTP GET /ping listener for load balancers that cannot present a client certificate.
+    ping_host: str = "0.0.0.0"  # noqa: S104 - a load balancer probes from outside
+    ping_port: int | None = None
+    drain_seconds: float = 10.0
+    # XKS spec §9.1: KMS gives up after 250 ms; answering before that lets KMS see the reason.
+    request_deadline_ms: int = 200
+    max_concurrent_requests: int = 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 120.0
 
 
 # No slots: the class attributes serve as the documented defaults below.
@@ -86,11 +99,29 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MutualTlsConfig:
+    ca_bundle: Path
+    # XKS spec §6.4: KMS presents CN = cks.kms.<region>.amazonaws.com.
+    allowed_common_names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    certificate: Path
+    private_key: Path
+    private_key_password: str | None = field(default=None, repr=False)
+    expiry_warning_days: int = 30
+    client_auth: MutualTlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SoftwareBackendConfig:
     name: str
     path: Path
     kek: bytes = field(repr=False)
     type: str = "software"
+    # Added latency on every key operation, for drills of deadlines and alarms; 0 in production.
+    fault_delay_ms: int = 0
 
 
 BackendConfig = SoftwareBackendConfig
@@ -104,6 +135,9 @@ class KeyStoreConfig:
     backend: str
     key_patterns: tuple[str, ...]
     credentials: tuple[Credential, ...]
+    # xks-spec §2.1: a proxy MAY enforce a per-key-store quota (429 ThrottlingException).
+    requests_per_second: float | None = None
+    burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +150,11 @@ class Config:
     backends: Mapping[str, BackendConfig]
     key_stores: tuple[KeyStoreConfig, ...]
     credentials_file: Path | None
+    tls: TlsConfig | None = None
+
+    @property
+    def pid_path(self) -> Path:
+        return self.path.parent / self.server.pid_file
 
     def key_store(self, name_or_path: str | None) -> KeyStoreConfig:
         """Find a key store by name or URI path; ``None`` picks the only one."""
@@ -164,6 +203,15 @@ class _Table:
             raise ConfigError(f"{self.where(key)}: must be between {low} and {high}")
         return value
 
+    def seconds(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key, float, default)
+        if not low <= value <= high:
+            raise ConfigError(f"{self.where(key)}: must be between {low} and {high}")
+        return value
+
+    def optional_port(self, key: str) -> int | None:
+        return self.ranged(key, 0, 0, 65535) if key in self.data else None
+
     def done(self) -> None:
         unknown = sorted(set(self.data) - self._seen)
         if unknown:
@@ -208,12 +256,70 @@ def validate_credential(access_key_id: str, secret: str, where: str) -> Credenti
 
 
 def _server(table: _Table) -> ServerConfig:
+    default = ServerConfig
     config = ServerConfig(
-        host=table.get("host", str, ServerConfig.host),
-        port=table.ranged("port", ServerConfig.port, 0, 65535),
+        host=table.get("host", str, default.host),
+        port=table.ranged("port", default.port, 0, 65535),
         max_body_bytes=table.ranged(
-            "max_body_bytes", ServerConfig.max_body_bytes, MIN_BODY_BYTES, MAX_BODY_BYTES
+            "max_body_bytes", default.max_body_bytes, MIN_BODY_BYTES, MAX_BODY_BYTES
         ),
+        workers=table.ranged("workers", default.workers, 1, 256),
+        pid_file=table.get("pid_file", str, default.pid_file),
+        ping_host=table.get("ping_host", str, default.ping_host),
+        ping_port=table.optional_port("ping_port"),
+        drain_seconds=table.seconds("drain_seconds", default.drain_seconds, 0, 600),
+        request_deadline_ms=table.ranged(
+            "request_deadline_ms", default.request_deadline_ms, 1, 60_000
+        ),
+        max_concurrent_requests=table.ranged(
+            "max_concurrent_requests", default.max_concurrent_requests, 1, 1_000_000
+        ),
+        header_timeout_seconds=table.seconds(
+            "header_timeout_seconds", default.header_timeout_seconds, 0.1, 600
+        ),
+        body_timeout_seconds=table.seconds(
+            "body_timeout_seconds", default.body_timeout_seconds, 0.1, 600
+        ),
+        idle_timeout_seconds=table.seconds(
+            "idle_timeout_seconds", default.idle_timeout_seconds, 1, 86_400
+        ),
+    )
+    table.done()
+    return config
+
+
+def _existing_file(table: _Table, key: str, base_dir: Path) -> Path:
+    path = base_dir / table.require(key)
+    if not path.is_file():
+        raise ConfigError(f"{table.where(key)}: {path} is not a readable file")
+    return path
+
+
+def _tls(
+    table: _Table, base_dir: Path, environ: Mapping[str, str], regions: list[str]
+) -> TlsConfig:
+    password_where = table.where("private_key_password")
+    password = table.get("private_key_password", str, "")
+    client_auth = None
+    if "client_auth" in table.data:
+        mtls = _Table(table.get("client_auth", dict, {}), table.where("client_auth"))
+        default_names = sorted({f"cks.kms.{region}.amazonaws.com" for region in regions})
+        names = mtls.get("allowed_common_names", list, default_names)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{mtls.where('allowed_common_names')}: a non-empty list of names")
+        client_auth = MutualTlsConfig(
+            ca_bundle=_existing_file(mtls, "ca_bundle", base_dir),
+            allowed_common_names=tuple(names),
+        )
+        mtls.done()
+    config = TlsConfig(
+        certificate=_existing_file(table, "certificate", base_dir),
+        private_key=_existing_file(table, "private_key", base_dir),
+        private_key_password=(
+            resolve_secret(password, password_where, base_dir, environ) if password else None
+        ),
+        expiry_warning_days=table.ranged("expiry_warning_days", 30, 0, 3650),
+        client_auth=client_auth,
     )
     table.done()
     return config
@@ -265,7 +371,12 @@ def _backend(name: str, table: _Table, base_dir: Path, environ: Mapping[str, str
         raise ConfigError(f"{table.where('type')}: unknown backend type {kind!r}")
     kek_where = table.where("kek")
     kek = parse_kek(resolve_secret(table.require("kek"), kek_where, base_dir, environ), kek_where)
-    config = SoftwareBackendConfig(name=name, path=base_dir / table.require("path"), kek=kek)
+    config = SoftwareBackendConfig(
+        name=name,
+        path=base_dir / table.require("path"),
+        kek=kek,
+        fault_delay_ms=table.ranged("fault_delay_ms", 0, 0, 60_000),
+    )
     table.done()
     return config
 
@@ -312,6 +423,10 @@ def _key_store(
     ):
         raise ConfigError(f"{table.where('keys')}: a non-empty list of key ids or glob patterns")
     credentials = _inline_credentials(table, base_dir, environ) + extra_credentials.get(name, [])
+    rate = table.get("requests_per_second", float, 0.0)
+    if rate < 0:
+        raise ConfigError(f"{table.where('requests_per_second')}: must not be negative")
+    burst = table.ranged("burst", max(1, int(rate)), 1, 1_000_000)
     table.done()
     return KeyStoreConfig(
         name=name,
@@ -320,6 +435,8 @@ def _key_store(
         backend=backend,
         key_patterns=tuple(patterns),
         credentials=tuple(credentials),
+        requests_per_second=rate or None,
+        burst=burst if rate else None,
     )
 
 
@@ -395,8 +512,15 @@ def parse_config(
     unknown_stores = sorted(set(extra) - {store.name for store in stores})
     if unknown_stores:
         raise ConfigError(f"credentials_file: names unknown key store {unknown_stores[0]!r}")
+    tls_table = top.get("tls", dict, None)
+    tls = (
+        _tls(_Table(tls_table, "tls"), base_dir, env, [s.region for s in stores])
+        if tls_table is not None
+        else None
+    )
     config = Config(
         path=path,
+        tls=tls,
         server=_server(_Table(top.get("server", dict, {}), "server")),
         metrics=_metrics(_Table(top.get("metrics", dict, {}), "metrics")),
         audit=_audit(_Table(top.get("audit", dict, {}), "audit"), base_dir),

@@ -2,11 +2,15 @@
 
 Labels come from closed sets only (operation names, configured key store and backend names,
 the spec's errorNames), so no request content can reach a label and cardinality stays bounded.
+
+With several worker processes, prometheus-client's multiprocess mode is on (the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start): counters and histograms add up across
+workers, and each gauge declares how its per-process values combine.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from xks_proxy import __version__
 from xks_proxy.backends.base import HealthState
@@ -38,9 +42,13 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        Info("xks_proxy", "Build information.", registry=self.registry).info(
-            {"version": __version__}
-        )
+        Gauge(
+            "xks_proxy_build_info",
+            "Always 1; the version is a label.",
+            ["version"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        ).labels(__version__).set(1)
         self.request_duration = Histogram(
             "xks_request_duration_seconds",
             "Time from request arrival to response, by XKS operation, key store and outcome "
@@ -63,18 +71,40 @@ class ProxyMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "xks_requests_in_flight", "XKS requests being processed.", registry=self.registry
+            "xks_requests_in_flight",
+            "XKS requests being processed.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.ekm_health = Gauge(
             "xks_ekm_health_state",
             "1 for the state each external key manager was last found in, 0 for the others.",
             ["backend", "ekm_id", "state"],
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.health_check_time = Gauge(
             "xks_health_check_timestamp_seconds",
             "Unix time of the last completed deep health check, by backend.",
             ["backend"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.tls_expiry_days = Gauge(
+            "xks_tls_certificate_expiry_days",
+            "Days until the server certificate expires (KMS needs it valid, xks-spec 6.1).",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.tls_handshake_failures = Counter(
+            "xks_tls_handshake_failures",
+            "TLS handshakes that failed or presented a client certificate not allowed.",
+            registry=self.registry,
+        )
+        self.config_reloads = Counter(
+            "xks_config_reloads",
+            "Configuration reloads, by result (applied or rejected).",
+            ["result"],
             registry=self.registry,
         )
 

@@ -1,19 +1,30 @@
 """Everything a running proxy holds, built from one ``Config``: backends, key stores, service,
-health monitor, metrics and audit log. Opening it logs in to backends and loads keys, which
-happens before the port opens (aiohttp runs ``cleanup_ctx`` in ``AppRunner.setup``)."""
+health monitor and audit log. Opening it logs in to backends and loads keys, which happens
+before the port opens (aiohttp runs ``cleanup_ctx`` in ``AppRunner.setup``).
+
+``LiveRuntime`` holds the runtime in force and swaps it on a reload: the new configuration is
+built and opened completely before it replaces the old one, so a bad configuration or a backend
+that cannot open leaves the running one untouched. Backends whose configuration did not change
+are carried over as they are (no re-login); replaced ones close after the drain period, when
+requests that started on them are done. Metrics live across reloads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from xks_proxy.audit import AuditLog
 from xks_proxy.backends import create_backend
+from xks_proxy.backends.base import Backend
 from xks_proxy.config import Config
 from xks_proxy.health import HealthMonitor
 from xks_proxy.metrics import ProxyMetrics
 from xks_proxy.service import KeyStore, XksService
 
+log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
@@ -22,11 +33,22 @@ def utc_now() -> datetime:
 
 
 class ProxyRuntime:
-    def __init__(self, config: Config, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = utc_now,
+        metrics: ProxyMetrics | None = None,
+        backends: Mapping[str, Backend] | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
-        self.metrics = ProxyMetrics()
-        self.backends = {name: create_backend(b) for name, b in config.backends.items()}
+        self.metrics = metrics or ProxyMetrics()
+        given = backends or {}
+        self.backends = {
+            name: given.get(name) or create_backend(b) for name, b in config.backends.items()
+        }
+        self._owned = {name for name in self.backends if name not in given}
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)
         self.service = XksService(self.health, config.health, self.metrics)
         # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
@@ -36,20 +58,61 @@ class ProxyRuntime:
         self.audit = AuditLog(config.audit.path) if config.audit.enabled else None
 
     async def open(self) -> None:
-        opened = []
+        """Open the backends this runtime created, then start health checks."""
+        opened: list[Backend] = []
         try:
-            for backend in self.backends.values():
-                await backend.open()
-                opened.append(backend)
+            for name in self._owned:
+                await self.backends[name].open()
+                opened.append(self.backends[name])
             await self.health.start()
         except BaseException:
             for backend in opened:
                 await backend.close()
+            if self.audit is not None:
+                self.audit.close()
             raise
 
-    async def close(self) -> None:
+    async def close(self, keep: frozenset[str] = frozenset()) -> None:
         await self.health.stop()
-        for backend in self.backends.values():
-            await backend.close()
+        for name, backend in self.backends.items():
+            if name not in keep:
+                await backend.close()
         if self.audit is not None:
             self.audit.close()
+
+
+class LiveRuntime:
+    """The runtime in force, replaced whole by ``reload``."""
+
+    def __init__(self, runtime: ProxyRuntime) -> None:
+        self.current = runtime
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    async def reload(self, config: Config, retire_after: float) -> None:
+        """Build, open and swap in a runtime for ``config``; raises and changes nothing on error."""
+        old = self.current
+        carried = {
+            name: old.backends[name]
+            for name, backend_config in config.backends.items()
+            if old.config.backends.get(name) == backend_config
+        }
+        new = ProxyRuntime(config, clock=old.clock, metrics=old.metrics, backends=carried)
+        await new.open()
+        self.current = new
+        task = asyncio.create_task(self._retire(old, frozenset(carried), retire_after))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(old: ProxyRuntime, keep: frozenset[str], after: float) -> None:
+        await old.health.stop()
+        try:
+            await asyncio.sleep(after)
+        finally:
+            await old.close(keep)
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.current.close()

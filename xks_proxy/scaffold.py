@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
+from xks_proxy.devcert import self_signed
 from xks_proxy.keystore.store import KeyDatabase
 
 CONFIG_NAME = "xks-proxy.toml"
@@ -22,6 +23,16 @@ KEK_NAME = "kek.key"
 KEY_DB_NAME = "keys.db"
 CREDENTIALS_NAME = "credentials.json"
 AUDIT_NAME = "audit.log"
+TLS_CERT_NAME = "tls/server.pem"
+TLS_KEY_NAME = "tls/server.key"
+
+TLS_TEMPLATE = """\
+# A self-signed development certificate. KMS needs one from a CA on its trusted list.
+[tls]
+certificate = "{certificate}"
+private_key = "{private_key}"
+
+"""
 
 CONFIG_TEMPLATE = """\
 # xks-proxy configuration, made by `xks-proxy init`. Reference: config/xks-proxy.example.toml.
@@ -54,7 +65,7 @@ path = "{key_db}"
 # Key-encryption key: Base64 of 32 bytes, here read from a 0600 file.
 kek = "file:{kek}"
 
-[[key_stores]]
+{tls}[[key_stores]]
 name = "{name}"
 uri_path = "/keystores/{name}/kms/xks/v1"
 region = "{region}"
@@ -73,6 +84,7 @@ class Scaffold:
     key_store: str
     uri_path: str
     access_key_id: str
+    tls: bool
 
 
 class AlreadyInitialisedError(Exception):
@@ -88,6 +100,7 @@ def scaffold(
     port: int = 8080,
     metrics_port: int = 9464,
     force: bool = False,
+    tls: bool = False,
 ) -> Scaffold:
     paths = {n: directory / n for n in (CONFIG_NAME, KEK_NAME, KEY_DB_NAME, CREDENTIALS_NAME)}
     existing = [p for p in paths.values() if p.exists()]
@@ -108,6 +121,13 @@ def scaffold(
         database.close()
     credential = generate_credential()
     CredentialsFile(paths[CREDENTIALS_NAME]).add(name, credential)
+    tls_section = ""
+    if tls:
+        certificate, private_key = self_signed()
+        (directory / TLS_CERT_NAME).parent.mkdir(exist_ok=True)
+        (directory / TLS_CERT_NAME).write_bytes(certificate)
+        write_private_file(directory / TLS_KEY_NAME, private_key.decode())
+        tls_section = TLS_TEMPLATE.format(certificate=TLS_CERT_NAME, private_key=TLS_KEY_NAME)
     paths[CONFIG_NAME].write_text(
         CONFIG_TEMPLATE.format(
             credentials=CREDENTIALS_NAME,
@@ -118,6 +138,7 @@ def scaffold(
             kek=KEK_NAME,
             name=name,
             region=region,
+            tls=tls_section,
         )
     )
     return Scaffold(
@@ -129,4 +150,5 @@ def scaffold(
         key_store=name,
         uri_path=f"/keystores/{name}/kms/xks/v1",
         access_key_id=credential.access_key_id,
+        tls=tls,
     )

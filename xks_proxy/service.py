@@ -29,12 +29,14 @@ from xks_proxy.errors import (
     InvalidKeyUsageError,
     InvalidStateError,
     KeyNotFoundError,
+    ThrottlingError,
     UnsupportedOperationError,
     XksError,
 )
 from xks_proxy.health import HealthMonitor
 from xks_proxy.metrics import SUCCESS, ProxyMetrics
 from xks_proxy.model import DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest
+from xks_proxy.ratelimit import TokenBucket
 from xks_proxy.sigv4 import Credential
 
 log = logging.getLogger(__name__)
@@ -56,16 +58,26 @@ class KeyStore:
     backend: Backend
     credentials: Mapping[str, Credential]
     key_filter: re.Pattern[str]
+    rate_limit: TokenBucket | None
 
     @classmethod
     def build(cls, config: KeyStoreConfig, backend: Backend) -> KeyStore:
         pattern = "|".join(f"(?:{fnmatch.translate(p)})" for p in config.key_patterns)
+        rate_limit = None
+        if config.requests_per_second and config.burst:
+            rate_limit = TokenBucket(config.requests_per_second, config.burst)
         return cls(
             config=config,
             backend=backend,
             credentials={c.access_key_id: c for c in config.credentials},
             key_filter=re.compile(pattern),
+            rate_limit=rate_limit,
         )
+
+    def admit(self) -> None:
+        """Apply the key store's request quota; raises ThrottlingError over it."""
+        if self.rate_limit is not None and not self.rate_limit.try_acquire():
+            raise ThrottlingError(f"Key store {self.name} is over its request quota.")
 
     @property
     def name(self) -> str:

@@ -8,9 +8,16 @@ from xks_proxy.config import BackendConfig
 
 def create_backend(config: BackendConfig) -> Backend:
     """The one place that maps a backend ``type`` to its implementation."""
+    backend: Backend
     match config.type:
         case "software":
             from xks_proxy.backends.software import SoftwareBackend
 
-            return SoftwareBackend(config)
-    raise ValueError(f"unknown backend type {config.type!r}")
+            backend = SoftwareBackend(config)
+        case _:
+            raise ValueError(f"unknown backend type {config.type!r}")
+    if config.fault_delay_ms:
+        from xks_proxy.backends.faults import DelayedBackend
+
+        backend = DelayedBackend(backend, config.fault_delay_ms / 1000)
+    return backend

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from xks_proxy.metrics import ProxyMetrics
-from xks_proxy.runtime import ProxyRuntime
+from xks_proxy.runtime import LiveRuntime, ProxyRuntime
+from xks_proxy.web.connection import connection_middleware
 from xks_proxy.web.endpoint import XksEndpoint
 
-RUNTIME_KEY = web.AppKey("runtime", ProxyRuntime)
-METRICS_KEY = web.AppKey("metrics", ProxyMetrics)
+LIVE_RUNTIME_KEY = web.AppKey("live_runtime", LiveRuntime)
+METRICS_REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -26,31 +26,41 @@ async def ping(request: web.Request) -> web.Response:
 
 
 async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
-    runtime = app[RUNTIME_KEY]
-    await runtime.open()
+    live = app[LIVE_RUNTIME_KEY]
+    await live.current.open()
     yield
-    await runtime.close()
+    await live.close()
 
 
 def create_app(runtime: ProxyRuntime) -> web.Application:
-    app = web.Application(client_max_size=runtime.config.server.max_body_bytes)
-    app[RUNTIME_KEY] = runtime
+    # The only middleware tracks requests per connection, for draining and slow-loris cut-off;
+    # the XKS order of checks lives in the endpoint (see web/endpoint.py).
+    app = web.Application(middlewares=[connection_middleware])
+    live = LiveRuntime(runtime)
+    app[LIVE_RUNTIME_KEY] = live
     app.router.add_get("/ping", ping, allow_head=True)
     # Every other path goes to the XKS endpoint, which routes by configured URI path itself.
-    app.router.add_route("*", "/{path:.*}", XksEndpoint(runtime).handle)
+    app.router.add_route("*", "/{path:.*}", XksEndpoint(live).handle)
     app.cleanup_ctx.append(_runtime_lifetime)
     return app
 
 
+def create_ping_app() -> web.Application:
+    """The plain-HTTP load-balancer probe listener: GET /ping and nothing else."""
+    app = web.Application()
+    app.router.add_get("/ping", ping, allow_head=True)
+    return app
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS_KEY]
+    registry = request.app[METRICS_REGISTRY_KEY]
     return web.Response(
-        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
 
 
-def create_metrics_app(metrics: ProxyMetrics) -> web.Application:
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
     app = web.Application()
-    app[METRICS_KEY] = metrics
+    app[METRICS_REGISTRY_KEY] = registry
     app.router.add_get("/metrics", metrics_handler)
     return app

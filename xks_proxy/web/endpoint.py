@@ -1,19 +1,27 @@
 """The XKS endpoint: one entry for every XKS request, from routing to the JSON answer.
 
-The steps run in the order of xks-spec §7.4: route (404), method (405), body cap, SigV4 (401),
-JSON schema and Base64 (400), then the service (key, size limits, state, usage, crypto). Every
-outcome, success or error, is timed, counted and audited in one ``finally``; no aiohttp
-middleware is involved, so the order lives in this one function.
+The steps run in the order of xks-spec §7.4: route (404), method (405), concurrency cap (429),
+body cap, SigV4 (401), the key store's quota (429), JSON schema and Base64 (400), then the
+service (key, size limits, state, usage, crypto) under the request deadline (503
+DependencyTimeoutException). Every outcome, success or error, is timed, counted and audited in
+one place, so the order lives in this one module.
+
+The concurrency cap comes before the body is read: it protects the process's memory, and a
+request over it costs nothing but its headers. The key store's quota comes after SigV4, so
+unauthenticated traffic cannot use up a key store's quota.
 
 A body over the configured cap is refused from its Content-Length before any of it is read
 (or as soon as a chunked body passes the cap) with 501 UnsupportedOperationException (§7.2:
 "a parameter exceeds this implementation's supported size"), and the connection is closed
-rather than drained. GET and other methods on an API path get 405 with ``Allow: POST``; the spec
-names no errorName for it (§12 item 11), so the body says UnsupportedOperationException.
+rather than drained. A body that does not arrive within ``body_timeout_seconds`` gets 400
+ValidationException and a closed connection. GET and other methods on an API path get 405
+with ``Allow: POST``; the spec names no errorName for it (§12 item 11), so the body says
+UnsupportedOperationException.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -26,11 +34,14 @@ from xks_proxy import model, sigv4
 from xks_proxy.audit import AuditRecord
 from xks_proxy.errors import (
     AuthenticationFailedError,
+    DependencyTimeoutError,
     InternalError,
+    ThrottlingError,
     UnsupportedOperationError,
+    ValidationError,
     XksError,
 )
-from xks_proxy.runtime import ProxyRuntime
+from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.service import KeyStore
 from xks_proxy.web import routing
 from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
@@ -47,6 +58,10 @@ class BodyTooLargeError(UnsupportedOperationError):
     pass
 
 
+class BodyTimeoutError(ValidationError):
+    default_message = "The request body did not arrive in time."
+
+
 def json_response(document: dict[str, Any], status: int = 200) -> web.Response:
     # Compact single-line JSON, as real XKS clients expect (xks-spec §7.4).
     body = json.dumps(document, separators=(",", ":")).encode()
@@ -59,20 +74,29 @@ def error_response(error: XksError) -> web.Response:
     )
     if isinstance(error, MethodNotAllowedError):
         response.headers["Allow"] = "POST"
-    if isinstance(error, BodyTooLargeError):
+    if isinstance(error, BodyTooLargeError | BodyTimeoutError):
+        # Part of the body may still be unread: the connection cannot carry another request.
         response.force_close()
     return response
 
 
-async def read_capped_body(request: web.Request, cap: int) -> bytes:
+async def read_capped_body(request: web.Request, cap: int, timeout: float) -> bytes:
+    too_large = BodyTooLargeError(f"The request body exceeds {cap} bytes.")
     length = request.content_length
     if length is not None and length > cap:
-        raise BodyTooLargeError(f"The request body exceeds {cap} bytes.")
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
     try:
-        # The application's client_max_size equals the cap, which bounds chunked bodies too.
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLargeError(f"The request body exceeds {cap} bytes.") from None
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > cap:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeoutError() from None
+    return b"".join(chunks)
 
 
 def authenticate(
@@ -96,23 +120,27 @@ def authenticate(
 class XksEndpoint:
     """Serves every XKS API path of every configured key store."""
 
-    def __init__(self, runtime: ProxyRuntime) -> None:
-        self._runtime = runtime
+    def __init__(self, live: LiveRuntime) -> None:
+        self._live = live
+        self._in_flight = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        runtime = self._runtime
+        # One runtime for the whole request, even if a reload swaps it meanwhile.
+        runtime = self._live.current
         started = time.perf_counter()
         record = AuditRecord()
         runtime.metrics.in_flight.inc()
+        self._in_flight += 1
         error: XksError | None = None
         try:
-            response = await self._handle(request, record)
+            response = await self._handle(runtime, request, record)
         except XksError as raised:
             error = raised
         except Exception:
             log.exception("unexpected failure handling %s", record.operation)
             error = InternalError()
         finally:
+            self._in_flight -= 1
             runtime.metrics.in_flight.dec()
         if error is not None:
             record.outcome = error.error_name
@@ -131,24 +159,36 @@ class XksEndpoint:
             runtime.audit.write(record)
         return response
 
-    async def _handle(self, request: web.Request, record: AuditRecord) -> web.Response:
-        runtime = self._runtime
+    async def _handle(
+        self, runtime: ProxyRuntime, request: web.Request, record: AuditRecord
+    ) -> web.Response:
+        server = runtime.config.server
         route = resolve(runtime.key_stores, request.rel_url.raw_path)
         record.operation = route.operation
         record.key_store = route.key_store.name
         if request.method != "POST":
             raise MethodNotAllowedError()
-        body = await read_capped_body(request, runtime.config.server.max_body_bytes)
+        if self._in_flight > server.max_concurrent_requests:
+            raise ThrottlingError("The proxy is at its limit of concurrent requests.")
+        body = await read_capped_body(request, server.max_body_bytes, server.body_timeout_seconds)
         credential = authenticate(route.key_store, request, body, runtime.clock)
         record.access_key_id = credential.access_key_id
+        route.key_store.admit()
         document = model.load_json_object(body)
         record.metadata = model.audit_metadata(document)
-        return json_response(await self._operate(route, document, record))
+        try:
+            async with asyncio.timeout(server.request_deadline_ms / 1000):
+                result = await self._operate(runtime, route, document, record)
+        except TimeoutError:
+            raise DependencyTimeoutError(
+                f"The key backend did not answer within {server.request_deadline_ms} ms."
+            ) from None
+        return json_response(result)
 
     async def _operate(
-        self, route: Route, document: dict[str, Any], record: AuditRecord
+        self, runtime: ProxyRuntime, route: Route, document: dict[str, Any], record: AuditRecord
     ) -> dict[str, Any]:
-        service = self._runtime.service
+        service = runtime.service
         store = route.key_store
         if route.operation == GET_HEALTH_STATUS:
             return service.health(store, model.parse_health(document))

@@ -1,56 +1,181 @@
-"""Run the proxy: the XKS listener and, when enabled, the metrics listener on its own port.
+"""Run one proxy process: the XKS listener (HTTP or HTTPS), an optional plain-HTTP ping
+listener, and the metrics listener, until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 
 Metrics never share the XKS port: the XKS port faces KMS, the metrics port faces the operator's
-Prometheus (loopback by default).
+Prometheus (loopback by default). In a worker of ``serve --workers N`` the supervisor serves the
+metrics of all workers instead, and every worker binds the XKS and ping ports with SO_REUSEPORT.
+
+Shutdown: stop accepting, let requests that have started finish (``drain_seconds``), then close
+backends (see ``web/connection.py`` for why aiohttp's own shutdown is not used for the drain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from xks_proxy.config import Config
-from xks_proxy.runtime import ProxyRuntime
-from xks_proxy.web.app import create_app, create_metrics_app
+from xks_proxy.config import Config, load_config
+from xks_proxy.errors import ConfigError
+from xks_proxy.metrics import ProxyMetrics
+from xks_proxy.runtime import LiveRuntime, ProxyRuntime
+from xks_proxy.web.app import LIVE_RUNTIME_KEY, create_app, create_metrics_app, create_ping_app
+from xks_proxy.web.connection import ConnectionRegistry, XksSite
+from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
+# Settings a reload cannot change in a running process: they shape its listeners.
+RESTART_ONLY = ("host", "port", "workers", "ping_host", "ping_port", "pid_file")
 
 
-def _listening(runner: web.AppRunner) -> str:
-    return ", ".join(f"http://{host}:{port}" for host, port, *_ in runner.addresses)
+@dataclass
+class ServeOptions:
+    host: str | None = None
+    port: int | None = None
+    # A worker of a supervisor: share ports, leave metrics and the pid file to the supervisor.
+    worker: bool = False
 
 
-async def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
+class _TlsHolder:
+    def __init__(self, config: Config, metrics: ProxyMetrics) -> None:
+        self.state: TlsState | None = None
+        self._metrics = metrics
+        self.update(self.load(config))
+
+    @staticmethod
+    def load(config: Config) -> TlsState | None:
+        return TlsState.load(config.tls) if config.tls is not None else None
+
+    def update(self, state: TlsState | None) -> None:
+        self.state = state
+        if state is not None:
+            state.warn_if_expiring()
+            self._metrics.tls_expiry_days.set(state.days_to_expiry())
+
+    def current(self) -> TlsState | None:
+        return self.state
+
+
+async def _reload(live: LiveRuntime, tls: _TlsHolder) -> None:
+    running = live.current.config
+    metrics = live.current.metrics
+    try:
+        config = load_config(running.path)
+        new_tls = tls.load(config)
+        await live.reload(config, retire_after=running.server.drain_seconds)
+    except ConfigError as error:
+        metrics.config_reloads.labels("rejected").inc()
+        log.error("reload rejected, the running configuration stays in force: %s", error)
+        return
+    except Exception:
+        metrics.config_reloads.labels("rejected").inc()
+        log.exception("reload failed, the running configuration stays in force")
+        return
+    tls.update(new_tls)
+    metrics.config_reloads.labels("applied").inc()
+    for name in RESTART_ONLY:
+        if getattr(config.server, name) != getattr(running.server, name):
+            log.warning("server.%s changed: it takes effect at the next restart", name)
+    credentials = sum(len(store.credentials) for store in config.key_stores)
+    log.info(
+        "configuration reloaded: %d key store(s), %d credential(s)",
+        len(config.key_stores),
+        credentials,
+    )
+
+
+async def start_runner(
+    app: web.Application, host: str, port: int, reuse_port: bool
+) -> web.AppRunner:
+    """Serve a small auxiliary app (ping, metrics) on its own plain-HTTP listener."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    return runner
+
+
+async def serve(config: Config, options: ServeOptions | None = None) -> None:
     """Serve until SIGINT or SIGTERM."""
+    options = options or ServeOptions()
     runtime = ProxyRuntime(config)
+    tls = _TlsHolder(config, runtime.metrics)
     for store in config.key_stores:
         if not store.credentials:
             log.warning("key store %s has no credentials: every request will fail", store.name)
-    runner = web.AppRunner(create_app(runtime), access_log=None)
+    app = create_app(runtime)
+    live = app[LIVE_RUNTIME_KEY]
+    server = config.server
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=server.idle_timeout_seconds, shutdown_timeout=1.0
+    )
     await runner.setup()
-    runners = [runner]
+    extra_runners: list[web.AppRunner] = []
+    registry = ConnectionRegistry(runtime.metrics.tls_handshake_failures.inc)
+    pid_path = None if options.worker else config.pid_path
     try:
-        bind_host = host if host is not None else config.server.host
-        bind_port = port if port is not None else config.server.port
-        await web.TCPSite(runner, bind_host, bind_port).start()
-        log.info("xks-proxy listening on %s", _listening(runner))
-        if config.metrics.enabled:
-            metrics_runner = web.AppRunner(create_metrics_app(runtime.metrics), access_log=None)
-            await metrics_runner.setup()
-            runners.append(metrics_runner)
-            await web.TCPSite(metrics_runner, config.metrics.host, config.metrics.port).start()
-            log.info("metrics on %s/metrics", _listening(metrics_runner))
+        site = XksSite(
+            runner,
+            options.host if options.host is not None else server.host,
+            options.port if options.port is not None else server.port,
+            registry=registry,
+            tls=tls.current,
+            header_timeout=server.header_timeout_seconds,
+            reuse_port=options.worker,
+        )
+        await site.start()
+        log.info("xks-proxy listening on %s (pid %d)", site.name, os.getpid())
+        if server.ping_port is not None:
+            ping = await start_runner(
+                create_ping_app(), server.ping_host, server.ping_port, options.worker
+            )
+            extra_runners.append(ping)
+            log.info("load-balancer ping on http://%s:%d/ping", *ping.addresses[0][:2])
+        if config.metrics.enabled and not options.worker:
+            metrics_app = create_metrics_app(runtime.metrics.registry)
+            metrics = await start_runner(
+                metrics_app, config.metrics.host, config.metrics.port, False
+            )
+            extra_runners.append(metrics)
+            log.info("metrics on http://%s:%d/metrics", *metrics.addresses[0][:2])
         for store in config.key_stores:
             log.info("key store %s at %s (region %s)", store.name, store.uri_path, store.region)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        log.info("shutting down")
+        if pid_path is not None:
+            pid_path.write_text(f"{os.getpid()}\n")
+        await _wait_for_signals(live, tls)
+        log.info("stopping: no new connections; draining for up to %.1f s", server.drain_seconds)
+        await site.stop()
+        drained = await registry.drain(live.current.config.server.drain_seconds)
+        log.info("drain %s", "complete" if drained else "timed out; closing the rest")
     finally:
-        for each in reversed(runners):
+        for each in extra_runners:
             await each.cleanup()
+        await runner.cleanup()
+        if pid_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                pid_path.unlink()
+
+
+async def _wait_for_signals(live: LiveRuntime, tls: _TlsHolder) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def schedule_reload() -> None:
+        task = asyncio.create_task(_reload(live, tls))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, schedule_reload)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        await asyncio.gather(*reloads, return_exceptions=True)

@@ -1,0 +1,271 @@
+"""Connections in front of aiohttp's HTTP protocol: TLS handshake, peer check, timeouts, drain.
+
+Every accepted connection gets an ``XksConnection``. It runs the TLS handshake itself with
+``loop.start_tls`` using the *current* TLS context, so a reload swaps certificates for new
+connections without touching open ones; it checks the mTLS subject before any HTTP is parsed;
+it cuts off a client that takes longer than ``header_timeout`` to deliver a request head (slow
+loris); and it knows whether its connection is idle, which is what a graceful drain needs.
+
+Why not aiohttp's own shutdown: ``AppRunner.cleanup`` calls ``close()`` on every connection
+first, and a closed aiohttp connection discards incoming data, so a request whose body is still
+arriving when SIGTERM comes never completes. ``drain()`` here stops accepting, lets every
+request that has started finish (telling its client ``Connection: close``), closes connections
+only while they are idle, and gives up after the drain period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from xks_proxy.web.tls import TlsState
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionRegistry:
+    """The live connections of one process, and the process-wide draining flag."""
+
+    def __init__(self, on_tls_failure: Callable[[], None] = lambda: None) -> None:
+        self.connections: set[XksConnection] = set()
+        self.draining = False
+        self.tls_failed = on_tls_failure
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight requests, closing connections as they go idle; True if all done."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while True:
+            for connection in list(self.connections):
+                if connection.idle():
+                    connection.close()
+            if not self.connections or time.monotonic() >= deadline:
+                return not self.connections
+            await asyncio.sleep(0.05)
+
+
+class XksConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        make_handler: Callable[[], RequestHandler],
+        registry: ConnectionRegistry,
+        tls: Callable[[], TlsState | None],
+        header_timeout: float,
+    ) -> None:
+        self._make_handler = make_handler
+        self._registry = registry
+        self._tls = tls
+        self._header_timeout = header_timeout
+        self._handler: RequestHandler | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._pending: list[bytes] = []
+        self._eof = False
+        self._handshake: asyncio.Task[None] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._busy = 0
+        self._last_data_at = 0.0
+        self._last_done_at = time.monotonic()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._registry.connections.add(self)
+        tls = self._tls()
+        if tls is None:
+            self._attach(transport)
+        else:
+            self._handshake = asyncio.ensure_future(self._start_tls(transport, tls))
+
+    def data_received(self, data: bytes) -> None:
+        self._last_data_at = time.monotonic()
+        if not self._busy and self._head_timer is None:
+            self._head_timer = asyncio.get_running_loop().call_later(
+                self._header_timeout, self._head_too_slow
+            )
+        if self._handler is None:
+            self._pending.append(data)
+        else:
+            self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._handler is None:
+            self._eof = True
+            return None
+        return self._handler.eof_received()  # type: ignore[func-returns-value]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._registry.connections.discard(self)
+        self._cancel_head_timer()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.cancel()
+        if self._handler is not None:
+            self._handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.resume_writing()
+
+    # -- set-up ------------------------------------------------------------------------------
+    async def _start_tls(self, raw: asyncio.BaseTransport, tls: TlsState) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secure = await loop.start_tls(
+                raw,  # type: ignore[arg-type]
+                self,
+                tls.context,
+                server_side=True,
+                ssl_handshake_timeout=self._header_timeout,
+            )
+        except (OSError, ConnectionError, TimeoutError, asyncio.CancelledError) as error:
+            self._registry.tls_failed()
+            log.info("TLS handshake failed: %s", type(error).__name__)
+            raw.abort()  # type: ignore[attr-defined]
+            return
+        if secure is None:
+            return
+        allowed, names = tls.client_allowed(secure.get_extra_info("peercert"))
+        if not allowed:
+            self._registry.tls_failed()
+            log.warning("client certificate CN %r is not allowed; closing", names)
+            secure.abort()
+            return
+        self._transport = secure
+        self._attach(secure)
+
+    def _attach(self, transport: asyncio.BaseTransport) -> None:
+        self._handler = self._make_handler()
+        self._handler.connection_made(transport)
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self._handler.data_received(data)
+        if self._eof:
+            self._handler.eof_received()
+
+    # -- request life cycle (called by the middleware) ------------------------------------------
+    def request_started(self) -> None:
+        self._busy += 1
+        self._cancel_head_timer()
+
+    def request_finished(self) -> None:
+        self._busy -= 1
+        self._last_done_at = time.monotonic()
+
+    def idle(self) -> bool:
+        """No request running and no byte of a next one received since the last finished."""
+        return (
+            self._handler is not None
+            and not self._busy
+            and (self._last_data_at <= self._last_done_at)
+        )
+
+    @property
+    def draining(self) -> bool:
+        return self._registry.draining
+
+    def close(self) -> None:
+        if self._handler is not None:
+            self._handler.close()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self._busy and self._transport is not None:
+            log.info("closing a connection that did not send a request head in time")
+            self._transport.abort()  # type: ignore[attr-defined]
+
+
+def connection_of(request: web.Request) -> XksConnection | None:
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, XksConnection) else None
+
+
+class XksSite(web.BaseSite):
+    """A TCP listener whose connections go through ``XksConnection``."""
+
+    __slots__ = ("_bound", "_header_timeout", "_host", "_port", "_registry", "_reuse_port", "_tls")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        registry: ConnectionRegistry,
+        tls: Callable[[], TlsState | None],
+        header_timeout: float,
+        reuse_port: bool = False,
+    ) -> None:
+        super().__init__(runner, backlog=1024)
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self._registry = registry
+        self._tls = tls
+        self._header_timeout = header_timeout
+        self._bound: asyncio.Server | None = None
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._tls() else "http"
+        return f"{scheme}://{self._host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        if self._bound is not None and self._bound.sockets:
+            port: int = self._bound.sockets[0].getsockname()[1]
+            return port
+        return self._port
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> XksConnection:
+            return XksConnection(server, self._registry, self._tls, self._header_timeout)
+
+        loop = asyncio.get_running_loop()
+        self._server = self._bound = await loop.create_server(
+            protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
+        )
+
+
+@web.middleware
+async def connection_middleware(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    """Tell the connection when a request starts and ends; close after it while draining."""
+    connection = connection_of(request)
+    if connection is None:
+        response: web.StreamResponse = await handler(request)
+        return response
+    connection.request_started()
+    try:
+        response = await handler(request)
+    finally:
+        connection.request_finished()
+    if connection.draining:
+        with contextlib.suppress(RuntimeError):
+            response.force_close()
+    return response
