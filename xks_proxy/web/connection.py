@@ -45,7 +45,7 @@ class ConnectionRegistry:
         while True:
             for connection in list(self.connections):
                 if connection.idle():
-                    connection.close()
+                    connection.close_idle()
             if not self.connections or time.monotonic() >= deadline:
                 return not self.connections
             await asyncio.sleep(0.05)
@@ -173,9 +173,10 @@ class XksConnection(asyncio.Protocol):
     def draining(self) -> bool:
         return self._registry.draining
 
-    def close(self) -> None:
+    def close_idle(self) -> None:
+        """Close a connection that ``idle()`` said has nothing in flight."""
         if self._handler is not None:
-            self._handler.close()
+            self._handler.force_close()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:

@@ -155,6 +155,8 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         for each in extra_runners:
             await each.cleanup()
         await runner.cleanup()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().remove_signal_handler(signum)
         if pid_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 pid_path.unlink()
@@ -173,9 +175,9 @@ async def _wait_for_signals(live: LiveRuntime, tls: _TlsHolder) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, schedule_reload)
-    try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        await asyncio.gather(*reloads, return_exceptions=True)
+    await stop.wait()
+    # Further stop signals while draining must not kill the process (and lose requests).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, log.info, "already stopping")
+    loop.remove_signal_handler(signal.SIGHUP)
+    await asyncio.gather(*reloads, return_exceptions=True)

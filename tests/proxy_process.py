@@ -1,0 +1,161 @@
+"""Run the real ``xks-proxy serve`` in a subprocess and talk to it as KMS would."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from xks_proxy import sigv4
+
+XKS_PROXY = str(Path(sys.executable).parent / "xks-proxy")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProxyProcess:
+    """``xks-proxy serve`` on a free port; collects its log lines."""
+
+    def __init__(self, config: Path, *extra: str, ready: str = "key store") -> None:
+        self.port = free_port()
+        self.lines: list[str] = []
+        self._terminated = False
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [XKS_PROXY, "serve", "--config", str(config), "--port", str(self.port), *extra],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self.wait_for(ready)
+        except BaseException:
+            self.process.kill()
+            self.stop()
+            raise
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(text in line for line in self.lines) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (
+                    self.process.poll() is not None and not self._reader.is_alive()
+                ):
+                    raise AssertionError(f"{text!r} never appeared in the log:\n{self.log}")
+                self._changed.wait(min(remaining, 0.2))
+
+    def send_signal(self, signum: int) -> None:
+        self._terminated = self._terminated or signum == signal.SIGTERM
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM (unless already sent) and wait for the exit status."""
+        if self.process.poll() is None and not self._terminated:
+            self.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return code
+
+    def __enter__(self) -> ProxyProcess:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.stop()
+
+
+def signed_request(
+    path: str, document: Any, credential: sigv4.Credential, host: str, region: str = "us-east-1"
+) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(document).encode()
+    headers = sigv4.sign(
+        method="POST",
+        path=path,
+        headers={"Host": host, "Content-Type": "application/json"},
+        body=body,
+        credential=credential,
+        region=region,
+        now=datetime.now(UTC),
+    )
+    return body, headers
+
+
+def post(
+    connection: http.client.HTTPConnection,
+    path: str,
+    document: Any,
+    credential: sigv4.Credential,
+) -> tuple[int, dict[str, Any]]:
+    """A signed POST on an open (keep-alive) connection; returns status and JSON body."""
+    host = f"{connection.host}:{connection.port}"
+    body, headers = signed_request(path, document, credential, host)
+    connection.request("POST", path, body=body, headers=headers)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+_opened: list[http.client.HTTPConnection | socket.socket] = []
+
+
+def connect(
+    port: int, context: ssl.SSLContext | None = None, timeout: float = 10
+) -> http.client.HTTPConnection:
+    """An HTTP(S) connection, closed by ``close_all`` at the end of the test."""
+    connection = (
+        http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        if context is None
+        else http.client.HTTPSConnection("localhost", port, context=context, timeout=timeout)
+    )
+    _opened.append(connection)
+    return connection
+
+
+def open_socket(port: int, timeout: float = 15) -> socket.socket:
+    """A raw TCP connection, closed by ``close_all`` at the end of the test."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    _opened.append(sock)
+    return sock
+
+
+def close_all() -> None:
+    while _opened:
+        _opened.pop().close()
