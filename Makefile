@@ -24,8 +24,8 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check xks_proxy tests
-	$(BIN)/ruff format --check xks_proxy tests
+	$(BIN)/ruff check xks_proxy tests tools
+	$(BIN)/ruff format --check xks_proxy tests tools
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

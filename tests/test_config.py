@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from xks_proxy.config import load_config, parse_config
+from xks_proxy.devcert import self_signed
 from xks_proxy.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "xks-proxy.example.toml"
@@ -20,8 +21,24 @@ def test_example_configuration_loads(tmp_path: Path) -> None:
     example = tmp_path / "xks-proxy.toml"
     example.write_text(EXAMPLE.read_text())
     (tmp_path / "kek.key").write_text(KEK + "\n")
+    certificate, key = self_signed()
+    (tmp_path / "tls").mkdir()
+    for name, content in (
+        ("server.pem", certificate),
+        ("server.key", key),
+        ("amazon-trust-services.pem", certificate),
+    ):
+        (tmp_path / "tls" / name).write_bytes(content)
     config = load_config(example, {"XKS_PAYMENTS_SECRET": SECRET})
+    assert config.tls is not None and config.tls.client_auth is not None
+    assert config.tls.client_auth.allowed_common_names == (
+        "cks.kms.eu-west-1.amazonaws.com",
+        "cks.kms.us-east-1.amazonaws.com",
+    )
+    assert config.server.drain_seconds == 10 and config.server.request_deadline_ms == 200
     payments, analytics = config.key_stores
+    assert (payments.requests_per_second, payments.burst) == (1800, 1800)
+    assert analytics.requests_per_second is None
     assert payments.uri_path == "/keystores/payments/kms/xks/v1"
     assert payments.credentials[0].secret_access_key == SECRET
     assert analytics.region == "eu-west-1" and analytics.credentials == ()
@@ -88,6 +105,32 @@ BAD: list[tuple[str, Any, str]] = [
     ("backend kek file missing", _set("backends.local.kek", "file:nope.key"), "backends.local.kek"),
     ("backend unknown key", _set("backends.local.pin", "1"), "backends.local.pin: unknown key"),
     ("no key stores", _set("key_stores", []), "key_stores"),
+    ("workers zero", _set("server.workers", 0), "server.workers"),
+    ("ping port range", _set("server.ping_port", -1), "server.ping_port"),
+    ("deadline type", _set("server.request_deadline_ms", 0.5), "server.request_deadline_ms"),
+    ("drain negative", _set("server.drain_seconds", -1), "server.drain_seconds"),
+    (
+        "header timeout zero",
+        _set("server.header_timeout_seconds", 0),
+        "server.header_timeout_seconds",
+    ),
+    ("tls without files", _set("tls.certificate", "missing.pem"), "tls.certificate"),
+    (
+        "tls unknown key",
+        _set("tls", {"certificate": str(EXAMPLE), "private_key": str(EXAMPLE), "ciphers": "ALL"}),
+        "tls.ciphers: unknown key",
+    ),
+    (
+        "quota negative",
+        _set("key_stores.0.requests_per_second", -5),
+        "key_stores[0].requests_per_second",
+    ),
+    ("burst zero", _set("key_stores.0.burst", 0), "key_stores[0].burst"),
+    (
+        "fault delay type",
+        _set("backends.local.fault_delay_ms", "1"),
+        "backends.local.fault_delay_ms",
+    ),
     (
         "uri path without suffix",
         _set("key_stores.0.uri_path", "/keystores/dev"),
