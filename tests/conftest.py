@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from tests.softhsm import SoftHsm, make_softhsm, provision_conformance_token
 from tests.xks_client import XksClient
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import Config, load_config
@@ -68,8 +70,44 @@ def make_deployment(directory: Path, **config_changes: str) -> Deployment:
     return Deployment(directory, config)
 
 
+CONFORMANCE_TOKEN = "xks-conformance"
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
+    """A SoftHSM2 token holding the conformance keys; SOFTHSM2_CONF is set for the session
+    (the module reads it when initialised, and subprocesses inherit it)."""
+    hsm = make_softhsm(tmp_path_factory.mktemp("softhsm"))
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    hsm.init_token(CONFORMANCE_TOKEN)
+    provision_conformance_token(hsm, CONFORMANCE_TOKEN)
+    return hsm
+
+
+def make_pkcs11_deployment(directory: Path, hsm: SoftHsm, **settings: object) -> Deployment:
+    """A deployment whose key store uses the conformance token instead of software keys."""
+    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0)
+    text = made.config_path.read_text()
+    software = text[text.index("[backends.local]") : text.index("[[key_stores]]")]
+    text = text.replace(software, hsm.toml(CONFORMANCE_TOKEN, **settings) + "\n")
+    text = text.replace('backend = "local"', 'backend = "hsm"')
+    # PKCS#11 defines no on/off switch for a key (and SoftHSM cannot read back CKA_END_DATE),
+    # so the key store's kill switch disables it.
+    text = text.replace('keys = ["*"]', 'keys = ["key-*"]\ndisabled_keys = ["key-disabled"]')
+    made.config_path.write_text(text)
+    return Deployment(directory, load_config(made.config_path))
+
+
+@pytest.fixture(params=["software", "pkcs11"])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Deployment:
+    """The shared conformance suite runs once per backend."""
+    if request.param == "pkcs11":
+        return make_pkcs11_deployment(tmp_path, request.getfixturevalue("softhsm"))
+    return make_deployment(tmp_path)
+
+
 @pytest.fixture
-def deployment(tmp_path: Path) -> Deployment:
+def software_deployment(tmp_path: Path) -> Deployment:
     return make_deployment(tmp_path)
 
 

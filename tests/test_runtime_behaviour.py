@@ -36,9 +36,17 @@ async def _eventually(check: Any, timeout: float = 5.0) -> Any:
         await asyncio.sleep(0.1)
 
 
+async def _client_for(deployment: Deployment, aiohttp_client: Any) -> XksClient:
+    store = deployment.config.key_stores[0]
+    client = await aiohttp_client(create_app(ProxyRuntime(deployment.config)))
+    return XksClient(client, store.uri_path, store.region, store.credentials[0])
+
+
 async def test_disable_and_enable_take_effect_while_running(
-    xks: XksClient, deployment: Deployment
+    software_deployment: Deployment, aiohttp_client: Any
 ) -> None:
+    deployment = software_deployment
+    xks = await _client_for(deployment, aiohttp_client)
     encrypted = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"data"))
     database = _database(deployment)
     database.set_enabled(KEY_BOTH, False)
@@ -74,8 +82,10 @@ async def test_disable_and_enable_take_effect_while_running(
 
 
 async def test_rotation_keeps_old_ciphertexts_decryptable(
-    xks: XksClient, deployment: Deployment
+    software_deployment: Deployment, aiohttp_client: Any
 ) -> None:
+    deployment = software_deployment
+    xks = await _client_for(deployment, aiohttp_client)
     old = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"before rotation", b"ctx"))
     assert CiphertextMetadata.decode(unb64(old["ciphertextMetadata"])).key_version == 1
     database = _database(deployment)
@@ -147,7 +157,7 @@ async def test_metrics_are_scraped_and_parse(
     states = {
         s.labels["state"]: s.value
         for s in families["xks_ekm_health_state"].samples
-        if s.labels["backend"] == "local"
+        if s.labels["backend"] == runtime.config.key_stores[0].backend
     }
     assert states == {"ACTIVE": 1.0, "DEGRADED": 0.0, "UNAVAILABLE": 0.0}
     assert families["xks_requests_in_flight"].samples[0].value == 0

@@ -22,7 +22,9 @@ from xks_proxy.config import (
     NAME_PATTERN,
     REGION_PATTERN,
     Config,
+    Pkcs11BackendConfig,
     SoftwareBackendConfig,
+    TokenSelector,
     load_config,
 )
 from xks_proxy.credentials import CredentialsFile, generate_credential
@@ -48,7 +50,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _software_backend(config: Config, name: str | None) -> SoftwareBackendConfig:
-    backends = [b for b in config.backends.values() if b.type == "software"]
+    backends = [b for b in config.backends.values() if isinstance(b, SoftwareBackendConfig)]
     if name is not None:
         backends = [b for b in backends if b.name == name]
     if len(backends) != 1:
@@ -132,12 +134,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     for backend in config.backends.values():
-        # Opening the store proves the KEK decrypts every key in it.
-        database = KeyDatabase(backend.path, backend.kek)
-        try:
-            database.load()
-        finally:
-            database.close()
+        if isinstance(backend, SoftwareBackendConfig):
+            # Opening the store proves the KEK decrypts every key in it.
+            database = KeyDatabase(backend.path, backend.kek)
+            try:
+                database.load()
+            finally:
+                database.close()
     for store in config.key_stores:
         print(
             f"key store {store.name}: {store.uri_path}, region {store.region}, "
@@ -223,6 +226,51 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         return f"key {args.key_id} now encrypts with version {db.rotate_key(args.key_id)}"
 
     return _change_key(args, rotate)
+
+
+def _pkcs11_backend(config: Config, name: str | None) -> Pkcs11BackendConfig:
+    backends = [
+        b
+        for b in config.backends.values()
+        if isinstance(b, Pkcs11BackendConfig) and name in (None, b.name)
+    ]
+    if len(backends) != 1:
+        raise ConfigError(
+            "name the pkcs11 backend with --backend" if backends else "no such pkcs11 backend"
+        )
+    return backends[0]
+
+
+def _token_selector(backend: Pkcs11BackendConfig, label: str | None) -> TokenSelector:
+    return TokenSelector(label=label) if label else backend.tokens[0]
+
+
+def cmd_pkcs11_create_key(args: argparse.Namespace) -> int:
+    from xks_proxy.pkcs11_admin import create_key
+
+    backend = _pkcs11_backend(_config(args), args.backend)
+    label = args.label or (backend.health_key_label if args.health else None)
+    if label is None or not (args.health or KEY_ID_PATTERN.fullmatch(label)):
+        raise ConfigError("--label: 1-128 characters of A-Z a-z 0-9 . _ - (or --health)")
+    usage = USAGES.get(args.usage.upper().replace(" ", ""))
+    if usage is None:
+        raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
+    selector = _token_selector(backend, args.token)
+    try:
+        create_key(backend, selector, label, usage)
+    except FileExistsError:
+        raise CommandError(f"the token already has a key labelled {label}") from None
+    print(f"created AES-256 key {label} ({', '.join(sorted(usage)) or 'no usage'}) on {selector}")
+    return 0
+
+
+def cmd_pkcs11_list_keys(args: argparse.Namespace) -> int:
+    from xks_proxy.pkcs11_admin import list_keys
+
+    backend = _pkcs11_backend(_config(args), args.backend)
+    for key in list_keys(backend, _token_selector(backend, args.token)):
+        print(f"{key.label}  {key.key_type}-{key.bits}  {','.join(key.usage) or 'NONE'}")
+    return 0
 
 
 def _credentials_file(config: Config) -> CredentialsFile:

@@ -124,7 +124,38 @@ class SoftwareBackendConfig:
     fault_delay_ms: int = 0
 
 
-BackendConfig = SoftwareBackendConfig
+@dataclass(frozen=True, slots=True)
+class TokenSelector:
+    """Which PKCS#11 token: by label or by serial number, never "the first slot"."""
+
+    label: str | None = None
+    serial: str | None = None
+
+    def __str__(self) -> str:
+        return f"label {self.label!r}" if self.label is not None else f"serial {self.serial!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pkcs11BackendConfig:
+    name: str
+    module: Path
+    tokens: tuple[TokenSelector, ...]
+    user_pin: str = field(repr=False)
+    # How an XKS key id names an HSM object: its CKA_LABEL, or its CKA_ID (the id's UTF-8 bytes).
+    key_lookup: str = "label"
+    health_key_label: str = "xks-proxy-health"
+    sessions: int = 8
+    session_wait_ms: int = 100
+    # "proxy": the proxy draws each IV from the OS CSPRNG; "token": the HSM writes it (CloudHSM,
+    # Luna in FIPS mode), and a token that leaves it unwritten is an error, never IV reuse.
+    iv_source: str = "proxy"
+    vendor: str | None = None
+    model: str | None = None
+    type: str = "pkcs11"
+    fault_delay_ms: int = 0
+
+
+BackendConfig = SoftwareBackendConfig | Pkcs11BackendConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +169,8 @@ class KeyStoreConfig:
     # xks-spec §2.1: a proxy MAY enforce a per-key-store quota (429 ThrottlingException).
     requests_per_second: float | None = None
     burst: int | None = None
+    # A kill switch that works for every backend: these keys report DISABLED and refuse crypto.
+    disabled_keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +400,8 @@ def _backend(name: str, table: _Table, base_dir: Path, environ: Mapping[str, str
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{table.path}: backend names are 1-64 characters of A-Z a-z 0-9 . _ -")
     kind = table.require("type")
+    if kind == "pkcs11":
+        return _pkcs11_backend(name, table, base_dir, environ)
     if kind != "software":
         raise ConfigError(f"{table.where('type')}: unknown backend type {kind!r}")
     kek_where = table.where("kek")
@@ -375,6 +410,53 @@ def _backend(name: str, table: _Table, base_dir: Path, environ: Mapping[str, str
         name=name,
         path=base_dir / table.require("path"),
         kek=kek,
+        fault_delay_ms=table.ranged("fault_delay_ms", 0, 0, 60_000),
+    )
+    table.done()
+    return config
+
+
+def _token_selectors(table: _Table) -> tuple[TokenSelector, ...]:
+    raw = table.get("tokens", list, [])
+    if not raw:
+        raise ConfigError(f"{table.where('tokens')}: at least one token ({{label = ...}})")
+    selectors = []
+    for index, item in enumerate(raw):
+        entry = _Table(item, f"{table.where('tokens')}[{index}]")
+        label = entry.get("label", str, "")
+        serial = entry.get("serial", str, "")
+        if bool(label) == bool(serial):
+            raise ConfigError(f"{entry.path}: give exactly one of label or serial")
+        selectors.append(TokenSelector(label=label or None, serial=serial or None))
+        entry.done()
+    return tuple(selectors)
+
+
+def _pkcs11_backend(
+    name: str, table: _Table, base_dir: Path, environ: Mapping[str, str]
+) -> Pkcs11BackendConfig:
+    module = base_dir / table.require("module")
+    if not module.is_file():
+        raise ConfigError(f"{table.where('module')}: {module} is not a file")
+    pin_where = table.where("user_pin")
+    key_lookup = table.get("key_lookup", str, "label")
+    if key_lookup not in ("label", "id"):
+        raise ConfigError(f"{table.where('key_lookup')}: must be label or id")
+    iv_source = table.get("iv_source", str, "proxy")
+    if iv_source not in ("proxy", "token"):
+        raise ConfigError(f"{table.where('iv_source')}: must be proxy or token")
+    config = Pkcs11BackendConfig(
+        name=name,
+        module=module,
+        tokens=_token_selectors(table),
+        user_pin=resolve_secret(table.require("user_pin"), pin_where, base_dir, environ),
+        key_lookup=key_lookup,
+        health_key_label=table.get("health_key_label", str, "xks-proxy-health"),
+        sessions=table.ranged("sessions", 8, 1, 1024),
+        session_wait_ms=table.ranged("session_wait_ms", 100, 1, 60_000),
+        iv_source=iv_source,
+        vendor=table.get("vendor", str, "") or None,
+        model=table.get("model", str, "") or None,
         fault_delay_ms=table.ranged("fault_delay_ms", 0, 0, 60_000),
     )
     table.done()
@@ -427,6 +509,9 @@ def _key_store(
     if rate < 0:
         raise ConfigError(f"{table.where('requests_per_second')}: must not be negative")
     burst = table.ranged("burst", max(1, int(rate)), 1, 1_000_000)
+    disabled = table.get("disabled_keys", list, [])
+    if not all(isinstance(k, str) and KEY_PATTERN_PATTERN.fullmatch(k) for k in disabled):
+        raise ConfigError(f"{table.where('disabled_keys')}: a list of key ids")
     table.done()
     return KeyStoreConfig(
         name=name,
@@ -437,6 +522,7 @@ def _key_store(
         credentials=tuple(credentials),
         requests_per_second=rate or None,
         burst=burst if rate else None,
+        disabled_keys=frozenset(disabled),
     )
 
 

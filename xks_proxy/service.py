@@ -12,6 +12,7 @@ encrypt-only key gets its CDIV without it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fnmatch
 import logging
 import re
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from xks_proxy.aad import MAX_AAD_BYTES, cdiv
-from xks_proxy.backends.base import DECRYPT, ENCRYPT, Backend, EncryptResult, KeyInfo
+from xks_proxy.backends.base import AES_256, DECRYPT, ENCRYPT, Backend, EncryptResult, KeyInfo
 from xks_proxy.config import HealthConfig, KeyStoreConfig
 from xks_proxy.errors import (
     InternalError,
@@ -114,7 +115,10 @@ class XksService:
         if not store.key_filter.fullmatch(key_id):
             raise KeyNotFoundError()
         backend = store.backend
-        return await self._backend_call(backend, "describe_key", backend.describe_key(key_id))
+        info = await self._backend_call(backend, "describe_key", backend.describe_key(key_id))
+        if key_id in store.config.disabled_keys:
+            return dataclasses.replace(info, enabled=False)
+        return info
 
     @staticmethod
     def _check_usable(info: KeyInfo, aad: bytes | None, usage: str) -> None:
@@ -123,6 +127,8 @@ class XksService:
             raise UnsupportedOperationError("additionalAuthenticatedData over 65535 bytes.")
         if not info.enabled:
             raise InvalidStateError("The external key is disabled.")
+        if info.key_spec != AES_256:
+            raise InvalidKeyUsageError("The external key is not a 256-bit AES key.")
         if usage not in info.usage:
             raise InvalidKeyUsageError(f"The external key does not allow {usage}.")
 

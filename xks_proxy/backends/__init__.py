@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from xks_proxy.backends.base import Backend
-from xks_proxy.config import BackendConfig
+from xks_proxy.config import BackendConfig, Pkcs11BackendConfig, SoftwareBackendConfig
 
 
 def create_backend(config: BackendConfig) -> Backend:
     """The one place that maps a backend ``type`` to its implementation."""
     backend: Backend
-    match config.type:
-        case "software":
+    match config:
+        case SoftwareBackendConfig():
             from xks_proxy.backends.software import SoftwareBackend
 
             backend = SoftwareBackend(config)
-        case _:
-            raise ValueError(f"unknown backend type {config.type!r}")
+        case Pkcs11BackendConfig():
+            from xks_proxy.backends.pkcs11 import Pkcs11Backend
+
+            backend = Pkcs11Backend(config)
     if config.fault_delay_ms:
         from xks_proxy.backends.faults import DelayedBackend
 

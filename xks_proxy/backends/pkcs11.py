@@ -1,0 +1,475 @@
+"""The PKCS#11 backend: keys in HSM tokens, reached through python-pkcs11.
+
+* Tokens are chosen by label or serial. Several tokens of one backend are replicas holding the
+  same keys (an HSM cluster seen as separate slots): requests go to the first healthy one, and
+  each token is one ``ekmFleetDetails`` entry, ACTIVE or UNAVAILABLE (xks-spec §4.4: one entry
+  per EKM instance; KMS counts the states).
+* Sessions: each token has a fixed pool of sessions opened without a PIN and one extra session
+  that logs in and stays open, since PKCS#11 login state belongs to the application, not to the
+  session. A request waits for a free session up to ``session_wait_ms`` and then answers
+  DependencyTimeoutException. A session only returns to the pool when its thread is done with
+  it, even if the request gave up earlier.
+* Blocking PKCS#11 calls run in a thread pool (python-pkcs11 releases the GIL), never on the
+  event loop. The module is initialised for OS locking (see ``pkcs11_library``).
+* Key handles are cached per session and looked up again when the token calls them stale;
+  key descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
+* Errors are translated once, by ``pkcs11_errors.translate``. A session or device failure
+  discards the session (it is reopened on next use) and answers InternalException.
+* Health: a real AES-GCM encrypt and decrypt with the health key on each token. When no token
+  works, the backend finalises and initialises the module again and reconnects, which is also
+  how it notices a token that came back.
+* GetKeyMetadata reads the object's attributes: keySpec from CKA_KEY_TYPE and CKA_VALUE_LEN
+  (AES_256 only for a 32-byte AES key; RSA keys report RSA_<bits>), keyUsage from CKA_ENCRYPT,
+  CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_SIGN, CKA_VERIFY and CKA_DERIVE, keyStatus DISABLED
+  outside the key's CKA_START_DATE..CKA_END_DATE.
+* IVs: with ``iv_source = "proxy"`` each IV is 12 random bytes from the OS; with ``"token"``
+  the HSM writes the IV into the parameter buffer (CloudHSM, Luna in FIPS mode), and an IV the
+  token left untouched fails the request instead of encrypting under a fixed IV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, TypeVar
+
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+
+from xks_proxy.aad import CiphertextMetadata, ekm_aad
+from xks_proxy.backends import pkcs11_library
+from xks_proxy.backends.base import (
+    DECRYPT,
+    ENCRYPT,
+    Backend,
+    EkmHealth,
+    EncryptResult,
+    HealthState,
+    KeyInfo,
+)
+from xks_proxy.backends.pkcs11_errors import SESSION_FAILURES, STALE_HANDLE, translate
+from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
+from xks_proxy.errors import (
+    ConfigError,
+    DependencyTimeoutError,
+    InternalError,
+    InvalidCiphertextError,
+    InvalidKeyUsageError,
+    KeyNotFoundError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+IV_BYTES = 12
+TAG_BYTES = 16
+DESCRIBE_TTL_SECONDS = 5.0
+# HSM keys have no versions of their own; the metadata layout keeps the field for later.
+KEY_VERSION = 1
+_HEALTH_PLAINTEXT = b"xks-proxy health check"
+_HEALTH_CACHE_KEY = "\x00health"
+_USAGE_ATTRIBUTES = (
+    (Attribute.ENCRYPT, ENCRYPT),
+    (Attribute.DECRYPT, DECRYPT),
+    (Attribute.WRAP, "WRAP"),
+    (Attribute.UNWRAP, "UNWRAP"),
+    (Attribute.SIGN, "SIGN"),
+    (Attribute.VERIFY, "VERIFY"),
+    (Attribute.DERIVE, "DERIVE"),
+)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One pooled session and the key objects resolved in it."""
+
+    session: Any = None
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):  # the session is already broken
+                self.session.close()
+        self.session = None
+        self.keys.clear()
+
+
+class _Token:
+    def __init__(self, selector: TokenSelector, size: int) -> None:
+        self.selector = selector
+        self.sessions = [_Session() for _ in range(size)]
+        self.pool: asyncio.Queue[_Session] = asyncio.Queue()
+        for each in self.sessions:
+            self.pool.put_nowait(each)
+        self.token: Any = None
+        self.login: Any = None
+        self.healthy = True
+        self.model = "PKCS#11 token"
+        self.manufacturer = ""
+        self.connect_lock = threading.Lock()
+
+    @property
+    def ekm_id(self) -> str:
+        return self.selector.label or self.selector.serial or "token"
+
+    def forget(self) -> None:
+        """Drop every session and the login (after the module was finalised)."""
+        for each in self.sessions:
+            each.session = None
+            each.keys.clear()
+        self.login = None
+        self.token = None
+
+
+def _flag(key: Any, attribute: Attribute) -> bool:
+    try:
+        return bool(key[attribute])
+    except (p11.PKCS11Error, KeyError):
+        return False
+
+
+def _optional(key: Any, attribute: Attribute) -> Any:
+    try:
+        return key[attribute]
+    except (p11.PKCS11Error, KeyError, ValueError):
+        # ValueError: python-pkcs11 cannot parse an empty CKA_START_DATE / CKA_END_DATE.
+        return None
+
+
+def _within_dates(key: Any, today: date) -> bool:
+    start, end = _optional(key, Attribute.START_DATE), _optional(key, Attribute.END_DATE)
+    return not (isinstance(start, date) and today < start) and not (
+        isinstance(end, date) and today > end
+    )
+
+
+class Pkcs11Backend:
+    def __init__(self, config: Pkcs11BackendConfig) -> None:
+        self._config = config
+        self._tokens = [_Token(selector, config.sessions) for selector in config.tokens]
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.sessions * len(self._tokens) + 1,
+            thread_name_prefix=f"pkcs11-{config.name}",
+        )
+        self._library: Any = None
+        self._described: dict[str, tuple[float, KeyInfo]] = {}
+        self._reconnecting = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def vendor(self) -> str:
+        return self._config.vendor or self._tokens[0].manufacturer or "PKCS#11"
+
+    # -- connection, on a pool thread ------------------------------------------------------------
+    def _find_token(self, selector: TokenSelector) -> Any:
+        assert self._library is not None
+        if selector.label is not None:
+            return self._library.get_token(token_label=selector.label)
+        assert selector.serial is not None
+        return self._library.get_token(token_serial=selector.serial.encode())
+
+    def _ensure(self, token: _Token, pooled: _Session) -> Any:
+        """The session, opening it (and logging in to the token) when needed."""
+        if pooled.session is not None:
+            return pooled.session
+        with token.connect_lock:
+            if token.login is None:
+                found = self._find_token(token.selector)
+                token.login = found.open(user_pin=self._config.user_pin)
+                token.token = found
+                token.manufacturer = found.manufacturer_id
+                token.model = self._config.model or f"{found.manufacturer_id} {found.model}"
+        pooled.session = token.token.open()
+        pooled.keys.clear()
+        return pooled.session
+
+    def _connect_all(self) -> None:
+        self._library = pkcs11_library.load(self._config.module)
+        for token in self._tokens:
+            try:
+                session = self._ensure(token, token.sessions[0])
+            except p11.NoSuchToken:
+                raise ConfigError(
+                    f"backends.{self.name}.tokens: no token with {token.selector} in "
+                    f"{self._config.module}"
+                ) from None
+            except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked):
+                raise ConfigError(
+                    f"backends.{self.name}.user_pin: login to the token with "
+                    f"{token.selector} failed: the PIN is incorrect or locked"
+                ) from None
+            try:
+                session.get_key(
+                    object_class=ObjectClass.SECRET_KEY, label=self._config.health_key_label
+                )
+            except p11.NoSuchKey:
+                raise ConfigError(
+                    f"backends.{self.name}.health_key_label: no AES key labelled "
+                    f"{self._config.health_key_label!r} on the token with {token.selector}; "
+                    "create it with `xks-proxy pkcs11 create-key --health`"
+                ) from None
+
+    # -- the pool ------------------------------------------------------------------------------
+    async def _call(
+        self, token: _Token, work: Callable[[_Session], T], *, decrypting: bool = False
+    ) -> T:
+        """Run ``work`` on a free session of ``token`` in the thread pool."""
+        try:
+            pooled = await asyncio.wait_for(token.pool.get(), self._config.session_wait_ms / 1000)
+        except TimeoutError:
+            raise DependencyTimeoutError("No HSM session became free in time.") from None
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            try:
+                self._ensure(token, pooled)
+                return work(pooled)
+            except SESSION_FAILURES:
+                pooled.discard()
+                raise
+
+        future = self._executor.submit(run)
+        # The session goes back when the thread is done with it, not when the request gives up.
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(token.pool.put_nowait, pooled))
+        try:
+            return await asyncio.wrap_future(future)
+        except (p11.PKCS11Error, AttributeError) as error:
+            if isinstance(error, SESSION_FAILURES):
+                token.healthy = False
+                log.warning("PKCS#11 session on token %s failed: %s", token.ekm_id,
+                            type(error).__name__)  # fmt: skip
+            if isinstance(error, AttributeError):
+                # python-pkcs11 gives a key no encrypt/decrypt method when its flags forbid it.
+                raise InvalidKeyUsageError("The HSM key does not permit this operation.") from None
+            raise translate(error, decrypting=decrypting) from None
+
+    def _token(self) -> _Token:
+        for token in self._tokens:
+            if token.healthy:
+                return token
+        raise InternalError("No HSM token is available.")
+
+    def _lookup(self, key_id: str) -> dict[str, Any]:
+        if self._config.key_lookup == "id":
+            return {"id": key_id.encode()}
+        return {"label": key_id}
+
+    def _key(self, pooled: _Session, key_id: str, fresh: bool = False) -> Any:
+        key = None if fresh else pooled.keys.get(key_id)
+        if key is None:
+            lookup = (
+                {"label": self._config.health_key_label}
+                if key_id == _HEALTH_CACHE_KEY
+                else self._lookup(key_id)
+            )
+            key = pooled.session.get_key(object_class=ObjectClass.SECRET_KEY, **lookup)
+            pooled.keys[key_id] = key
+        return key
+
+    def _with_key(self, pooled: _Session, key_id: str, use: Callable[[Any], T]) -> T:
+        try:
+            return use(self._key(pooled, key_id))
+        except STALE_HANDLE:
+            return use(self._key(pooled, key_id, fresh=True))
+
+    # -- Backend -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._connect_all)
+
+    async def close(self) -> None:
+        def close_all() -> None:
+            for token in self._tokens:
+                for each in token.sessions:
+                    each.discard()
+                if token.login is not None:
+                    with contextlib.suppress(p11.PKCS11Error):
+                        token.login.close()
+                token.forget()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close_all)
+        self._executor.shutdown(wait=False)
+
+    def _describe_in_session(self, pooled: _Session, key_id: str) -> KeyInfo:
+        today = date.today()
+        try:
+            key = self._with_key(pooled, key_id, lambda k: k)
+        except p11.NoSuchKey:
+            # Not a secret key: an asymmetric key still gets an honest (non-AES) description.
+            key = pooled.session.get_key(object_class=ObjectClass.PRIVATE_KEY,
+                                         **self._lookup(key_id))  # fmt: skip
+        key_type = _optional(key, Attribute.KEY_TYPE)
+        if key_type == KeyType.AES:
+            key_spec = f"AES_{(_optional(key, Attribute.VALUE_LEN) or 0) * 8}"
+        elif key_type == KeyType.RSA:
+            key_spec = f"RSA_{getattr(key, 'key_length', 0)}"
+        elif key_type == KeyType.EC:
+            key_spec = "ECC"
+        else:
+            key_spec = "UNSUPPORTED"
+        usage = frozenset(name for attribute, name in _USAGE_ATTRIBUTES if _flag(key, attribute))
+        return KeyInfo(key_id, key_spec, usage, _within_dates(key, today))
+
+    async def describe_key(self, key_id: str) -> KeyInfo:
+        cached = self._described.get(key_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        if key_id == self._config.health_key_label:
+            raise KeyNotFoundError()  # the health key is never a customer key
+        info = await self._call(self._token(), lambda s: self._describe_in_session(s, key_id))
+        self._described[key_id] = (time.monotonic() + DESCRIBE_TTL_SECONDS, info)
+        return info
+
+    def _encrypt_in_session(
+        self, pooled: _Session, key_id: str, plaintext: bytes, aad: bytes | None
+    ) -> EncryptResult:
+        metadata = CiphertextMetadata(key_version=KEY_VERSION).encode()
+        token_iv = self._config.iv_source == "token"
+        iv = bytes(IV_BYTES) if token_iv else os.urandom(IV_BYTES)
+        params = pkcs11_library.GcmParams(iv, ekm_aad(aad, metadata))
+        sealed = self._with_key(
+            pooled,
+            key_id,
+            lambda key: key.encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
+            ),
+        )
+        if token_iv:
+            iv = params.iv_after_call()
+            if iv == bytes(IV_BYTES):
+                raise InternalError("The HSM did not generate an IV; set iv_source = proxy.")
+        if len(sealed) != len(plaintext) + TAG_BYTES:
+            raise InternalError("The HSM returned AES-GCM output of an unexpected length.")
+        return EncryptResult(sealed[:-TAG_BYTES], iv, sealed[-TAG_BYTES:], metadata)
+
+    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+        return await self._call(
+            self._token(), lambda s: self._encrypt_in_session(s, key_id, plaintext, aad)
+        )
+
+    def _decrypt_in_session(
+        self,
+        pooled: _Session,
+        key_id: str,
+        sealed: bytes,
+        iv: bytes,
+        aad: bytes | None,
+        ciphertext_metadata: bytes | None,
+    ) -> bytes:
+        try:
+            version = CiphertextMetadata.decode(ciphertext_metadata).key_version
+        except ValueError:
+            raise InvalidCiphertextError() from None
+        if version != KEY_VERSION:
+            raise InvalidCiphertextError()
+        params = pkcs11_library.GcmParams(iv, ekm_aad(aad, ciphertext_metadata))
+        plaintext: bytes = self._with_key(
+            pooled,
+            key_id,
+            lambda key: key.decrypt(
+                sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
+            ),
+        )
+        return plaintext
+
+    async def decrypt(
+        self,
+        key_id: str,
+        ciphertext: bytes,
+        iv: bytes,
+        tag: bytes,
+        aad: bytes | None,
+        ciphertext_metadata: bytes | None,
+    ) -> bytes:
+        return await self._call(
+            self._token(),
+            lambda s: self._decrypt_in_session(
+                s, key_id, ciphertext + tag, iv, aad, ciphertext_metadata
+            ),
+            decrypting=True,
+        )
+
+    def _probe_in_session(self, pooled: _Session) -> bool:
+        result = self._encrypt_in_session(pooled, _HEALTH_CACHE_KEY, _HEALTH_PLAINTEXT, None)
+        plaintext = self._decrypt_in_session(
+            pooled,
+            _HEALTH_CACHE_KEY,
+            result.ciphertext + result.tag,
+            result.iv,
+            None,
+            result.ciphertext_metadata,
+        )
+        return plaintext == _HEALTH_PLAINTEXT
+
+    async def _probe(self, token: _Token) -> bool:
+        try:
+            healthy = await self._call(token, self._probe_in_session)
+        except Exception as error:
+            log.warning("health check of token %s failed: %s", token.ekm_id,
+                        type(error).__name__)  # fmt: skip
+            healthy = False
+        token.healthy = healthy
+        return healthy
+
+    async def check_health(self) -> list[EkmHealth]:
+        results = [await self._probe(token) for token in self._tokens]
+        if not any(results):
+            await self._reconnect()
+            results = [await self._probe(token) for token in self._tokens]
+        return [
+            EkmHealth(
+                ekm_id=token.ekm_id,
+                model=token.model,
+                state=HealthState.ACTIVE if ok else HealthState.UNAVAILABLE,
+            )
+            for token, ok in zip(self._tokens, results, strict=True)
+        ]
+
+    async def _reconnect(self) -> None:
+        """Finalise and initialise the module again, with every session out of every pool."""
+        async with self._reconnecting:
+            taken: list[tuple[_Token, _Session]] = []
+            try:
+                for token in self._tokens:
+                    for _ in token.sessions:
+                        taken.append((token, await asyncio.wait_for(token.pool.get(), 10)))
+            except TimeoutError:
+                log.warning("PKCS#11 reconnect skipped: a session is still busy")
+            else:
+                loop = asyncio.get_running_loop()
+                try:
+                    await loop.run_in_executor(self._executor, self._reinitialize)
+                    log.info("PKCS#11 module %s initialised again", self._config.module)
+                except Exception as error:
+                    log.warning("PKCS#11 reinitialisation failed: %s", type(error).__name__)
+            finally:
+                for token, pooled in taken:
+                    token.pool.put_nowait(pooled)
+            self._described.clear()
+
+    def _reinitialize(self) -> None:
+        for token in self._tokens:
+            token.forget()
+        self._library = pkcs11_library.reinitialize(self._config.module)
+
+    # -- for tests and provisioning ---------------------------------------------------------------
+    async def hold_session(self, token_index: int = 0) -> _Session:
+        """Take a session out of the pool (tests of pool exhaustion); give it back with
+        ``release_session``."""
+        return await self._tokens[token_index].pool.get()
+
+    def release_session(self, pooled: _Session, token_index: int = 0) -> None:
+        self._tokens[token_index].pool.put_nowait(pooled)
+
+
+_conforms: type[Backend] = Pkcs11Backend
