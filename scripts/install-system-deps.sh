@@ -3,10 +3,12 @@
 # machine pays nothing and a fresh Debian 12 machine gets everything.
 #   curl           real `curl --aws-sigv4` as an independent SigV4 signer (curl >= 7.75)
 #   python3-venv   `python3 -m venv` on Debian's own Python
+#   softhsm2       a real PKCS#11 token (libsofthsm2.so, softhsm2-util) for the HSM backend tests
 set -euo pipefail
 
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]} == 0)); then

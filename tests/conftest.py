@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from tests.softhsm import SoftHsm, make_softhsm, provision_conformance_token
 from tests.xks_client import XksClient
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
-from xks_proxy.config import Config, load_config
+from xks_proxy.config import Config, SoftwareBackendConfig, load_config
 from xks_proxy.keystore.store import KeyDatabase
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.scaffold import scaffold
@@ -39,6 +39,13 @@ def vectors() -> dict[str, Any]:
     return document
 
 
+def software_database(config: Config) -> KeyDatabase:
+    """The key store file of a deployment's software backend."""
+    backend = config.backends["local"]
+    assert isinstance(backend, SoftwareBackendConfig)
+    return KeyDatabase(backend.path, backend.kek)
+
+
 @dataclass
 class Deployment:
     directory: Path
@@ -56,8 +63,7 @@ def make_deployment(directory: Path, **config_changes: str) -> Deployment:
         text = text.replace(old, new)
     made.config_path.write_text(text)
     config = load_config(made.config_path)
-    backend = config.backends["local"]
-    database = KeyDatabase(backend.path, backend.kek)
+    database = software_database(config)
     try:
         database.create_key(KEY_ENCRYPT_ONLY, frozenset({ENCRYPT}))
         database.create_key(KEY_DECRYPT_ONLY, frozenset({DECRYPT}))

@@ -68,7 +68,7 @@ class SoftHsm:
             'type = "pkcs11"',
             f'module = "{self.module}"',
             f'user_pin = "{USER_PIN}"',
-            'tokens = [{label = "%s"}]' % label,
+            f'tokens = [{{label = "{label}"}}]',
         ]
         lines += [f"{key} = {value!r}".replace("'", '"') for key, value in settings.items()]
         return "\n".join(lines) + "\n"

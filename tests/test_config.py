@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from xks_proxy.config import load_config, parse_config
+from xks_proxy.config import SoftwareBackendConfig, load_config, parse_config
 from xks_proxy.devcert import self_signed
 from xks_proxy.errors import ConfigError
 
@@ -42,7 +42,8 @@ def test_example_configuration_loads(tmp_path: Path) -> None:
     assert payments.uri_path == "/keystores/payments/kms/xks/v1"
     assert payments.credentials[0].secret_access_key == SECRET
     assert analytics.region == "eu-west-1" and analytics.credentials == ()
-    assert config.backends["local"].kek == bytes(range(32))
+    local = config.backends["local"]
+    assert isinstance(local, SoftwareBackendConfig) and local.kek == bytes(range(32))
     assert config.audit.path == str(tmp_path / "audit.log")
     assert SECRET not in repr(config) and KEK not in repr(config)
 

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import KEY_BOTH, Deployment
+from tests.conftest import KEY_BOTH, Deployment, software_database
 from tests.xks_client import HEALTH_BODY, XksClient, decrypt_body, encrypt_body, unb64
 from xks_proxy.aad import CiphertextMetadata
 from xks_proxy.config import load_config
@@ -23,8 +23,7 @@ SECRET_PLAINTEXT = b"TOP-SECRET-PLAINTEXT-0123456789"
 
 
 def _database(deployment: Deployment) -> KeyDatabase:
-    backend = deployment.config.backends["local"]
-    return KeyDatabase(backend.path, backend.kek)
+    return software_database(deployment.config)
 
 
 async def _eventually(check: Any, timeout: float = 5.0) -> Any:

@@ -141,6 +141,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 database.load()
             finally:
                 database.close()
+        else:
+            # Opening an HSM backend proves the module, token, PIN and health key.
+            asyncio.run(_open_and_close(backend))
     for store in config.key_stores:
         print(
             f"key store {store.name}: {store.uri_path}, region {store.region}, "
@@ -148,6 +151,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
     print(f"{config.path}: ok")
     return 0
+
+
+async def _open_and_close(config: Pkcs11BackendConfig) -> None:
+    from xks_proxy.backends import create_backend
+
+    backend = create_backend(config)
+    await backend.open()
+    await backend.close()
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -442,6 +453,24 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "revoke":
             sub.add_argument("--access-key-id", required=True)
         sub.set_defaults(func=func)
+
+    hsm = commands.add_parser("pkcs11", help="provision keys on a PKCS#11 token")
+    hsm_commands = hsm.add_subparsers(dest="pkcs11_command", required=True, metavar="ACTION")
+    create = hsm_commands.add_parser("create-key", help="generate an AES-256 key on the token")
+    listing = hsm_commands.add_parser("list-keys", help="list the token's secret keys")
+    for sub in (create, listing):
+        config_arg(sub)
+        sub.add_argument("--backend", help="pkcs11 backend name (default: the only one)")
+        sub.add_argument("--token", help="token label (default: the backend's first token)")
+    create.add_argument("--label", help="the key id (CKA_LABEL and CKA_ID)")
+    create.add_argument(
+        "--usage", default="ENCRYPT,DECRYPT", help="ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE"
+    )
+    create.add_argument(
+        "--health", action="store_true", help="create the backend's health-check key"
+    )
+    create.set_defaults(func=cmd_pkcs11_create_key)
+    listing.set_defaults(func=cmd_pkcs11_list_keys)
 
     kms = commands.add_parser(
         "kms-config", help="print the proxy configuration file for the KMS console"

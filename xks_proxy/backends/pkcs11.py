@@ -15,13 +15,16 @@
   key descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
 * Errors are translated once, by ``pkcs11_errors.translate``. A session or device failure
   discards the session (it is reopened on next use) and answers InternalException.
-* Health: a real AES-GCM encrypt and decrypt with the health key on each token. When no token
-  works, the backend finalises and initialises the module again and reconnects, which is also
-  how it notices a token that came back.
+* Health: a real AES-GCM encrypt and decrypt with the health key on each token. When a token
+  fails, the backend finalises and initialises the module again and reconnects (at most every
+  ``RECONNECT_INTERVAL_SECONDS``), which is also how it notices a token that came back. While
+  no token works, requests answer InternalException at once.
 * GetKeyMetadata reads the object's attributes: keySpec from CKA_KEY_TYPE and CKA_VALUE_LEN
   (AES_256 only for a 32-byte AES key; RSA keys report RSA_<bits>), keyUsage from CKA_ENCRYPT,
   CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_SIGN, CKA_VERIFY and CKA_DERIVE, keyStatus DISABLED
-  outside the key's CKA_START_DATE..CKA_END_DATE.
+  outside the key's CKA_START_DATE..CKA_END_DATE where the token can report them (SoftHSM
+  2.6.1 cannot read them back). PKCS#11 has no other on/off state, so the key store's
+  ``disabled_keys`` kill switch is the way to disable an HSM key.
 * IVs: with ``iv_source = "proxy"`` each IV is 12 random bytes from the OS; with ``"token"``
   the HSM writes the IV into the parameter buffer (CloudHSM, Luna in FIPS mode), and an IV the
   token left untouched fails the request instead of encrypting under a fixed IV.
@@ -71,6 +74,8 @@ T = TypeVar("T")
 IV_BYTES = 12
 TAG_BYTES = 16
 DESCRIBE_TTL_SECONDS = 5.0
+# Reinitialising the module when a token fails is worth it at most this often.
+RECONNECT_INTERVAL_SECONDS = 10.0
 # HSM keys have no versions of their own; the metadata layout keeps the field for later.
 KEY_VERSION = 1
 _HEALTH_PLAINTEXT = b"xks-proxy health check"
@@ -161,6 +166,7 @@ class Pkcs11Backend:
         self._library: Any = None
         self._described: dict[str, tuple[float, KeyInfo]] = {}
         self._reconnecting = asyncio.Lock()
+        self._last_reconnect = -RECONNECT_INTERVAL_SECONDS
 
     @property
     def name(self) -> str:
@@ -423,7 +429,11 @@ class Pkcs11Backend:
 
     async def check_health(self) -> list[EkmHealth]:
         results = [await self._probe(token) for token in self._tokens]
-        if not any(results):
+        now = time.monotonic()
+        if not all(results) and now - self._last_reconnect >= RECONNECT_INTERVAL_SECONDS:
+            # Some modules (SoftHSM among them) only notice a token that came back when they
+            # are initialised again; healthy tokens pause for the moment this takes.
+            self._last_reconnect = now
             await self._reconnect()
             results = [await self._probe(token) for token in self._tokens]
         return [

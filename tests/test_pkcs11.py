@@ -1,0 +1,288 @@
+"""What only the PKCS#11 backend does, against real SoftHSM2 tokens (never skipped).
+
+The API behaviour both backends share is tested by the conformance suite in test_api.py,
+which runs once per backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    CONFORMANCE_TOKEN,
+    KEY_BOTH,
+    Deployment,
+    make_pkcs11_deployment,
+)
+from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
+from tests.softhsm import HEALTH_LABEL, USER_PIN, SoftHsm, make_softhsm
+from tests.xks_client import (
+    HEALTH_BODY,
+    METADATA_BODY,
+    XksClient,
+    decrypt_body,
+    encrypt_body,
+    unb64,
+)
+from xks_proxy.backends.pkcs11 import Pkcs11Backend
+from xks_proxy.runtime import ProxyRuntime
+from xks_proxy.web.app import create_app
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+async def _client(deployment: Deployment, aiohttp_client: Any) -> tuple[ProxyRuntime, XksClient]:
+    runtime = ProxyRuntime(deployment.config)
+    client = await aiohttp_client(create_app(runtime))
+    store = deployment.config.key_stores[0]
+    return runtime, XksClient(client, store.uri_path, store.region, store.credentials[0])
+
+
+@pytest.fixture
+async def hsm_xks(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> tuple[ProxyRuntime, XksClient]:
+    return await _client(make_pkcs11_deployment(tmp_path, softhsm), aiohttp_client)
+
+
+@pytest.mark.parametrize(
+    ("key_id", "key_spec"), [("key-rsa", "RSA_2048"), ("key-aes-128", "AES_128")]
+)
+async def test_only_a_32_byte_aes_key_is_aes_256(
+    hsm_xks: tuple[ProxyRuntime, XksClient], key_id: str, key_spec: str
+) -> None:
+    _, xks = hsm_xks
+    metadata = await xks.call("metadata", key_id, METADATA_BODY)
+    assert metadata["keySpec"] == key_spec != "AES_256"
+    error = await xks.call("encrypt", key_id, encrypt_body(b"x"), expect=400)
+    assert error["errorName"] == "InvalidKeyUsageException"
+    assert (await xks.call("metadata", KEY_BOTH, METADATA_BODY))["keySpec"] == "AES_256"
+
+
+async def test_key_usage_reports_every_capability(hsm_xks: tuple[ProxyRuntime, XksClient]) -> None:
+    _, xks = hsm_xks
+    metadata = await xks.call("metadata", "key-with-sign", METADATA_BODY)
+    assert metadata["keyUsage"] == ["DECRYPT", "ENCRYPT", "SIGN", "VERIFY"]
+
+
+async def test_health_key_is_not_a_customer_key(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    deployment = make_pkcs11_deployment(tmp_path, softhsm)
+    text = deployment.config_path.read_text().replace('keys = ["key-*"]', 'keys = ["*"]')
+    deployment.config_path.write_text(text)
+    from xks_proxy.config import load_config
+
+    _, xks = await _client(Deployment(tmp_path, load_config(deployment.config_path)),
+                           aiohttp_client)  # fmt: skip
+    error = await xks.call("metadata", HEALTH_LABEL, METADATA_BODY, expect=404)
+    assert error["errorName"] == "KeyNotFoundException"
+
+
+async def test_keys_found_by_cka_id(tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any) -> None:
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, key_lookup="id")
+    _, xks = await _client(deployment, aiohttp_client)
+    encrypted = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"by id", b"ctx"))
+    decrypted = await xks.call("decrypt", KEY_BOTH, decrypt_body(encrypted, b"ctx"))
+    assert unb64(decrypted["plaintext"]) == b"by id"
+
+
+async def test_hundreds_of_overlapping_requests(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, sessions=4, session_wait_ms=5000)
+    text = deployment.config_path.read_text().replace(
+        "[server]\n", "[server]\nrequest_deadline_ms = 10000\n"
+    )
+    deployment.config_path.write_text(text)
+    from xks_proxy.config import load_config
+
+    runtime, xks = await _client(Deployment(tmp_path, load_config(deployment.config_path)),
+                                 aiohttp_client)  # fmt: skip
+
+    async def round_trip(index: int) -> bytes:
+        plaintext = b"%d" % index * 100
+        encrypted = await xks.call("encrypt", KEY_BOTH, encrypt_body(plaintext, b"ctx"))
+        decrypted = await xks.call("decrypt", KEY_BOTH, decrypt_body(encrypted, b"ctx"))
+        return (unb64(decrypted["plaintext"]) == plaintext and b"ok") or b"mismatch"
+
+    results = await asyncio.gather(*(round_trip(i) for i in range(300)))
+    assert results == [b"ok"] * 300
+    backend = runtime.backends["hsm"]
+    assert isinstance(backend, Pkcs11Backend)
+    health = await xks.call("health", None, HEALTH_BODY)
+    assert health["ekmFleetDetails"][0]["healthStatus"] == "ACTIVE"
+
+
+def test_the_module_survives_threads_only_with_os_locking(softhsm: SoftHsm) -> None:
+    # The same workload that crashed SoftHSM 2.6.1 when initialised the way python-pkcs11 does
+    # (tools/pkcs11_os_locking.py --raw), through the proxy's own initialisation.
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / "pkcs11_os_locking.py"), "--module", str(softhsm.module),
+         "--token", CONFORMANCE_TOKEN, "--pin", USER_PIN, "--key", KEY_BOTH,
+         "--threads", "16", "--rounds", "100"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, "survived"), result.stderr
+
+
+async def test_pool_exhaustion_waits_then_times_out(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    # The session wait (1 s) is longer than the request deadline (200 ms): the deadline wins.
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, sessions=1, session_wait_ms=1000)
+    runtime, xks = await _client(deployment, aiohttp_client)
+    backend = runtime.backends["hsm"]
+    assert isinstance(backend, Pkcs11Backend)
+    await xks.call("metadata", KEY_BOTH, METADATA_BODY)  # description cached
+    held = await backend.hold_session()
+    started = time.monotonic()
+    error = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"x"), expect=503)
+    waited = time.monotonic() - started
+    assert error["errorName"] == "DependencyTimeoutException"
+    assert 0.2 <= waited < 1.0, "it waited for a session until the request deadline"
+    # A request that waits less than session_wait_ms gets the session when it comes back.
+    pending = asyncio.create_task(xks.call("encrypt", KEY_BOTH, encrypt_body(b"y")))
+    await asyncio.sleep(0.1)
+    backend.release_session(held)
+    assert (await pending)["ciphertext"]
+
+
+async def test_token_generated_iv_is_never_a_fixed_iv(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    # SoftHSM does not write IVs: the proxy must refuse rather than encrypt under zeros.
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, iv_source="token")
+    _, xks = await _client(deployment, aiohttp_client)
+    error = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"x"), expect=500)
+    assert error["errorName"] == "InternalException"
+    health = await xks.call("health", None, HEALTH_BODY)
+    assert health["ekmFleetDetails"][0]["healthStatus"] == "UNAVAILABLE"
+
+
+def _serve_fails(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([XKS_PROXY, "serve", "--config", str(config), "--port", "0"],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ((f'user_pin = "{USER_PIN}"', 'user_pin = "0000-wrong"'), "user_pin"),
+        ((f'label = "{CONFORMANCE_TOKEN}"', 'label = "no-such-token"'), "tokens"),
+        (("[backends.hsm]\n", '[backends.hsm]\nhealth_key_label = "nope"\n'), "health_key_label"),
+    ],
+    ids=["wrong PIN", "unknown token", "missing health key"],
+)
+def test_start_up_errors_are_clear(
+    tmp_path: Path, softhsm: SoftHsm, change: tuple[str, str], where: str
+) -> None:
+    deployment = make_pkcs11_deployment(tmp_path, softhsm)
+    deployment.config_path.write_text(deployment.config_path.read_text().replace(*change))
+    checked = subprocess.run(
+        [XKS_PROXY, "check-config", "--config", str(deployment.config_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    for result in (_serve_fails(deployment.config_path), checked):
+        assert result.returncode == 2, result.stderr
+        assert f"backends.hsm.{where}" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert USER_PIN not in result.stderr and "0000-wrong" not in result.stderr
+
+
+def _own_softhsm(directory: Path) -> tuple[SoftHsm, dict[str, str]]:
+    hsm = make_softhsm(directory / "hsm")
+    hsm.init_token("removable")
+    return hsm, {**os.environ, "SOFTHSM2_CONF": str(hsm.conf)}
+
+
+def test_provisioning_commands_and_token_loss_and_recovery(tmp_path: Path) -> None:
+    """A proxy whose token disappears: health UNAVAILABLE, requests fail cleanly, and both
+    come back by themselves when the token does."""
+    hsm, environment = _own_softhsm(tmp_path)
+    deployment_dir = tmp_path / "dep"
+    subprocess.run([XKS_PROXY, "init", str(deployment_dir), "--key-id", KEY_BOTH, "--port", "0",
+                    "--metrics-port", "0"], check=True, capture_output=True)  # fmt: skip
+    config = deployment_dir / "xks-proxy.toml"
+    text = config.read_text()
+    software = text[text.index("[backends.local]") : text.index("[[key_stores]]")]
+    text = text.replace(software, hsm.toml("removable") + "\n").replace(
+        'backend = "local"', 'backend = "hsm"'
+    )
+    config.write_text(text.replace("interval_seconds = 15", "interval_seconds = 1"))
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [XKS_PROXY, *args, "--config", str(config)],
+            env=environment, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    cli("pkcs11", "create-key", "--health")
+    cli("pkcs11", "create-key", "--label", KEY_BOTH)
+    cli("pkcs11", "create-key", "--label", "enc-only", "--usage", "ENCRYPT")
+    listed = cli("pkcs11", "list-keys")
+    assert f"{KEY_BOTH}  AES-256  ENCRYPT,DECRYPT" in listed
+    assert "enc-only  AES-256  ENCRYPT" in listed
+    duplicate = subprocess.run([XKS_PROXY, "pkcs11", "create-key", "--label", KEY_BOTH,
+                                "--config", str(config)], env=environment, capture_output=True,
+                               text=True, timeout=60, check=False)  # fmt: skip
+    assert duplicate.returncode == 1
+
+    from xks_proxy.config import load_config
+
+    credential = load_config(config).key_stores[0].credentials[0]
+    old_conf = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    try:
+        proxy = ProxyProcess(config)
+    finally:
+        if old_conf is not None:
+            os.environ["SOFTHSM2_CONF"] = old_conf
+    health_path = "/keystores/dev/kms/xks/v1/health"
+    encrypt_path = f"/keystores/dev/kms/xks/v1/keys/{KEY_BOTH}/encrypt"
+    decrypt_path = f"/keystores/dev/kms/xks/v1/keys/{KEY_BOTH}/decrypt"
+
+    def health() -> str:
+        status, body = post(connect(proxy.port), health_path, HEALTH_BODY, credential)
+        assert status == 200
+        return str(body["ekmFleetDetails"][0]["healthStatus"])
+
+    def wait_for_health(state: str, timeout: float = 40) -> None:
+        deadline = time.monotonic() + timeout
+        while health() != state:
+            assert time.monotonic() < deadline, f"health never became {state}:\n{proxy.log}"
+            time.sleep(0.5)
+
+    with proxy:
+        wait_for_health("ACTIVE")
+        status, encrypted = post(connect(proxy.port), encrypt_path, encrypt_body(b"kept"),
+                                 credential)  # fmt: skip
+        assert status == 200
+        (token_dir,) = [p for p in hsm.token_dir.iterdir() if p.is_dir()]
+        # Out of the token directory: SoftHSM loads every folder in it as a token.
+        away = tmp_path / "token-away"
+        token_dir.rename(away)
+        wait_for_health("UNAVAILABLE")
+        status, error = post(connect(proxy.port), encrypt_path, encrypt_body(b"x"), credential)
+        assert (status, error["errorName"]) == (500, "InternalException")
+        assert "PKCS" not in error["errorMessage"] and "CKR" not in error["errorMessage"]
+        away.rename(token_dir)
+        wait_for_health("ACTIVE")
+        status, decrypted = post(connect(proxy.port), decrypt_path, decrypt_body(encrypted),
+                                 credential)  # fmt: skip
+        assert (status, unb64(decrypted["plaintext"])) == (200, b"kept")
+        assert proxy.stop() == 0
+    close_all()
+    shutil.rmtree(hsm.directory, ignore_errors=True)
+    assert json  # (json is used by helpers this module imports)
