@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from xks_proxy.config import SoftwareBackendConfig, load_config, parse_config
+from xks_proxy.config import (
+    Pkcs11BackendConfig,
+    SoftwareBackendConfig,
+    load_config,
+    parse_config,
+)
 from xks_proxy.devcert import self_signed
 from xks_proxy.errors import ConfigError
 
@@ -46,6 +51,19 @@ def test_example_configuration_loads(tmp_path: Path) -> None:
     assert isinstance(local, SoftwareBackendConfig) and local.kek == bytes(range(32))
     assert config.audit.path == str(tmp_path / "audit.log")
     assert SECRET not in repr(config) and KEK not in repr(config)
+
+
+def test_softhsm_example_configuration_loads(tmp_path: Path) -> None:
+    from tests.softhsm import find_module
+
+    text = (EXAMPLE.parent / "xks-proxy.softhsm2.example.toml").read_text()
+    example = tmp_path / "xks-proxy.toml"
+    example.write_text(text.replace("/usr/lib/softhsm/libsofthsm2.so", str(find_module())))
+    config = load_config(example, {"XKS_HSM_PIN": "1234"})
+    hsm = config.backends["hsm"]
+    assert isinstance(hsm, Pkcs11BackendConfig)
+    assert hsm.tokens[0].label == "xks" and hsm.user_pin == "1234"
+    assert "1234" not in repr(config)
 
 
 def _minimal() -> dict[str, Any]:
@@ -131,6 +149,55 @@ BAD: list[tuple[str, Any, str]] = [
         "fault delay type",
         _set("backends.local.fault_delay_ms", "1"),
         "backends.local.fault_delay_ms",
+    ),
+    (
+        "pkcs11 module missing",
+        _set("backends.local", {"type": "pkcs11", "module": "/nope.so", "user_pin": "1"}),
+        "backends.local.module",
+    ),
+    (
+        "pkcs11 no tokens",
+        _set("backends.local", {"type": "pkcs11", "module": str(EXAMPLE), "user_pin": "1"}),
+        "backends.local.tokens",
+    ),
+    (
+        "pkcs11 token label and serial",
+        _set(
+            "backends.local",
+            {
+                "type": "pkcs11",
+                "module": str(EXAMPLE),
+                "user_pin": "1",
+                "tokens": [{"label": "a", "serial": "b"}],
+            },
+        ),
+        "backends.local.tokens[0]",
+    ),
+    (
+        "pkcs11 iv source",
+        _set(
+            "backends.local",
+            {
+                "type": "pkcs11",
+                "module": str(EXAMPLE),
+                "user_pin": "1",
+                "tokens": [{"label": "a"}],
+                "iv_source": "hsm",
+            },
+        ),
+        "backends.local.iv_source",
+    ),
+    (
+        "pkcs11 pin missing",
+        _set(
+            "backends.local", {"type": "pkcs11", "module": str(EXAMPLE), "tokens": [{"label": "a"}]}
+        ),
+        "backends.local.user_pin",
+    ),
+    (
+        "disabled keys",
+        _set("key_stores.0.disabled_keys", ["bad key"]),
+        "key_stores[0].disabled_keys",
     ),
     (
         "uri path without suffix",

@@ -231,9 +231,14 @@ class Pkcs11Backend:
     ) -> T:
         """Run ``work`` on a free session of ``token`` in the thread pool."""
         try:
-            pooled = await asyncio.wait_for(token.pool.get(), self._config.session_wait_ms / 1000)
-        except TimeoutError:
-            raise DependencyTimeoutError("No HSM session became free in time.") from None
+            pooled = token.pool.get_nowait()  # the common case costs no timer
+        except asyncio.QueueEmpty:
+            try:
+                pooled = await asyncio.wait_for(
+                    token.pool.get(), self._config.session_wait_ms / 1000
+                )
+            except TimeoutError:
+                raise DependencyTimeoutError("No HSM session became free in time.") from None
         loop = asyncio.get_running_loop()
 
         def run() -> T:
