@@ -364,6 +364,15 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from xks_proxy.loadtest.command import main as loadtest
+
+    try:
+        return loadtest(args)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xks-proxy", description="AWS KMS External Key Store (XKS) proxy."
@@ -453,6 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "revoke":
             sub.add_argument("--access-key-id", required=True)
         sub.set_defaults(func=func)
+
+    load = commands.add_parser(
+        "loadtest", help="open-loop load test of an XKS proxy (signed requests, latency report)"
+    )
+    from xks_proxy.loadtest.command import add_arguments
+
+    add_arguments(load)
+    load.set_defaults(func=cmd_loadtest)
 
     hsm = commands.add_parser("pkcs11", help="provision keys on a PKCS#11 token")
     hsm_commands = hsm.add_subparsers(dest="pkcs11_command", required=True, metavar="ACTION")

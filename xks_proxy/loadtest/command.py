@@ -1,0 +1,132 @@
+"""``xks-proxy loadtest``: arguments, the run, the report and the SLO verdict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from xks_proxy.loadtest.runner import LoadSpec, run
+from xks_proxy.loadtest.workload import XksTarget, parse_mix
+from xks_proxy.sigv4 import Credential
+
+EXIT_SLO_MISSED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, help="proxy endpoint, e.g. https://xks.example.com")
+    parser.add_argument("--kms-config", help="the JSON from `xks-proxy kms-config` (URI path and "
+                        "credential)")  # fmt: skip
+    parser.add_argument("--uri-path", help="the key store's URI path (without --kms-config)")
+    parser.add_argument("--access-key-id", help="SigV4 access key id (without --kms-config)")
+    parser.add_argument(
+        "--secret-env",
+        default="XKS_SECRET_ACCESS_KEY",
+        help="environment variable holding the secret (without --kms-config)",
+    )
+    parser.add_argument("--region", default="us-east-1", help="the key store's region")
+    parser.add_argument("--key-id", help="external key id (needed unless the mix is health only)")
+    parser.add_argument("--mix", default="encrypt", help="e.g. encrypt=70,decrypt=20,health=10")
+    parser.add_argument("--plaintext-bytes", type=int, default=4096)
+    parser.add_argument("--aad-bytes", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=100, help="requests per second (open loop)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds")
+    parser.add_argument("--connections", type=int, default=32, help="at most this many at once")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="generator processes sharing the rate")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=10, help="per request, seconds")
+    parser.add_argument("--cacert", help="CA bundle that signed the proxy's certificate")
+    parser.add_argument("--insecure", action="store_true", help="do not verify the certificate")
+    parser.add_argument("--cert", help="client certificate (mutual TLS)")
+    parser.add_argument("--key", help="client certificate's private key")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--slo-p99-ms", type=float, help="exit 1 when p99 is above this")
+    parser.add_argument("--max-error-rate", type=float, help="exit 1 when errors are above this "
+                        "share (0.001 = 0.1 %%)")  # fmt: skip
+
+
+def _target(args: argparse.Namespace) -> XksTarget:
+    if args.kms_config:
+        document = json.loads(Path(args.kms_config).read_text())
+        credential = document["XksProxyAuthenticationCredential"]
+        uri_path = document["XksProxyUriPath"]
+        access_key_id, secret = credential["AccessKeyId"], credential["RawSecretAccessKey"]
+    else:
+        if not (args.uri_path and args.access_key_id):
+            raise ValueError("give --kms-config, or --uri-path and --access-key-id")
+        secret = os.environ.get(args.secret_env, "")
+        if not secret:
+            raise ValueError(f"set the secret in ${args.secret_env}")
+        uri_path, access_key_id = args.uri_path, args.access_key_id
+    return XksTarget(
+        url=args.url.rstrip("/"),
+        uri_path=uri_path,
+        region=args.region,
+        credential=Credential(access_key_id, secret),
+        key_id=args.key_id or "",
+    )
+
+
+def spec_from(args: argparse.Namespace) -> LoadSpec:
+    mix = parse_mix(args.mix)
+    target = _target(args)
+    if not target.key_id and any(name != "health" for name, _ in mix):
+        raise ValueError("--key-id is needed for encrypt, decrypt and metadata")
+    if args.rate <= 0 or args.duration <= 0:
+        raise ValueError("--rate and --duration must be positive")
+    return LoadSpec(
+        target=target,
+        mix=mix,
+        rate=args.rate,
+        duration=args.duration,
+        connections=args.connections,
+        plaintext_bytes=args.plaintext_bytes,
+        aad_bytes=args.aad_bytes,
+        timeout=args.timeout,
+        cacert=args.cacert,
+        insecure=args.insecure,
+        client_cert=(args.cert, args.key) if args.cert else None,
+        processes=args.processes,
+        progress=not args.json,
+    )
+
+
+def verdict(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The SLOs the run missed, in words."""
+    missed = []
+    if args.slo_p99_ms is not None and summary["latency_ms"]["p99"] > args.slo_p99_ms:
+        missed.append(f"p99 {summary['latency_ms']['p99']} ms > {args.slo_p99_ms} ms")
+    if args.max_error_rate is not None and summary["error_rate"] > args.max_error_rate:
+        missed.append(f"error rate {summary['error_rate']} > {args.max_error_rate}")
+    return missed
+
+
+def render(summary: dict[str, Any], spec: LoadSpec) -> str:
+    latency = summary["latency_ms"]
+    lines = [
+        f"target        {spec.target.url}{spec.target.uri_path}  mix {spec.mix}",
+        f"offered       {spec.rate:g} req/s for {spec.duration:g} s "
+        f"({summary['scheduled']} requests, {spec.connections} connections, "
+        f"{spec.processes} process(es))",
+        f"achieved      {summary['achieved_rate']} req/s ({summary['completed']} completed)",
+        "latency (ms, from each request's scheduled time)",
+        "              " + "  ".join(f"{k}={v}" for k, v in latency.items()),
+        f"over 250 ms   {summary['over_250ms_share'] * 100:.3f} %",
+        f"errors        {summary['errors'] or 'none'} (rate {summary['error_rate']})",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    spec = spec_from(args)
+    summary = run(spec).summary()
+    missed = verdict(summary, args)
+    if args.json:
+        print(json.dumps({**summary, "slo_missed": missed}, indent=2))
+    else:
+        print(render(summary, spec))
+        for miss in missed:
+            print(f"SLO missed: {miss}")
+    return EXIT_SLO_MISSED if missed else 0
