@@ -6,14 +6,14 @@ INSTALLED := $(VENV)/.installed
 DEV_DIR := .xks-dev
 PYTHON ?= python3
 
-.PHONY: run test check lint typecheck unit system-deps lock clean
+.PHONY: run test check lint typecheck unit system-deps bench lock clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	bash scripts/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	# Pinned build tools in the venv, and no isolated build env fetching the newest ones.
 	$(BIN)/pip install -q -c constraints.txt setuptools wheel
-	$(BIN)/pip install -q --no-build-isolation -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-build-isolation -c constraints.txt -e '.[test,bench]'
 	touch $(INSTALLED)
 
 run: $(INSTALLED)
@@ -36,6 +36,11 @@ unit: $(INSTALLED) system-deps
 test: lint typecheck unit
 
 check: test
+
+# Writes docs/benchmarks.md and docs/latency.png (about 5 minutes; needs wrk and SoftHSM2).
+bench: $(INSTALLED)
+	bash scripts/install-system-deps.sh --bench
+	$(BIN)/python -m tools.bench
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(INSTALLED)

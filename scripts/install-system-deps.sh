@@ -9,6 +9,11 @@ set -euo pipefail
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+#   wrk, taskset   closed-loop load and core pinning for `make bench` (--bench)
+if [ "${1:-}" = "--bench" ]; then
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+    command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]} == 0)); then

@@ -10,6 +10,8 @@ workers, and each gauge declares how its per-process values combine.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from xks_proxy import __version__
@@ -42,6 +44,8 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+        self._backend_children: dict[tuple[str, str, str], Any] = {}
         Gauge(
             "xks_proxy_build_info",
             "Always 1; the version is a label.",
@@ -111,10 +115,22 @@ class ProxyMetrics:
     def observe_request(
         self, operation: str, key_store: str, outcome: str, retryable: bool, seconds: float
     ) -> None:
-        self.request_duration.labels(operation, key_store, outcome).observe(seconds)
+        # Label lookups cost more than the observation; the label sets are few and fixed.
+        key = (operation, key_store, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.request_duration.labels(*key)
+        child.observe(seconds)
         if outcome != SUCCESS:
             kind = "retryable" if retryable else "non_retryable"
             self.errors.labels(operation, key_store, outcome, kind).inc()
+
+    def observe_backend(self, backend: str, call: str, outcome: str, seconds: float) -> None:
+        key = (backend, call, outcome)
+        child = self._backend_children.get(key)
+        if child is None:
+            child = self._backend_children[key] = self.backend_duration.labels(*key)
+        child.observe(seconds)
 
     def set_ekm_state(self, backend: str, ekm_id: str, state: HealthState) -> None:
         for candidate in HealthState:

@@ -12,10 +12,11 @@ lookup, so the order of checks follows §7.4.
 from __future__ import annotations
 
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from xks_proxy.aad import MAX_CIPHERTEXT_METADATA_BYTES
 from xks_proxy.errors import ValidationError
@@ -91,8 +92,8 @@ def parse_key_id(key_id: str) -> str:
 def load_json_object(body: bytes) -> dict[str, Any]:
     """Decode a request body that must be one JSON object."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
         raise ValidationError("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
         raise ValidationError("The request body must be a JSON object.")

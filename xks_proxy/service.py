@@ -106,8 +106,8 @@ class XksService:
             log.exception("backend %s failed in %s", backend.name, call)
             raise InternalError() from None
         finally:
-            self._metrics.backend_duration.labels(backend.name, call, outcome).observe(
-                time.perf_counter() - started
+            self._metrics.observe_backend(
+                backend.name, call, outcome, time.perf_counter() - started
             )
 
     async def _key(self, store: KeyStore, key_id: str) -> KeyInfo:

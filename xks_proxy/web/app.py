@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
-from xks_proxy.web.connection import connection_middleware
+from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.endpoint import XksEndpoint
 
 LIVE_RUNTIME_KEY = web.AppKey("live_runtime", LiveRuntime)
@@ -22,7 +22,10 @@ METRICS_REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 
 async def ping(request: web.Request) -> web.Response:
     """Unauthenticated liveness for load balancers (xks-spec §2.2)."""
-    return web.Response(text="pong\n")
+    connection = request_started(request)
+    response = web.Response(text="pong\n")
+    request_finished(connection, response)
+    return response
 
 
 async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -33,9 +36,9 @@ async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(runtime: ProxyRuntime) -> web.Application:
-    # The only middleware tracks requests per connection, for draining and slow-loris cut-off;
-    # the XKS order of checks lives in the endpoint (see web/endpoint.py).
-    app = web.Application(middlewares=[connection_middleware])
+    # No middleware: the XKS order of checks lives in the endpoint (see web/endpoint.py), and
+    # handlers report to their connection themselves (draining, slow-loris cut-off).
+    app = web.Application()
     live = LiveRuntime(runtime)
     app[LIVE_RUNTIME_KEY] = live
     app.router.add_get("/ping", ping, allow_head=True)

@@ -22,12 +22,12 @@ UnsupportedOperationException.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import orjson
 from aiohttp import web
 
 from xks_proxy import model, sigv4
@@ -44,6 +44,7 @@ from xks_proxy.errors import (
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.service import KeyStore
 from xks_proxy.web import routing
+from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,7 @@ class BodyTimeoutError(ValidationError):
 
 def json_response(document: dict[str, Any], status: int = 200) -> web.Response:
     # Compact single-line JSON, as real XKS clients expect (xks-spec §7.4).
-    body = json.dumps(document, separators=(",", ":")).encode()
-    return web.Response(body=body, status=status, content_type="application/json")
+    return web.Response(body=orjson.dumps(document), status=status, content_type="application/json")
 
 
 def error_response(error: XksError) -> web.Response:
@@ -85,6 +85,9 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
     length = request.content_length
     if length is not None and length > cap:
         raise too_large
+    if request.content.is_eof():
+        # The whole body has already arrived (the usual case): no timer, no loop.
+        return await request.content.read()
     chunks: list[bytes] = []
     size = 0
     try:
@@ -127,6 +130,7 @@ class XksEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # One runtime for the whole request, even if a reload swaps it meanwhile.
         runtime = self._live.current
+        connection = request_started(request)
         started = time.perf_counter()
         record = AuditRecord()
         runtime.metrics.in_flight.inc()
@@ -157,6 +161,7 @@ class XksEndpoint:
         )
         if runtime.audit is not None:
             runtime.audit.write(record)
+        request_finished(connection, response)
         return response
 
     async def _handle(
