@@ -329,9 +329,29 @@ def report(data: dict[str, Any]) -> str:
         *[f"- {key}: {value}" for key, value in data["machine"].items()],
         "",
     ]
-    if data.get("notes"):
-        lines += ["## Notes", "", *data["notes"], ""]
+    lines += HISTORY
     return "\n".join(lines)
+
+
+# Measured once, before and after the hot-path work, with this tool (each pair in one run).
+HISTORY = [
+    "## Hot-path work (Encrypt, software backend, ratio to the ceiling)",
+    "",
+    "| version | ratio | what changed |",
+    "|---|---|---|",
+    "| first hot path (2026-11-23) | 0.20 | stdlib json, audit line through `logging` with "
+    "`dataclasses.asdict`, `strptime` for X-Amz-Date, a Prometheus label lookup per "
+    "observation, an aiohttp middleware |",
+    "| after profiling (cProfile under wrk) | 0.34 | orjson; audit lines built by hand and "
+    "written with one `os.write` on an O_APPEND file; a hand-written X-Amz-Date parser; cached "
+    "metric children; no middleware; no timer when the body has already arrived |",
+    "",
+    "The remaining gap is spread thin (SigV4 about 23 µs, parsing and validation about 30 µs, "
+    "the service and AES-GCM about 32 µs, audit about 12 µs per request in-process, against "
+    "about 110 µs for the whole ceiling request): the 0.8× target is not met, and the next "
+    "steps are fewer awaits per request and a leaner request path inside aiohttp.",
+    "",
+]
 
 
 def main() -> None:

@@ -364,6 +364,47 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kms_emulator(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from xks_proxy.kms_emulator.server import apply_seed, create_app
+    from xks_proxy.kms_emulator.service import KmsEmulator
+    from xks_proxy.kms_emulator.state import State
+    from xks_proxy.kms_emulator.xks_client import XksClient
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s kms-emulator %(name)s: %(message)s"
+    )
+
+    async def run() -> None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
+        emulator = KmsEmulator(
+            State(Path(args.db) if args.db else None),
+            XksClient(args.xks_timeout_ms / 1000, context),
+            account=args.account_id, strict=args.strict, xks_rate=args.xks_rate,
+        )  # fmt: skip
+        if args.seed:
+            await apply_seed(emulator, Path(args.seed), args.region)
+        runner = web.AppRunner(create_app(emulator), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.port).start()
+        host, port, *_ = runner.addresses[0]
+        logging.getLogger("xks_proxy.kms_emulator").info(
+            "KMS emulator on http://%s:%d (state in %s)", host, port, args.db or "memory"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from xks_proxy.loadtest.command import main as loadtest
 
@@ -462,6 +503,32 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "revoke":
             sub.add_argument("--access-key-id", required=True)
         sub.set_defaults(func=func)
+
+    emulator = commands.add_parser(
+        "kms-emulator", help="run a local AWS KMS whose external key stores call XKS proxies"
+    )
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=4599)
+    emulator.add_argument("--db", help="SQLite file for keys and key stores (default: memory)")
+    emulator.add_argument("--seed", help="JSON file of key stores, keys and aliases to create")
+    emulator.add_argument("--region", default="us-east-1", help="region of seeded resources")
+    emulator.add_argument("--account-id", default="111122223333")
+    emulator.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse proxy endpoints AWS would refuse (http://, ports)",
+    )
+    emulator.add_argument(
+        "--xks-timeout-ms", type=int, default=250, help="per proxy call, as AWS KMS (default 250)"
+    )
+    emulator.add_argument(
+        "--xks-rate",
+        type=float,
+        default=1800,
+        help="requests/s per external key store before ThrottlingException",
+    )
+    emulator.add_argument("--cacert", help="CA bundle for https:// proxies")
+    emulator.set_defaults(func=cmd_kms_emulator)
 
     load = commands.add_parser(
         "loadtest", help="open-loop load test of an XKS proxy (signed requests, latency report)"

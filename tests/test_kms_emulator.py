@@ -1,0 +1,352 @@
+"""The KMS emulator end to end: boto3 and the aws CLI → emulator → XKS proxy (software keys)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import KEY_BOTH, KEY_DECRYPT_ONLY, KEY_DISABLED, Deployment, make_deployment
+from tests.proxy_process import XKS_PROXY, ProxyProcess, free_port
+
+REGION = "us-east-1"
+
+
+@dataclass
+class Emulator:
+    url: str
+    process: subprocess.Popen[str]
+
+    def client(self) -> Any:
+        return boto3.client("kms", endpoint_url=self.url, region_name=REGION,
+                            aws_access_key_id="AKIDEXAMPLEDEVELOPER", aws_secret_access_key="x")
+
+
+def start_emulator(db: Path, *extra: str) -> Emulator:
+    port = free_port()
+    process = subprocess.Popen(
+        [XKS_PROXY, "kms-emulator", "--port", str(port), "--db", str(db), *extra],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "KMS emulator on" in line:
+            return Emulator(f"http://127.0.0.1:{port}", process)
+    raise AssertionError("the emulator did not start")
+
+
+def stop(emulator: Emulator) -> None:
+    emulator.process.terminate()
+    emulator.process.wait(timeout=30)
+    assert emulator.process.stderr is not None
+    emulator.process.stderr.close()
+
+
+@dataclass
+class Setup:
+    deployment: Deployment
+    proxy: ProxyProcess
+    emulator: Emulator
+    kms: Any
+    store_id: str
+
+
+def create_store(kms: Any, deployment: Deployment, port: int, name: str = "dev") -> str:
+    store = deployment.config.key_stores[0]
+    credential = store.credentials[0]
+    return str(kms.create_custom_key_store(
+        CustomKeyStoreName=name, CustomKeyStoreType="EXTERNAL_KEY_STORE",
+        XksProxyUriEndpoint=f"http://127.0.0.1:{port}", XksProxyUriPath=store.uri_path,
+        XksProxyAuthenticationCredential={"AccessKeyId": credential.access_key_id,
+                                          "RawSecretAccessKey": credential.secret_access_key},
+        XksProxyConnectivity="PUBLIC_ENDPOINT",
+    )["CustomKeyStoreId"])  # fmt: skip
+
+
+def wait_state(kms: Any, store_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        store = kms.describe_custom_key_stores(CustomKeyStoreId=store_id)["CustomKeyStores"][0]
+        if store["ConnectionState"] not in ("CONNECTING", "DISCONNECTING"):
+            return dict(store)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    deployment = make_deployment(tmp_path / "proxy")
+    with ProxyProcess(deployment.config_path) as proxy:
+        emulator = start_emulator(tmp_path / "kms.db")
+        try:
+            kms = emulator.client()
+            store_id = create_store(kms, deployment, proxy.port)
+            kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+            assert wait_state(kms, store_id)["ConnectionState"] == "CONNECTED"
+            yield Setup(deployment, proxy, emulator, kms, store_id)
+        finally:
+            stop(emulator)
+
+
+def xks_key(setup: Setup, xks_key_id: str = KEY_BOTH) -> str:
+    created = setup.kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=setup.store_id,
+                                   XksKeyId=xks_key_id, Description="xks")  # fmt: skip
+    return str(created["KeyMetadata"]["KeyId"])
+
+
+def code(error: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(error.value.response["Error"]["Code"])
+
+
+def test_key_store_lifecycle_and_key_metadata(setup: Setup) -> None:
+    kms = setup.kms
+    store = kms.describe_custom_key_stores(CustomKeyStoreName="dev")["CustomKeyStores"][0]
+    assert store["XksProxyConfiguration"]["UriPath"] == "/keystores/dev/kms/xks/v1"
+    assert store["CustomKeyStoreType"] == "EXTERNAL_KEY_STORE"
+    key_id = xks_key(setup)
+    metadata = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert metadata["Origin"] == "EXTERNAL_KEY_STORE"
+    assert metadata["XksKeyConfiguration"] == {"Id": KEY_BOTH}
+    assert metadata["KeyState"] == "Enabled" and metadata["KeySpec"] == "SYMMETRIC_DEFAULT"
+    assert key_id in [k["KeyId"] for k in kms.list_keys()["Keys"]]
+    with pytest.raises(ClientError) as same_key:
+        xks_key(setup)
+    assert code(same_key) == "XksKeyAlreadyInUseException"
+    with pytest.raises(ClientError) as in_use:
+        kms.delete_custom_key_store(CustomKeyStoreId=setup.store_id)
+    assert code(in_use) == "CustomKeyStoreInvalidStateException"
+    kms.disconnect_custom_key_store(CustomKeyStoreId=setup.store_id)
+    assert wait_state(kms, setup.store_id)["ConnectionState"] == "DISCONNECTED"
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Unavailable"
+    with pytest.raises(ClientError) as disconnected:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert code(disconnected) == "KMSInvalidStateException"
+    assert "not connected" in disconnected.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as has_keys:
+        kms.delete_custom_key_store(CustomKeyStoreId=setup.store_id)
+    assert code(has_keys) == "CustomKeyStoreHasCMKsException"
+
+
+def test_crypto_operations_through_the_proxy(setup: Setup) -> None:
+    kms = setup.kms
+    key_id = xks_key(setup)
+    context = {"purpose": "test", "team": "payments"}
+    encrypted = kms.encrypt(KeyId=key_id, Plaintext=b"secret message", EncryptionContext=context)
+    blob = encrypted["CiphertextBlob"]
+    decrypted = kms.decrypt(CiphertextBlob=blob, EncryptionContext=context)
+    assert decrypted["Plaintext"] == b"secret message" and decrypted["KeyId"].endswith(key_id)
+    with pytest.raises(ClientError) as wrong_context:
+        kms.decrypt(CiphertextBlob=blob, EncryptionContext={"purpose": "other"})
+    assert code(wrong_context) == "KMSInvalidStateException"
+    assert "encryption context is corrupted" in wrong_context.value.response["Error"]["Message"]
+    local = kms.create_key(Description="local")["KeyMetadata"]["KeyId"]
+    moved = kms.re_encrypt(CiphertextBlob=blob, SourceEncryptionContext=context,
+                           DestinationKeyId=local)  # fmt: skip
+    assert kms.decrypt(CiphertextBlob=moved["CiphertextBlob"])["Plaintext"] == b"secret message"
+    back = kms.re_encrypt(CiphertextBlob=moved["CiphertextBlob"], DestinationKeyId=key_id)
+    assert kms.decrypt(CiphertextBlob=back["CiphertextBlob"])["Plaintext"] == b"secret message"
+    with pytest.raises(ClientError) as too_big:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x" * 4097)
+    assert code(too_big) == "ValidationException"
+    assert len(kms.generate_random(NumberOfBytes=64)["Plaintext"]) == 64
+
+
+def test_envelope_encryption_with_a_data_key(setup: Setup, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    kms = setup.kms
+    key_id = xks_key(setup)
+    kms.create_alias(AliasName="alias/files", TargetKeyId=key_id)
+    data_key = kms.generate_data_key(KeyId="alias/files", KeySpec="AES_256",
+                                     EncryptionContext={"file": "report.txt"})  # fmt: skip
+    assert len(data_key["Plaintext"]) == 32
+    nonce = os.urandom(12)
+    sealed = AESGCM(data_key["Plaintext"]).encrypt(nonce, b"quarterly numbers", None)
+    (tmp_path / "report.enc").write_bytes(data_key["CiphertextBlob"] + b"|" + nonce + sealed)
+    del data_key
+    stored_key, _, rest = (tmp_path / "report.enc").read_bytes().partition(b"|")
+    plaintext_key = kms.decrypt(CiphertextBlob=stored_key,
+                                EncryptionContext={"file": "report.txt"})["Plaintext"]  # fmt: skip
+    assert AESGCM(plaintext_key).decrypt(rest[:12], rest[12:], None) == b"quarterly numbers"
+    without = kms.generate_data_key_without_plaintext(KeyId=key_id, NumberOfBytes=24)
+    assert "Plaintext" not in without
+    assert len(kms.decrypt(CiphertextBlob=without["CiphertextBlob"])["Plaintext"]) == 24
+    aliases = kms.list_aliases(KeyId=key_id)["Aliases"]
+    assert [a["AliasName"] for a in aliases] == ["alias/files"]
+    kms.delete_alias(AliasName="alias/files")
+    assert kms.list_aliases(KeyId=key_id)["Aliases"] == []
+
+
+def test_key_states_deletion_and_rotation(setup: Setup) -> None:
+    kms = setup.kms
+    key_id = xks_key(setup)
+    kms.disable_key(KeyId=key_id)
+    with pytest.raises(ClientError) as disabled:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert code(disabled) == "KMSInvalidStateException"
+    kms.enable_key(KeyId=key_id)
+    scheduled = kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    assert scheduled["KeyState"] == "PendingDeletion" and scheduled["PendingWindowInDays"] == 7
+    with pytest.raises(ClientError) as window:
+        kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=3)
+    assert code(window) in ("ValidationException", "KMSInvalidStateException")
+    kms.cancel_key_deletion(KeyId=key_id)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Disabled"
+    local = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert kms.schedule_key_deletion(KeyId=local)["PendingWindowInDays"] == 30
+    for call in (kms.get_key_rotation_status, kms.enable_key_rotation):
+        with pytest.raises(ClientError) as rotation:
+            call(KeyId=key_id)
+        assert code(rotation) == "UnsupportedOperationException"
+    other = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.enable_key_rotation(KeyId=other)
+    assert kms.get_key_rotation_status(KeyId=other)["KeyRotationEnabled"] is True
+
+
+@pytest.mark.parametrize(
+    ("xks_key_id", "error"),
+    [(KEY_DISABLED, "XksKeyInvalidConfigurationException"),
+     (KEY_DECRYPT_ONLY, "XksKeyInvalidConfigurationException"),
+     ("key-missing", "XksKeyNotFoundException")],
+)
+def test_create_key_validates_the_external_key(setup: Setup, xks_key_id: str, error: str) -> None:
+    with pytest.raises(ClientError) as refused:
+        xks_key(setup, xks_key_id)
+    assert code(refused) == error
+
+
+def test_external_key_disabled_later_fails_encrypt(setup: Setup) -> None:
+    from tests.conftest import software_database
+
+    key_id = xks_key(setup)
+    database = software_database(setup.deployment.config)
+    database.set_enabled(KEY_BOTH, False)
+    database.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            setup.kms.encrypt(KeyId=key_id, Plaintext=b"x")
+        except ClientError as error:
+            assert error.response["Error"]["Code"] == "KMSInvalidStateException"
+            assert "not enabled in the external key manager" in error.response["Error"]["Message"]
+            break
+        assert time.monotonic() < deadline, "the proxy never saw the key disabled"
+        time.sleep(0.2)
+
+
+def test_wrong_credential_and_unreachable_proxy(setup: Setup, tmp_path: Path) -> None:
+    kms = setup.kms
+    with pytest.raises(ClientError) as wrong:
+        kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
+                                    XksProxyAuthenticationCredential={
+                                        "AccessKeyId": "ABCDEFGHIJKLMNOPQRST",
+                                        "RawSecretAccessKey": "s" * 44})  # fmt: skip
+    assert code(wrong) == "XksProxyIncorrectAuthenticationCredentialException"
+    kms.disconnect_custom_key_store(CustomKeyStoreId=setup.store_id)
+    setup.proxy.stop()
+    kms.connect_custom_key_store(CustomKeyStoreId=setup.store_id)
+    store = wait_state(kms, setup.store_id)
+    assert (store["ConnectionState"], store["ConnectionErrorCode"]) == (
+        "FAILED", "XKS_PROXY_NOT_REACHABLE")
+    with pytest.raises(ClientError) as failed:
+        kms.connect_custom_key_store(CustomKeyStoreId=setup.store_id)
+    assert code(failed) == "CustomKeyStoreInvalidStateException"
+    with pytest.raises(ClientError) as unreachable:
+        create_store(kms, setup.deployment, setup.proxy.port, name="other")
+    assert code(unreachable) == "XksProxyUriUnreachableException"
+
+
+def test_slow_proxy_takes_the_timeout_path(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path / "proxy", **{
+        'kek = "file:kek.key"\n': 'kek = "file:kek.key"\nfault_delay_ms = 400\n',
+        "[server]\n": "[server]\nrequest_deadline_ms = 2000\n"})  # fmt: skip
+    with ProxyProcess(deployment.config_path) as proxy:
+        emulator = start_emulator(tmp_path / "kms.db")
+        try:
+            kms = emulator.client()
+            store_id = create_store(kms, deployment, proxy.port)
+            kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+            assert wait_state(kms, store_id)["ConnectionState"] == "CONNECTED"
+            with pytest.raises(ClientError) as slow:
+                kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
+                               XksKeyId=KEY_BOTH)  # fmt: skip
+            assert code(slow) == "CustomKeyStoreInvalidStateException"
+            assert "did not respond in time" in slow.value.response["Error"]["Message"]
+        finally:
+            stop(emulator)
+    # Two attempts of 250 ms each: the proxy saw the metadata request twice.
+    audit = (deployment.directory / "audit.log").read_text().splitlines()
+    assert sum('"xksOperation":"GetKeyMetadata"' in line for line in audit) == 2
+
+
+def test_restart_keeps_keys_and_ciphertexts(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path / "proxy")
+    with ProxyProcess(deployment.config_path) as proxy:
+        emulator = start_emulator(tmp_path / "kms.db")
+        kms = emulator.client()
+        store_id = create_store(kms, deployment, proxy.port)
+        kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+        wait_state(kms, store_id)
+        key_id = kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
+                                XksKeyId=KEY_BOTH)["KeyMetadata"]["KeyId"]  # fmt: skip
+        blob = kms.encrypt(KeyId=key_id, Plaintext=b"kept")["CiphertextBlob"]
+        stop(emulator)
+        emulator = start_emulator(tmp_path / "kms.db")
+        try:
+            again = emulator.client()
+            assert again.decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+        finally:
+            stop(emulator)
+
+
+def test_seed_file_and_the_aws_cli(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path / "proxy")
+    store = deployment.config.key_stores[0]
+    with ProxyProcess(deployment.config_path) as proxy:
+        seed = tmp_path / "seed.json"
+        seed.write_text(json.dumps({
+            "custom_key_stores": [{
+                "name": "dev", "endpoint": f"http://127.0.0.1:{proxy.port}",
+                "uri_path": store.uri_path, "access_key_id": store.credentials[0].access_key_id,
+                "secret_access_key": store.credentials[0].secret_access_key, "connect": True}],
+            "keys": [{"alias": "alias/app", "custom_key_store": "dev", "xks_key_id": KEY_BOTH}],
+        }))  # fmt: skip
+        emulator = start_emulator(tmp_path / "kms.db", "--seed", str(seed))
+        environment = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDEXAMPLEDEVELOPER",
+                       "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": REGION}
+
+        def aws(*args: str) -> Any:
+            result = subprocess.run(
+                [str(Path(XKS_PROXY).parent / "aws"), "kms", *args, "--endpoint-url",
+                 emulator.url, "--output", "json"],
+                capture_output=True, text=True, env=environment, timeout=60, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout) if result.stdout.strip() else {}
+
+        try:
+            (plain := tmp_path / "plain.txt").write_bytes(b"from the aws cli")
+            encrypted = aws("encrypt", "--key-id", "alias/app", "--plaintext",
+                            f"fileb://{plain}")  # fmt: skip
+            (blob := tmp_path / "blob.bin").write_bytes(
+                __import__("base64").b64decode(encrypted["CiphertextBlob"])
+            )
+            decrypted = aws("decrypt", "--ciphertext-blob", f"fileb://{blob}")
+            assert __import__("base64").b64decode(decrypted["Plaintext"]) == b"from the aws cli"
+            created = aws("create-key", "--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id",
+                          emulator.client().describe_custom_key_stores()["CustomKeyStores"][0][
+                              "CustomKeyStoreId"], "--xks-key-id", "key-encrypt-only")
+            assert False, created  # key-encrypt-only lacks DECRYPT: the CLI must fail
+        except AssertionError as failure:
+            assert "XksKeyInvalidConfigurationException" in str(failure)
+        finally:
+            stop(emulator)
