@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -27,8 +28,13 @@ class Emulator:
     process: subprocess.Popen[str]
 
     def client(self) -> Any:
-        return boto3.client("kms", endpoint_url=self.url, region_name=REGION,
-                            aws_access_key_id="AKIDEXAMPLEDEVELOPER", aws_secret_access_key="x")
+        return boto3.client(
+            "kms",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id="AKIDEXAMPLEDEVELOPER",
+            aws_secret_access_key="x",
+        )
 
 
 def start_emulator(db: Path, *extra: str) -> Emulator:
@@ -60,12 +66,14 @@ class Setup:
     store_id: str
 
 
-def create_store(kms: Any, deployment: Deployment, port: int, name: str = "dev") -> str:
+def create_store(
+    kms: Any, deployment: Deployment, port: int, name: str = "dev", uri_path: str | None = None
+) -> str:
     store = deployment.config.key_stores[0]
     credential = store.credentials[0]
     return str(kms.create_custom_key_store(
         CustomKeyStoreName=name, CustomKeyStoreType="EXTERNAL_KEY_STORE",
-        XksProxyUriEndpoint=f"http://127.0.0.1:{port}", XksProxyUriPath=store.uri_path,
+        XksProxyUriEndpoint=f"http://127.0.0.1:{port}", XksProxyUriPath=uri_path or store.uri_path,
         XksProxyAuthenticationCredential={"AccessKeyId": credential.access_key_id,
                                           "RawSecretAccessKey": credential.secret_access_key},
         XksProxyConnectivity="PUBLIC_ENDPOINT",
@@ -171,9 +179,14 @@ def test_envelope_encryption_with_a_data_key(setup: Setup, tmp_path: Path) -> No
     assert len(data_key["Plaintext"]) == 32
     nonce = os.urandom(12)
     sealed = AESGCM(data_key["Plaintext"]).encrypt(nonce, b"quarterly numbers", None)
-    (tmp_path / "report.enc").write_bytes(data_key["CiphertextBlob"] + b"|" + nonce + sealed)
+    encrypted_key = data_key["CiphertextBlob"]
+    (tmp_path / "report.enc").write_bytes(
+        len(encrypted_key).to_bytes(2, "big") + encrypted_key + nonce + sealed
+    )
     del data_key
-    stored_key, _, rest = (tmp_path / "report.enc").read_bytes().partition(b"|")
+    stored = (tmp_path / "report.enc").read_bytes()
+    length = int.from_bytes(stored[:2], "big")
+    stored_key, rest = stored[2 : 2 + length], stored[2 + length :]
     plaintext_key = kms.decrypt(CiphertextBlob=stored_key,
                                 EncryptionContext={"file": "report.txt"})["Plaintext"]  # fmt: skip
     assert AESGCM(plaintext_key).decrypt(rest[:12], rest[12:], None) == b"quarterly numbers"
@@ -214,9 +227,11 @@ def test_key_states_deletion_and_rotation(setup: Setup) -> None:
 
 @pytest.mark.parametrize(
     ("xks_key_id", "error"),
-    [(KEY_DISABLED, "XksKeyInvalidConfigurationException"),
-     (KEY_DECRYPT_ONLY, "XksKeyInvalidConfigurationException"),
-     ("key-missing", "XksKeyNotFoundException")],
+    [
+        (KEY_DISABLED, "XksKeyInvalidConfigurationException"),
+        (KEY_DECRYPT_ONLY, "XksKeyInvalidConfigurationException"),
+        ("key-missing", "XksKeyNotFoundException"),
+    ],
 )
 def test_create_key_validates_the_external_key(setup: Setup, xks_key_id: str, error: str) -> None:
     with pytest.raises(ClientError) as refused:
@@ -256,12 +271,15 @@ def test_wrong_credential_and_unreachable_proxy(setup: Setup, tmp_path: Path) ->
     kms.connect_custom_key_store(CustomKeyStoreId=setup.store_id)
     store = wait_state(kms, setup.store_id)
     assert (store["ConnectionState"], store["ConnectionErrorCode"]) == (
-        "FAILED", "XKS_PROXY_NOT_REACHABLE")
+        "FAILED",
+        "XKS_PROXY_NOT_REACHABLE",
+    )
     with pytest.raises(ClientError) as failed:
         kms.connect_custom_key_store(CustomKeyStoreId=setup.store_id)
     assert code(failed) == "CustomKeyStoreInvalidStateException"
     with pytest.raises(ClientError) as unreachable:
-        create_store(kms, setup.deployment, setup.proxy.port, name="other")
+        create_store(kms, setup.deployment, setup.proxy.port, name="other",
+                     uri_path="/other/kms/xks/v1")  # fmt: skip
     assert code(unreachable) == "XksProxyUriUnreachableException"
 
 
@@ -283,9 +301,12 @@ def test_slow_proxy_takes_the_timeout_path(tmp_path: Path) -> None:
             assert "did not respond in time" in slow.value.response["Error"]["Message"]
         finally:
             stop(emulator)
-    # Two attempts of 250 ms each: the proxy saw the metadata request twice.
+        assert proxy.stop() == 0  # SIGTERM: a graceful drain, not the context's kill
+    # Two attempts of 250 ms each: the proxy saw the metadata request twice, and its drain on
+    # SIGTERM let the second one finish although the emulator had given up on it.
     audit = (deployment.directory / "audit.log").read_text().splitlines()
-    assert sum('"xksOperation":"GetKeyMetadata"' in line for line in audit) == 2
+    metadata_calls = [line for line in audit if '"xksOperation":"GetKeyMetadata"' in line]
+    assert len(metadata_calls) == 2, audit
 
 
 def test_restart_keeps_keys_and_ciphertexts(tmp_path: Path) -> None:
@@ -318,35 +339,55 @@ def test_seed_file_and_the_aws_cli(tmp_path: Path) -> None:
                 "name": "dev", "endpoint": f"http://127.0.0.1:{proxy.port}",
                 "uri_path": store.uri_path, "access_key_id": store.credentials[0].access_key_id,
                 "secret_access_key": store.credentials[0].secret_access_key, "connect": True}],
-            "keys": [{"alias": "alias/app", "custom_key_store": "dev", "xks_key_id": KEY_BOTH}],
+            "keys": [{"alias": "alias/local"}],
         }))  # fmt: skip
         emulator = start_emulator(tmp_path / "kms.db", "--seed", str(seed))
-        environment = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDEXAMPLEDEVELOPER",
-                       "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": REGION}
+        environment = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLEDEVELOPER",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_DEFAULT_REGION": REGION,
+        }
 
-        def aws(*args: str) -> Any:
-            result = subprocess.run(
+        def aws(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
                 [str(Path(XKS_PROXY).parent / "aws"), "kms", *args, "--endpoint-url",
                  emulator.url, "--output", "json"],
                 capture_output=True, text=True, env=environment, timeout=60, check=False,
             )  # fmt: skip
-            assert result.returncode == 0, result.stderr
-            return json.loads(result.stdout) if result.stdout.strip() else {}
 
         try:
+            kms = emulator.client()
+            (seeded,) = kms.describe_custom_key_stores()["CustomKeyStores"]
+            assert seeded["ConnectionState"] == "CONNECTED"
+            assert [a["AliasName"] for a in kms.list_aliases()["Aliases"]] == ["alias/local"]
+            store_id = seeded["CustomKeyStoreId"]
+            created = aws(
+                "create-key",
+                "--origin",
+                "EXTERNAL_KEY_STORE",
+                "--custom-key-store-id",
+                store_id,
+                "--xks-key-id",
+                KEY_BOTH,
+            )
+            assert created.returncode == 0, created.stderr
+            key_id = json.loads(created.stdout)["KeyMetadata"]["KeyId"]
+            assert aws("create-alias", "--alias-name", "alias/app", "--target-key-id",
+                       key_id).returncode == 0  # fmt: skip
             (plain := tmp_path / "plain.txt").write_bytes(b"from the aws cli")
-            encrypted = aws("encrypt", "--key-id", "alias/app", "--plaintext",
-                            f"fileb://{plain}")  # fmt: skip
+            encrypted = aws("encrypt", "--key-id", "alias/app", "--plaintext", f"fileb://{plain}")
+            assert encrypted.returncode == 0, encrypted.stderr
             (blob := tmp_path / "blob.bin").write_bytes(
-                __import__("base64").b64decode(encrypted["CiphertextBlob"])
+                base64.b64decode(json.loads(encrypted.stdout)["CiphertextBlob"])
             )
             decrypted = aws("decrypt", "--ciphertext-blob", f"fileb://{blob}")
-            assert __import__("base64").b64decode(decrypted["Plaintext"]) == b"from the aws cli"
-            created = aws("create-key", "--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id",
-                          emulator.client().describe_custom_key_stores()["CustomKeyStores"][0][
-                              "CustomKeyStoreId"], "--xks-key-id", "key-encrypt-only")
-            assert False, created  # key-encrypt-only lacks DECRYPT: the CLI must fail
-        except AssertionError as failure:
-            assert "XksKeyInvalidConfigurationException" in str(failure)
+            assert decrypted.returncode == 0, decrypted.stderr
+            plaintext = base64.b64decode(json.loads(decrypted.stdout)["Plaintext"])
+            assert plaintext == b"from the aws cli"
+            refused = aws("create-key", "--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id",
+                          store_id, "--xks-key-id", "key-encrypt-only")  # fmt: skip
+            assert refused.returncode != 0
+            assert "XksKeyInvalidConfigurationException" in refused.stderr
         finally:
             stop(emulator)

@@ -17,6 +17,7 @@ from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.endpoint import XksEndpoint
 
 LIVE_RUNTIME_KEY = web.AppKey("live_runtime", LiveRuntime)
+ENDPOINT_KEY = web.AppKey("xks_endpoint", XksEndpoint)
 METRICS_REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
@@ -43,7 +44,8 @@ def create_app(runtime: ProxyRuntime) -> web.Application:
     app[LIVE_RUNTIME_KEY] = live
     app.router.add_get("/ping", ping, allow_head=True)
     # Every other path goes to the XKS endpoint, which routes by configured URI path itself.
-    app.router.add_route("*", "/{path:.*}", XksEndpoint(live).handle)
+    endpoint = app[ENDPOINT_KEY] = XksEndpoint(live)
+    app.router.add_route("*", "/{path:.*}", endpoint.handle)
     app.cleanup_ctx.append(_runtime_lifetime)
     return app
 

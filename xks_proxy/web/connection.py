@@ -37,16 +37,23 @@ class ConnectionRegistry:
         self.draining = False
         self.tls_failed = on_tls_failure
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait for in-flight requests, closing connections as they go idle; True if all done."""
+    async def drain(
+        self, timeout: float, still_running: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Wait for in-flight requests, closing connections as they go idle; True if all done.
+
+        ``still_running`` covers requests whose client has already gone: they have no
+        connection left, but their work (and audit line) should still finish.
+        """
         self.draining = True
         deadline = time.monotonic() + timeout
         while True:
             for connection in list(self.connections):
                 if connection.idle():
                     connection.close_idle()
-            if not self.connections or time.monotonic() >= deadline:
-                return not self.connections
+            done = not self.connections and not still_running()
+            if done or time.monotonic() >= deadline:
+                return done
             await asyncio.sleep(0.05)
 
 

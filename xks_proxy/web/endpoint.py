@@ -48,6 +48,9 @@ from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
 
 log = logging.getLogger(__name__)
+# Not an XKS errorName: the outcome of a request whose client left before the answer.
+CANCELLED = "Cancelled"
+CLIENT_CLOSED_REQUEST = 499
 
 
 class MethodNotAllowedError(UnsupportedOperationError):
@@ -127,6 +130,10 @@ class XksEndpoint:
         self._live = live
         self._in_flight = 0
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # One runtime for the whole request, even if a reload swaps it meanwhile.
         runtime = self._live.current
@@ -140,6 +147,11 @@ class XksEndpoint:
             response = await self._handle(runtime, request, record)
         except XksError as raised:
             error = raised
+        except asyncio.CancelledError:
+            # The client went away (or shutdown gave up on it): still counted and audited.
+            record.outcome, record.status = CANCELLED, CLIENT_CLOSED_REQUEST
+            self._account(runtime, record, started, retryable=False)
+            raise
         except Exception:
             log.exception("unexpected failure handling %s", record.operation)
             error = InternalError()
@@ -150,19 +162,22 @@ class XksEndpoint:
             record.outcome = error.error_name
             response = error_response(error)
         record.status = response.status
+        self._account(runtime, record, started, error is not None and error.retryable)
+        request_finished(connection, response)
+        return response
+
+    @staticmethod
+    def _account(
+        runtime: ProxyRuntime, record: AuditRecord, started: float, retryable: bool
+    ) -> None:
+        """Metrics and the audit line, once per request whatever happened to it."""
         elapsed = time.perf_counter() - started
         record.latency_ms = elapsed * 1000
         runtime.metrics.observe_request(
-            record.operation,
-            record.key_store or "-",
-            record.outcome,
-            error is not None and error.retryable,
-            elapsed,
+            record.operation, record.key_store or "-", record.outcome, retryable, elapsed
         )
         if runtime.audit is not None:
             runtime.audit.write(record)
-        request_finished(connection, response)
-        return response
 
     async def _handle(
         self, runtime: ProxyRuntime, request: web.Request, record: AuditRecord

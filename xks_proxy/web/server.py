@@ -24,7 +24,13 @@ from xks_proxy.config import Config, load_config
 from xks_proxy.errors import ConfigError
 from xks_proxy.metrics import ProxyMetrics
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
-from xks_proxy.web.app import LIVE_RUNTIME_KEY, create_app, create_metrics_app, create_ping_app
+from xks_proxy.web.app import (
+    ENDPOINT_KEY,
+    LIVE_RUNTIME_KEY,
+    create_app,
+    create_metrics_app,
+    create_ping_app,
+)
 from xks_proxy.web.connection import ConnectionRegistry, XksSite
 from xks_proxy.web.tls import TlsState
 
@@ -149,7 +155,10 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         await _wait_for_signals(live, tls)
         log.info("stopping: no new connections; draining for up to %.1f s", server.drain_seconds)
         await site.stop()
-        drained = await registry.drain(live.current.config.server.drain_seconds)
+        endpoint = app[ENDPOINT_KEY]
+        drained = await registry.drain(
+            live.current.config.server.drain_seconds, lambda: endpoint.in_flight > 0
+        )
         log.info("drain %s", "complete" if drained else "timed out; closing the rest")
     finally:
         for each in extra_runners:
