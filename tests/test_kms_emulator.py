@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import KEY_BOTH, KEY_DECRYPT_ONLY, KEY_DISABLED, Deployment, make_deployment
@@ -27,13 +28,14 @@ class Emulator:
     url: str
     process: subprocess.Popen[str]
 
-    def client(self) -> Any:
+    def client(self, retries: int = 3) -> Any:
         return boto3.client(
             "kms",
             endpoint_url=self.url,
             region_name=REGION,
             aws_access_key_id="AKIDEXAMPLEDEVELOPER",
             aws_secret_access_key="x",
+            config=Config(retries={"total_max_attempts": retries}),
         )
 
 
@@ -67,13 +69,18 @@ class Setup:
 
 
 def create_store(
-    kms: Any, deployment: Deployment, port: int, name: str = "dev", uri_path: str | None = None
+    kms: Any,
+    deployment: Deployment,
+    port: int,
+    name: str = "dev",
+    uri_path: str | None = None,
+    host: str = "127.0.0.1",
 ) -> str:
     store = deployment.config.key_stores[0]
     credential = store.credentials[0]
     return str(kms.create_custom_key_store(
         CustomKeyStoreName=name, CustomKeyStoreType="EXTERNAL_KEY_STORE",
-        XksProxyUriEndpoint=f"http://127.0.0.1:{port}", XksProxyUriPath=uri_path or store.uri_path,
+        XksProxyUriEndpoint=f"http://{host}:{port}", XksProxyUriPath=uri_path or store.uri_path,
         XksProxyAuthenticationCredential={"AccessKeyId": credential.access_key_id,
                                           "RawSecretAccessKey": credential.secret_access_key},
         XksProxyConnectivity="PUBLIC_ENDPOINT",
@@ -389,5 +396,51 @@ def test_seed_file_and_the_aws_cli(tmp_path: Path) -> None:
                           store_id, "--xks-key-id", "key-encrypt-only")  # fmt: skip
             assert refused.returncode != 0
             assert "XksKeyInvalidConfigurationException" in refused.stderr
+        finally:
+            stop(emulator)
+
+
+def test_key_store_updates_and_deletion(setup: Setup) -> None:
+    kms = setup.kms
+    kms.update_custom_key_store(CustomKeyStoreId=setup.store_id, NewCustomKeyStoreName="renamed")
+    assert kms.describe_custom_key_stores(CustomKeyStoreName="renamed")["CustomKeyStores"]
+    credential = setup.deployment.config.key_stores[0].credentials[0]
+    kms.update_custom_key_store(CustomKeyStoreId=setup.store_id, XksProxyAuthenticationCredential={
+        "AccessKeyId": credential.access_key_id,
+        "RawSecretAccessKey": credential.secret_access_key})  # fmt: skip
+    with pytest.raises(ClientError) as connected:
+        kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
+                                    XksProxyUriPath="/elsewhere/kms/xks/v1")  # fmt: skip
+    assert code(connected) == "CustomKeyStoreInvalidStateException"
+    # The same proxy under another endpoint name: a second store without keys can be deleted.
+    other = create_store(kms, setup.deployment, setup.proxy.port, name="spare", host="localhost")
+    with pytest.raises(ClientError) as duplicate:
+        create_store(kms, setup.deployment, setup.proxy.port, name="spare", host="localhost")
+    assert code(duplicate) == "CustomKeyStoreNameInUseException"
+    kms.delete_custom_key_store(CustomKeyStoreId=other)
+    with pytest.raises(ClientError) as gone:
+        kms.describe_custom_key_stores(CustomKeyStoreId=other)
+    assert code(gone) == "CustomKeyStoreNotFoundException"
+
+
+def test_key_store_quota_answers_throttling(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path / "proxy")
+    with ProxyProcess(deployment.config_path) as proxy:
+        emulator = start_emulator(tmp_path / "kms.db", "--xks-rate", "3")
+        try:
+            kms = emulator.client(retries=1)  # boto3 would otherwise retry the throttling away
+            store_id = create_store(kms, deployment, proxy.port)
+            kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+            wait_state(kms, store_id)
+            key_id = kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
+                                    XksKeyId=KEY_BOTH)["KeyMetadata"]["KeyId"]  # fmt: skip
+            outcomes = []
+            for _ in range(10):
+                try:
+                    kms.encrypt(KeyId=key_id, Plaintext=b"x")
+                    outcomes.append("ok")
+                except ClientError as error:
+                    outcomes.append(error.response["Error"]["Code"])
+            assert outcomes.count("ok") >= 3 and "ThrottlingException" in outcomes
         finally:
             stop(emulator)
