@@ -444,3 +444,26 @@ def test_key_store_quota_answers_throttling(tmp_path: Path) -> None:
             assert outcomes.count("ok") >= 3 and "ThrottlingException" in outcomes
         finally:
             stop(emulator)
+
+
+def test_loadtest_through_the_emulator(setup: Setup) -> None:
+    from xks_proxy.loadtest.runner import LoadSpec, run
+    from xks_proxy.loadtest.workload import KMS_OPERATIONS, KmsTarget, parse_mix
+    from xks_proxy.sigv4 import Credential
+
+    key_id = xks_key(setup)
+    setup.kms.create_alias(AliasName="alias/load", TargetKeyId=key_id)
+    spec = LoadSpec(
+        target=KmsTarget(setup.emulator.url, "alias/load", REGION, Credential("AKIDLOAD", "x")),
+        mix=parse_mix("encrypt=1,decrypt=1,generate-data-key=1", KMS_OPERATIONS),
+        rate=30, duration=1, connections=4, timeout=5,
+    )  # fmt: skip
+    summary = run(spec).summary()
+    assert summary["completed"] == 30 and summary["errors"] == {}
+    missing = LoadSpec(target=KmsTarget(setup.emulator.url, "alias/none", REGION,
+                                        Credential("AKIDLOAD", "x")),
+                       mix=[("generate-data-key", 1)], rate=20, duration=0.5)  # fmt: skip
+    assert run(missing).summary()["errors"] == {"NotFoundException": 10}
+    # The proxy saw each of them, with the KMS operation that caused it.
+    audit = (setup.deployment.directory / "audit.log").read_text()
+    assert '"kmsOperation":"GenerateDataKey"' in audit and '"kmsOperation":"Decrypt"' in audit

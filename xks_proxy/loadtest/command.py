@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from xks_proxy.loadtest.runner import LoadSpec, run
-from xks_proxy.loadtest.workload import XksTarget, parse_mix
+from xks_proxy.loadtest.workload import KMS_OPERATIONS, KmsTarget, XksTarget, parse_mix
 from xks_proxy.sigv4 import Credential
 
 EXIT_SLO_MISSED = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="proxy endpoint, e.g. https://xks.example.com")
+    parser.add_argument("--url", help="proxy endpoint, e.g. https://xks.example.com")
+    parser.add_argument("--kms-url", help="instead of --url: the KMS emulator, to measure the "
+                        "whole chain (mix of encrypt, decrypt, generate-data-key)")  # fmt: skip
     parser.add_argument("--kms-config", help="the JSON from `xks-proxy kms-config` (URI path and "
                         "credential)")  # fmt: skip
     parser.add_argument("--uri-path", help="the key store's URI path (without --kms-config)")
@@ -70,10 +72,22 @@ def _target(args: argparse.Namespace) -> XksTarget:
 
 
 def spec_from(args: argparse.Namespace) -> LoadSpec:
-    mix = parse_mix(args.mix)
-    target = _target(args)
-    if not target.key_id and any(name != "health" for name, _ in mix):
-        raise ValueError("--key-id is needed for encrypt, decrypt and metadata")
+    target: XksTarget | KmsTarget
+    if args.kms_url:
+        mix = parse_mix(args.mix, KMS_OPERATIONS)
+        if not args.key_id:
+            raise ValueError("--key-id (a KMS key id, ARN or alias) is needed with --kms-url")
+        # Any credentials do for the emulator; AWS_* variables are used when set.
+        target = KmsTarget(args.kms_url.rstrip("/"), args.key_id, args.region, Credential(
+            os.environ.get("AWS_ACCESS_KEY_ID", "AKIDLOADTEST"),
+            os.environ.get("AWS_SECRET_ACCESS_KEY", "loadtest")))  # fmt: skip
+    else:
+        if not args.url:
+            raise ValueError("give --url (an XKS proxy) or --kms-url (the KMS emulator)")
+        mix = parse_mix(args.mix)
+        target = _target(args)
+        if not target.key_id and any(name != "health" for name, _ in mix):
+            raise ValueError("--key-id is needed for encrypt, decrypt and metadata")
     if args.rate <= 0 or args.duration <= 0:
         raise ValueError("--rate and --duration must be positive")
     return LoadSpec(
@@ -106,7 +120,7 @@ def verdict(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
 def render(summary: dict[str, Any], spec: LoadSpec) -> str:
     latency = summary["latency_ms"]
     lines = [
-        f"target        {spec.target.url}{spec.target.uri_path}  mix {spec.mix}",
+        f"target        {spec.target.url}{getattr(spec.target, 'uri_path', '')}  mix {spec.mix}",
         f"offered       {spec.rate:g} req/s for {spec.duration:g} s "
         f"({summary['scheduled']} requests, {spec.connections} connections, "
         f"{spec.processes} process(es))",

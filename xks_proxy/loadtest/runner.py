@@ -23,12 +23,18 @@ from typing import Any
 import aiohttp
 
 from xks_proxy.loadtest.stats import Results, percentile
-from xks_proxy.loadtest.workload import XksTarget, XksWorkload, schedule
+from xks_proxy.loadtest.workload import (
+    KmsTarget,
+    KmsWorkload,
+    XksTarget,
+    XksWorkload,
+    schedule,
+)
 
 
 @dataclass(frozen=True)
 class LoadSpec:
-    target: XksTarget
+    target: XksTarget | KmsTarget
     mix: list[tuple[str, int]]
     rate: float
     duration: float
@@ -61,10 +67,18 @@ def ssl_context(spec: LoadSpec) -> ssl.SSLContext | bool:
 
 
 async def _error_name(response: aiohttp.ClientResponse, body: bytes) -> str:
+    """The XKS errorName, or the KMS ``__type``, or the HTTP status."""
     try:
-        return str(json.loads(body)["errorName"])
-    except (ValueError, KeyError, TypeError):
+        document = json.loads(body)
+        return str(document.get("errorName") or document["__type"])
+    except (ValueError, KeyError, TypeError, AttributeError):
         return f"HTTP {response.status}"
+
+
+def workload_for(spec: LoadSpec) -> XksWorkload | KmsWorkload:
+    if isinstance(spec.target, KmsTarget):
+        return KmsWorkload(spec.target, spec.plaintext_bytes)
+    return XksWorkload(spec.target, spec.plaintext_bytes, spec.aad_bytes)
 
 
 class _Progress:
@@ -93,7 +107,7 @@ class _Progress:
 
 async def run_process(spec: LoadSpec) -> Results:
     """This process's share of the schedule."""
-    workload = XksWorkload(spec.target, spec.plaintext_bytes, spec.aad_bytes)
+    workload = workload_for(spec)
     cycle = schedule(spec.mix)
     results = Results()
     connector = aiohttp.TCPConnector(limit=spec.connections, ssl=ssl_context(spec))
@@ -106,7 +120,7 @@ async def run_process(spec: LoadSpec) -> Results:
                 if response.status != 200:
                     raise RuntimeError(f"the set-up Encrypt failed: HTTP {response.status} "
                                        f"{(await response.read())[:200]!r}")  # fmt: skip
-                workload.set_ciphertext(await response.json())
+                workload.set_ciphertext(json.loads(await response.read()))
 
         async def one(operation: str, due: float) -> None:
             url, body, headers = workload.request(operation)

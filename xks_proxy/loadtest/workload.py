@@ -12,12 +12,14 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from xks_proxy import sigv4
 
 OPERATIONS = ("encrypt", "decrypt", "metadata", "health")
+# Against the KMS emulator (AWS JSON 1.1), measuring the whole chain through the proxy.
+KMS_OPERATIONS = ("encrypt", "decrypt", "generate-data-key")
 
 
 def b64(data: bytes) -> str:
@@ -26,13 +28,13 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def parse_mix(text: str) -> list[tuple[str, int]]:
+def parse_mix(text: str, allowed: tuple[str, ...] = OPERATIONS) -> list[tuple[str, int]]:
     """``encrypt=70,decrypt=20,metadata=5,health=5`` (weights; ``encrypt`` alone means 100 %)."""
     mix = []
     for part in text.split(","):
         name, _, weight = part.strip().partition("=")
-        if name not in OPERATIONS:
-            raise ValueError(f"unknown operation {name!r}; use {', '.join(OPERATIONS)}")
+        if name not in allowed:
+            raise ValueError(f"unknown operation {name!r}; use {', '.join(allowed)}")
         value = int(weight) if weight else 1
         if value <= 0:
             raise ValueError(f"weight of {name} must be positive")
@@ -138,3 +140,66 @@ class XksWorkload:
             cached = (second, headers)
             self._signed[operation] = cached
         return self.target.url + self.path(operation), body, cached[1]
+
+
+@dataclass(frozen=True)
+class KmsTarget:
+    """The KMS emulator (or any AWS KMS endpoint that accepts these credentials)."""
+
+    url: str
+    key_id: str
+    region: str
+    credential: sigv4.Credential
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+
+class KmsWorkload:
+    """Encrypt, Decrypt and GenerateDataKey in the AWS JSON 1.1 protocol, signed for ``kms``."""
+
+    _TARGETS: ClassVar[dict[str, str]] = {
+        "encrypt": "TrentService.Encrypt",
+        "decrypt": "TrentService.Decrypt",
+        "generate-data-key": "TrentService.GenerateDataKey",
+    }
+
+    def __init__(self, target: KmsTarget, plaintext_bytes: int) -> None:
+        self.target = target
+        self._bodies: dict[str, bytes] = {
+            "encrypt": json.dumps({"KeyId": target.key_id,
+                                   "Plaintext": b64(os.urandom(plaintext_bytes))}).encode(),
+            "generate-data-key": json.dumps({"KeyId": target.key_id,
+                                             "KeySpec": "AES_256"}).encode(),
+        }  # fmt: skip
+        self._signed: dict[str, tuple[int, dict[str, str]]] = {}
+
+    def set_ciphertext(self, encrypted: dict[str, Any]) -> None:
+        self._bodies["decrypt"] = json.dumps(
+            {"CiphertextBlob": encrypted["CiphertextBlob"]}
+        ).encode()
+
+    def request(self, operation: str) -> tuple[str, bytes, dict[str, str]]:
+        body = self._bodies[operation]
+        second = int(time.time())
+        cached = self._signed.get(operation)
+        if cached is None or cached[0] != second:
+            headers = sigv4.sign(
+                method="POST",
+                path="/",
+                headers={
+                    "Host": self.target.host,
+                    "Content-Type": "application/x-amz-json-1.1",
+                    "X-Amz-Target": self._TARGETS[operation],
+                },
+                body=body,
+                credential=self.target.credential,
+                region=self.target.region,
+                now=datetime.fromtimestamp(second, UTC),
+                service="kms",
+                signed_headers=("content-type", "host", "x-amz-date", "x-amz-target"),
+            )
+            cached = (second, headers)
+            self._signed[operation] = cached
+        return self.target.url + "/", body, cached[1]
