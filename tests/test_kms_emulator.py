@@ -97,6 +97,13 @@ def wait_state(kms: Any, store_id: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def connected_store(kms: Any, deployment: Deployment, port: int) -> str:
+    store_id = create_store(kms, deployment, port)
+    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    assert wait_state(kms, store_id)["ConnectionState"] == "CONNECTED"
+    return store_id
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
     deployment = make_deployment(tmp_path / "proxy")
@@ -104,9 +111,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         emulator = start_emulator(tmp_path / "kms.db")
         try:
             kms = emulator.client()
-            store_id = create_store(kms, deployment, proxy.port)
-            kms.connect_custom_key_store(CustomKeyStoreId=store_id)
-            assert wait_state(kms, store_id)["ConnectionState"] == "CONNECTED"
+            store_id = connected_store(kms, deployment, proxy.port)
             yield Setup(deployment, proxy, emulator, kms, store_id)
         finally:
             stop(emulator)
@@ -298,9 +303,7 @@ def test_slow_proxy_takes_the_timeout_path(tmp_path: Path) -> None:
         emulator = start_emulator(tmp_path / "kms.db")
         try:
             kms = emulator.client()
-            store_id = create_store(kms, deployment, proxy.port)
-            kms.connect_custom_key_store(CustomKeyStoreId=store_id)
-            assert wait_state(kms, store_id)["ConnectionState"] == "CONNECTED"
+            store_id = connected_store(kms, deployment, proxy.port)
             with pytest.raises(ClientError) as slow:
                 kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
                                XksKeyId=KEY_BOTH)  # fmt: skip
@@ -321,9 +324,7 @@ def test_restart_keeps_keys_and_ciphertexts(tmp_path: Path) -> None:
     with ProxyProcess(deployment.config_path) as proxy:
         emulator = start_emulator(tmp_path / "kms.db")
         kms = emulator.client()
-        store_id = create_store(kms, deployment, proxy.port)
-        kms.connect_custom_key_store(CustomKeyStoreId=store_id)
-        wait_state(kms, store_id)
+        store_id = connected_store(kms, deployment, proxy.port)
         key_id = kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
                                 XksKeyId=KEY_BOTH)["KeyMetadata"]["KeyId"]  # fmt: skip
         blob = kms.encrypt(KeyId=key_id, Plaintext=b"kept")["CiphertextBlob"]
@@ -429,9 +430,7 @@ def test_key_store_quota_answers_throttling(tmp_path: Path) -> None:
         emulator = start_emulator(tmp_path / "kms.db", "--xks-rate", "3")
         try:
             kms = emulator.client(retries=1)  # boto3 would otherwise retry the throttling away
-            store_id = create_store(kms, deployment, proxy.port)
-            kms.connect_custom_key_store(CustomKeyStoreId=store_id)
-            wait_state(kms, store_id)
+            store_id = connected_store(kms, deployment, proxy.port)
             key_id = kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
                                     XksKeyId=KEY_BOTH)["KeyMetadata"]["KeyId"]  # fmt: skip
             outcomes = []

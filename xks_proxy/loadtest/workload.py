@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -64,6 +65,21 @@ class XksTarget:
         return urlsplit(self.url).netloc
 
 
+class _SignatureCache:
+    """Signed headers per operation, made again when the second (X-Amz-Date) changes."""
+
+    def __init__(self) -> None:
+        self._signed: dict[str, tuple[int, dict[str, str]]] = {}
+
+    def get(self, operation: str, sign: Callable[[datetime], dict[str, str]]) -> dict[str, str]:
+        second = int(time.time())
+        cached = self._signed.get(operation)
+        if cached is None or cached[0] != second:
+            cached = (second, sign(datetime.fromtimestamp(second, UTC)))
+            self._signed[operation] = cached
+        return cached[1]
+
+
 def _metadata(operation: str) -> dict[str, str]:
     metadata = {"kmsRequestId": "loadtest", "kmsOperation": operation}
     if operation != "KmsHealthCheck":
@@ -91,7 +107,7 @@ class XksWorkload:
             "metadata": self._json({"requestMetadata": _metadata("CreateKey")}),
             "health": self._json({"requestMetadata": _metadata("KmsHealthCheck")}),
         }
-        self._signed: dict[str, tuple[int, dict[str, str]]] = {}
+        self._signatures = _SignatureCache()
 
     @staticmethod
     def _json(document: dict[str, Any]) -> bytes:
@@ -125,21 +141,16 @@ class XksWorkload:
     def request(self, operation: str) -> tuple[str, bytes, dict[str, str]]:
         """URL, body and signed headers for one request of ``operation``."""
         body = self._bodies[operation]
-        second = int(time.time())
-        cached = self._signed.get(operation)
-        if cached is None or cached[0] != second:
-            headers = sigv4.sign(
-                method="POST",
-                path=self.path(operation),
-                headers={"Host": self.target.host, "Content-Type": "application/json"},
-                body=body,
-                credential=self.target.credential,
-                region=self.target.region,
-                now=datetime.fromtimestamp(second, UTC),
-            )
-            cached = (second, headers)
-            self._signed[operation] = cached
-        return self.target.url + self.path(operation), body, cached[1]
+        headers = self._signatures.get(operation, lambda now: sigv4.sign(
+            method="POST",
+            path=self.path(operation),
+            headers={"Host": self.target.host, "Content-Type": "application/json"},
+            body=body,
+            credential=self.target.credential,
+            region=self.target.region,
+            now=now,
+        ))  # fmt: skip
+        return self.target.url + self.path(operation), body, headers
 
 
 @dataclass(frozen=True)
@@ -173,7 +184,7 @@ class KmsWorkload:
             "generate-data-key": json.dumps({"KeyId": target.key_id,
                                              "KeySpec": "AES_256"}).encode(),
         }  # fmt: skip
-        self._signed: dict[str, tuple[int, dict[str, str]]] = {}
+        self._signatures = _SignatureCache()
 
     def set_ciphertext(self, encrypted: dict[str, Any]) -> None:
         self._bodies["decrypt"] = json.dumps(
@@ -182,24 +193,19 @@ class KmsWorkload:
 
     def request(self, operation: str) -> tuple[str, bytes, dict[str, str]]:
         body = self._bodies[operation]
-        second = int(time.time())
-        cached = self._signed.get(operation)
-        if cached is None or cached[0] != second:
-            headers = sigv4.sign(
-                method="POST",
-                path="/",
-                headers={
-                    "Host": self.target.host,
-                    "Content-Type": "application/x-amz-json-1.1",
-                    "X-Amz-Target": self._TARGETS[operation],
-                },
-                body=body,
-                credential=self.target.credential,
-                region=self.target.region,
-                now=datetime.fromtimestamp(second, UTC),
-                service="kms",
-                signed_headers=("content-type", "host", "x-amz-date", "x-amz-target"),
-            )
-            cached = (second, headers)
-            self._signed[operation] = cached
-        return self.target.url + "/", body, cached[1]
+        headers = self._signatures.get(operation, lambda now: sigv4.sign(
+            method="POST",
+            path="/",
+            headers={
+                "Host": self.target.host,
+                "Content-Type": "application/x-amz-json-1.1",
+                "X-Amz-Target": self._TARGETS[operation],
+            },
+            body=body,
+            credential=self.target.credential,
+            region=self.target.region,
+            now=now,
+            service="kms",
+            signed_headers=("content-type", "host", "x-amz-date", "x-amz-target"),
+        ))  # fmt: skip
+        return self.target.url + "/", body, headers
