@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import stat
 import subprocess
-import sys
-import time
 import tomllib
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.proxy_process import XKS_PROXY, ProxyProcess, connect, free_port, post
 from xks_proxy import sigv4
-
-XKS_PROXY = str(Path(sys.executable).parent / "xks-proxy")
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -31,13 +24,6 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check:
         assert result.returncode == 0, result.stderr
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -88,63 +74,24 @@ def test_generated_credentials_follow_the_spec(deployment: Path) -> None:
     assert kms["XksProxyUriPath"] == "/keystores/dev/kms/xks/v1"
 
 
-def _post(base: str, path: str, document: Any, credential: sigv4.Credential) -> tuple[int, Any]:
-    body = json.dumps(document).encode()
-    host = base.removeprefix("http://")
-    headers = sigv4.sign(
-        method="POST",
-        path=path,
-        headers={"Host": host, "Content-Type": "application/json"},
-        body=body,
-        credential=credential,
-        region="us-east-1",
-        now=datetime.now(UTC),
-    )
-    request = urllib.request.Request(base + path, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def _wait_for_listening(process: subprocess.Popen[str]) -> None:
-    assert process.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if "metrics on" in line:
-            return
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError("the proxy did not start")
-
-
 def test_init_serve_round_trip_and_metrics(deployment: Path) -> None:
     kms = json.loads(run("kms-config", "--config", str(deployment)).stdout)
     credential = sigv4.Credential(
         kms["XksProxyAuthenticationCredential"]["AccessKeyId"],
         kms["XksProxyAuthenticationCredential"]["RawSecretAccessKey"],
     )
-    port = free_port()
     metrics_port = tomllib.loads(deployment.read_text())["metrics"]["port"]
-    process = subprocess.Popen(
-        [XKS_PROXY, "serve", "--config", str(deployment), "--port", str(port)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        _wait_for_listening(process)
-        base, uri = f"http://127.0.0.1:{port}", kms["XksProxyUriPath"]
+    with ProxyProcess(deployment, ready="metrics on") as proxy:
+        base, uri = f"http://127.0.0.1:{proxy.port}", kms["XksProxyUriPath"]
+        connection = connect(proxy.port)
         metadata = {
             "awsPrincipalArn": "arn:aws:iam::1:user/u",
             "kmsKeyArn": "arn:k",
             "kmsOperation": "Encrypt",
             "kmsRequestId": "cli-1",
         }
-        status, encrypted = _post(
-            base,
+        status, encrypted = post(
+            connection,
             f"{uri}/keys/cli-key/encrypt",
             {
                 "requestMetadata": metadata,
@@ -154,8 +101,8 @@ def test_init_serve_round_trip_and_metrics(deployment: Path) -> None:
             credential,
         )
         assert status == 200, encrypted
-        status, decrypted = _post(
-            base,
+        status, decrypted = post(
+            connection,
             f"{uri}/keys/cli-key/decrypt",
             {
                 "requestMetadata": {**metadata, "kmsOperation": "Decrypt"},
@@ -165,23 +112,20 @@ def test_init_serve_round_trip_and_metrics(deployment: Path) -> None:
             credential,
         )
         assert (status, decrypted) == (200, {"plaintext": "SGVsbG8gV29ybGQh"})
-        status, health = _post(
-            base,
+        status, health = post(
+            connection,
             f"{uri}/health",
             {"requestMetadata": {"kmsRequestId": "h", "kmsOperation": "KmsHealthCheck"}},
             credential,
         )
         assert status == 200 and health["ekmFleetDetails"][0]["healthStatus"] == "ACTIVE"
+        connection.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
             scraped = response.read().decode()
         assert 'xks_request_duration_seconds_count{key_store="dev",operation="Encrypt"' in scraped
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"{base}/metrics")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        exit_code = process.wait(timeout=30)
-        assert process.stderr is not None
-        process.stderr.close()
+        exit_code = proxy.stop()
     assert exit_code == 0
     audit = (deployment.parent / "audit.log").read_text()
     assert '"kmsRequestId":"cli-1"' in audit and "SGVsbG8gV29ybGQh" not in audit

@@ -466,3 +466,48 @@ def test_loadtest_through_the_emulator(setup: Setup) -> None:
     # The proxy saw each of them, with the KMS operation that caused it.
     audit = (setup.deployment.directory / "audit.log").read_text()
     assert '"kmsOperation":"GenerateDataKey"' in audit and '"kmsOperation":"Decrypt"' in audit
+
+
+def test_bad_input_gets_kms_errors(setup: Setup, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    kms = setup.kms
+    store = setup.deployment.config.key_stores[0]
+    good = {"AccessKeyId": store.credentials[0].access_key_id,
+            "RawSecretAccessKey": store.credentials[0].secret_access_key}  # fmt: skip
+    base = {"CustomKeyStoreName": "bad", "CustomKeyStoreType": "EXTERNAL_KEY_STORE",
+            "XksProxyUriEndpoint": f"http://127.0.0.1:{setup.proxy.port}",
+            "XksProxyUriPath": "/elsewhere/kms/xks/v1", "XksProxyAuthenticationCredential": good,
+            "XksProxyConnectivity": "PUBLIC_ENDPOINT"}  # fmt: skip
+    for change, expected in (
+        ({"XksProxyUriPath": "/no/suffix"}, "ValidationException"),
+        ({"XksProxyAuthenticationCredential": {**good, "RawSecretAccessKey": "!" * 44}},
+         "ValidationException"),
+        ({"XksProxyUriEndpoint": "ftp://127.0.0.1"}, "ValidationException"),
+        ({}, "XksProxyInvalidConfigurationException"),  # the proxy knows no such path
+    ):  # fmt: skip
+        with pytest.raises(ClientError) as refused:
+            kms.create_custom_key_store(**{**base, **change})
+        assert code(refused) == expected, change
+        assert good["RawSecretAccessKey"] not in str(refused.value.response)
+    for body, target, expected in (
+        (b"{", "TrentService.ListKeys", "SerializationException"),
+        (b"{}", "TrentService.Nope", "UnknownOperationException"),
+    ):
+        request = urllib.request.Request(
+            setup.emulator.url, data=body, method="POST",
+            headers={"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1",
+                     "Authorization": "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/"
+                                      "kms/aws4_request, SignedHeaders=host, Signature=0"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=10)
+        assert json.loads(answer.value.read())["__type"] == expected
+    strict = start_emulator(tmp_path / "strict.db", "--strict")
+    try:
+        with pytest.raises(ClientError) as refused_http:
+            strict.client().create_custom_key_store(**base)
+        assert code(refused_http) == "ValidationException"
+    finally:
+        stop(strict)
