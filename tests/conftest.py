@@ -22,7 +22,8 @@ from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.scaffold import scaffold
 from xks_proxy.web.app import create_app
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "xks-vectors.json"
+# A copy kept in the repository (see tests/vectors/README.md): tests never read outside it.
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "xks-vectors.json"
 
 # Keys every API test can rely on, with the usage and state their names say.
 KEY_BOTH = "key-both"
