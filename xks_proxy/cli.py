@@ -2,6 +2,11 @@
 
 Exit codes: 0 success, 1 a command that could not do what was asked (unknown key, …), 2 bad
 configuration or usage.
+
+An operating-system or database failure (a full disk, a read-only or missing directory, a
+permission refused, a locked or corrupt SQLite file) ends any command with exit 1 and one line
+naming what failed and where, never a traceback: operators run these commands from scripts and
+read the last line. The line carries the OS's reason and the file name, never file contents.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +35,12 @@ from xks_proxy.config import (
 )
 from xks_proxy.credentials import CredentialsFile, generate_credential
 from xks_proxy.errors import ConfigError
-from xks_proxy.keystore.store import KeyDatabase, KeyExistsError, UnknownKeyError
+from xks_proxy.keystore.store import (
+    KeyDatabase,
+    KeyExistsError,
+    KeyStoreUnavailableError,
+    UnknownKeyError,
+)
 from xks_proxy.model import KEY_ID_PATTERN
 
 USAGES = {
@@ -43,6 +54,13 @@ USAGES = {
 
 class CommandError(Exception):
     """A command that cannot do what was asked; exit status 1."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an OS error: what failed and on which file, e.g. for a full disk."""
+    reason = error.strerror or type(error).__name__
+    names = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return f"{reason}: {' -> '.join(names)}" if names else reason
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -566,16 +584,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """``keys create``, ``serve``…: how the failing command is named in a one-line error."""
+    words = [args.command]
+    words += [
+        value
+        for attribute, value in vars(args).items()
+        if attribute.endswith("_command") and isinstance(value, str)
+    ]
+    return " ".join(words)
+
+
+def _explain_failure(args: argparse.Namespace, error: Exception) -> tuple[int, str]:
+    """The exit status and the one line a failed command prints."""
+    command = _command_name(args)
+    if isinstance(error, KeyStoreUnavailableError):
+        return 1, f"{command}: {error}"
+    if isinstance(error, ConfigError):
+        return 2, f"configuration error: {error}"
+    if isinstance(error, OSError):
+        return 1, f"{command}: {describe_os_error(error)}"
+    if isinstance(error, sqlite3.Error):
+        # SQLite reports a full disk or a read-only file as its own error, not an OSError.
+        return 1, f"{command}: key store: {error}"
+    return 1, str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
-    except ConfigError as error:
-        print(f"xks-proxy: configuration error: {error}", file=sys.stderr)
-        return 2
-    except CommandError as error:
-        print(f"xks-proxy: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (ConfigError, CommandError, OSError, sqlite3.Error) as error:
+        status, message = _explain_failure(args, error)
+        print(f"xks-proxy: {message}", file=sys.stderr)
+        return status
     return result

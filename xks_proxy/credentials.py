@@ -53,6 +53,10 @@ def write_private_file(path: Path, content: str) -> None:
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o600)
         os.replace(temporary, path)
+    except OSError as error:
+        os.unlink(temporary)
+        # A failed write(2) names no file; the operator needs to know which one (a full disk).
+        raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         os.unlink(temporary)
         raise

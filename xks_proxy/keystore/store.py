@@ -68,6 +68,14 @@ class KeyExistsError(Exception):
     pass
 
 
+class KeyStoreUnavailableError(ConfigError):
+    """The key store file cannot be used now (full disk, read-only volume, I/O error, lock).
+
+    A ConfigError, so start-up refuses to serve; the CLI tells it apart (exit 1, not 2): the
+    configuration is right, the machine is not.
+    """
+
+
 class UnknownKeyError(Exception):
     pass
 
@@ -94,6 +102,8 @@ class KeyDatabase:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+        except sqlite3.OperationalError as error:
+            raise KeyStoreUnavailableError(f"key store {path}: {error}") from None
         except sqlite3.DatabaseError as error:
             raise ConfigError(f"key store {path}: {error}") from None
 
