@@ -33,8 +33,8 @@ from xks_proxy.config import (
     TokenSelector,
     load_config,
 )
-from xks_proxy.credentials import CredentialsFile, generate_credential
-from xks_proxy.errors import ConfigError
+from xks_proxy.credential_commands import add_credential_commands
+from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.keystore.store import (
     KeyDatabase,
     KeyExistsError,
@@ -50,10 +50,6 @@ USAGES = {
     "DECRYPT": frozenset({DECRYPT}),
     "NONE": frozenset(),
 }
-
-
-class CommandError(Exception):
-    """A command that cannot do what was asked; exit status 1."""
 
 
 def describe_os_error(error: OSError) -> str:
@@ -139,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(Path(args.config), with_backends=False)
     try:
         pid = int(config.pid_path.read_text().strip())
         os.kill(pid, signal.SIGHUP)
@@ -151,6 +147,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
+    config.check_serving()
     for backend in config.backends.values():
         if isinstance(backend, SoftwareBackendConfig):
             # Opening the store proves the KEK decrypts every key in it.
@@ -302,65 +299,8 @@ def cmd_pkcs11_list_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _credentials_file(config: Config) -> CredentialsFile:
-    if config.credentials_file is None:
-        raise ConfigError("credentials_file: not set, so the CLI cannot manage credentials")
-    return CredentialsFile(config.credentials_file)
-
-
-def cmd_credentials_create(args: argparse.Namespace) -> int:
-    config = _config(args)
-    store = config.key_store(args.key_store)
-    entry = _credentials_file(config).add(store.name, generate_credential())
-    print(
-        json.dumps(
-            {
-                "keyStore": store.name,
-                "uriPath": store.uri_path,
-                "AccessKeyId": entry.access_key_id,
-                "RawSecretAccessKey": entry.secret_access_key,
-            },
-            indent=2,
-        )
-    )
-    print("Running proxies accept the new credential after a restart or reload.", file=sys.stderr)
-    return 0
-
-
-def cmd_credentials_list(args: argparse.Namespace) -> int:
-    config = _config(args)
-    stores = [config.key_store(args.key_store)] if args.key_store else list(config.key_stores)
-    managed = (
-        {e.access_key_id: e for e in _credentials_file(config).entries()}
-        if config.credentials_file
-        else {}
-    )
-    for store in stores:
-        for credential in store.credentials:
-            entry = managed.get(credential.access_key_id)
-            origin = f"created {entry.created_at}" if entry else "inline in the configuration"
-            print(f"{store.name}  {credential.access_key_id}  {origin}")
-    return 0
-
-
-def cmd_credentials_revoke(args: argparse.Namespace) -> int:
-    config = _config(args)
-    store = config.key_store(args.key_store)
-    if args.access_key_id not in {c.access_key_id for c in store.credentials}:
-        raise CommandError(f"key store {store.name} has no credential {args.access_key_id}")
-    removed = _credentials_file(config).remove(args.access_key_id)
-    if removed is None:
-        raise CommandError(
-            f"{args.access_key_id} is written in the configuration file; remove it there"
-        )
-    print(f"revoked {args.access_key_id} from key store {store.name}")
-    if len(store.credentials) == 1:
-        print(f"warning: key store {store.name} has no credential left", file=sys.stderr)
-    return 0
-
-
 def cmd_kms_config(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(Path(args.config), with_backends=False)
     store = config.key_store(args.key_store)
     if not store.credentials:
         raise CommandError(f"key store {store.name} has no credential")
@@ -501,26 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true")
         sub.set_defaults(func=func)
 
-    creds = commands.add_parser("credentials", help="manage SigV4 credentials of key stores")
-    cred_commands = creds.add_subparsers(
-        dest="credentials_command", required=True, metavar="ACTION"
-    )
-    cred_actions: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
-        (
-            "create",
-            "add a credential (several may be live at once, for rotation)",
-            cmd_credentials_create,
-        ),
-        ("list", "list access key ids (never secrets)", cmd_credentials_list),
-        ("revoke", "remove a credential", cmd_credentials_revoke),
-    ]
-    for action, help_text, func in cred_actions:
-        sub = cred_commands.add_parser(action, help=help_text)
-        config_arg(sub)
-        sub.add_argument("--key-store", help="key store name or URI path (default: the only one)")
-        if action == "revoke":
-            sub.add_argument("--access-key-id", required=True)
-        sub.set_defaults(func=func)
+    add_credential_commands(commands, config_arg)
 
     emulator = commands.add_parser(
         "kms-emulator", help="run a local AWS KMS whose external key stores call XKS proxies"

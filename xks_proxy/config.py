@@ -9,6 +9,11 @@ Secrets (the key-encryption key, SigV4 secrets) may be written inline or by refe
 relative to the configuration file; one trailing newline is dropped). Secret values in the spec's
 alphabets never contain ``:``, so the prefixes are unambiguous.
 
+Commands that never touch a backend (``reload``, ``kms-config``, ``credentials …``) load the
+file with ``with_backends=False``: backend tables are then only named, not parsed, so those
+commands need none of the backends' secrets (an HSM PIN in ``env:``, the KEK) in the operator's
+environment. Their ``Config.backends`` is empty.
+
 SigV4 credentials come from two places, merged: ``[[key_stores.credentials]]`` tables in the TOML
 (for configuration managed as code, secrets by reference) and the JSON ``credentials_file`` that
 the ``xks-proxy credentials`` commands manage.
@@ -22,7 +27,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -188,6 +193,15 @@ class Config:
     @property
     def pid_path(self) -> Path:
         return self.path.parent / self.server.pid_file
+
+    def check_serving(self) -> None:
+        """What serving needs beyond a well-formed file; start-up and reload both call this."""
+        for index, store in enumerate(self.key_stores):
+            if not store.credentials:
+                raise ConfigError(
+                    f"key_stores[{index}]: key store {store.name} has no credential, so every "
+                    "request would be refused (xks-proxy credentials add|create)"
+                )
 
     def key_store(self, name_or_path: str | None) -> KeyStoreConfig:
         """Find a key store by name or URI path; ``None`` picks the only one."""
@@ -479,7 +493,7 @@ def _inline_credentials(
 
 def _key_store(
     table: _Table,
-    backends: Mapping[str, BackendConfig],
+    backends: Collection[str],
     extra_credentials: Mapping[str, list[Credential]],
     base_dir: Path,
     environ: Mapping[str, str],
@@ -569,29 +583,35 @@ def _check_unique(stores: list[KeyStoreConfig]) -> None:
 
 
 def parse_config(
-    document: dict[str, Any], path: Path, environ: Mapping[str, str] | None = None
+    document: dict[str, Any],
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    with_backends: bool = True,
 ) -> Config:
-    """Build a validated ``Config`` from a parsed TOML document."""
+    """Build a validated ``Config`` from a parsed TOML document (see the module docstring for
+    ``with_backends``)."""
     env = os.environ if environ is None else environ
     base_dir = path.parent
     top = _Table(document, "")
     credentials_name = top.get("credentials_file", str, "")
     credentials_file = base_dir / credentials_name if credentials_name else None
     backends_table = _Table(top.get("backends", dict, {}), "backends")
+    backend_names = list(backends_table.data)
+    if not backend_names:
+        raise ConfigError("backends: at least one backend is required")
     backends = {
         name: _backend(
             name, _Table(backends_table.get(name, dict, {}), f"backends.{name}"), base_dir, env
         )
-        for name in list(backends_table.data)
+        for name in (backend_names if with_backends else [])
     }
-    if not backends:
-        raise ConfigError("backends: at least one backend is required")
     extra = read_credentials_file(credentials_file) if credentials_file else {}
     raw_stores = top.get("key_stores", list, [])
     if not raw_stores:
         raise ConfigError("key_stores: at least one key store is required")
     stores = [
-        _key_store(_Table(item, f"key_stores[{index}]"), backends, extra, base_dir, env)
+        _key_store(_Table(item, f"key_stores[{index}]"), backend_names, extra, base_dir, env)
         for index, item in enumerate(raw_stores)
     ]
     _check_unique(stores)
@@ -619,7 +639,9 @@ def parse_config(
     return config
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path, environ: Mapping[str, str] | None = None, *, with_backends: bool = True
+) -> Config:
     """Read and validate a configuration file."""
     try:
         with path.open("rb") as handle:
@@ -628,4 +650,4 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    return parse_config(document, path.resolve(), environ)
+    return parse_config(document, path.resolve(), environ, with_backends=with_backends)

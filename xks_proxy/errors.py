@@ -114,3 +114,7 @@ class InternalError(XksError):
 
 class ConfigError(Exception):
     """A configuration problem, raised before the proxy opens its port; names the bad key."""
+
+
+class CommandError(Exception):
+    """A CLI command that cannot do what was asked (unknown key, last credential…); exit 1."""

@@ -41,6 +41,7 @@ class ProxyRuntime:
         metrics: ProxyMetrics | None = None,
         backends: Mapping[str, Backend] | None = None,
     ) -> None:
+        config.check_serving()
         self.config = config
         self.clock = clock
         self.metrics = metrics or ProxyMetrics()
