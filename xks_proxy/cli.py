@@ -16,11 +16,13 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xks_proxy import __version__
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
@@ -43,6 +45,10 @@ from xks_proxy.keystore.store import (
 )
 from xks_proxy.model import KEY_ID_PATTERN
 
+if TYPE_CHECKING:
+    from xks_proxy.scaffold import Pkcs11Setup
+
+ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 USAGES = {
     "ENCRYPT,DECRYPT": frozenset({ENCRYPT, DECRYPT}),
     "DECRYPT,ENCRYPT": frozenset({ENCRYPT, DECRYPT}),
@@ -63,22 +69,55 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config))
 
 
+# What works for HSM keys, for operators who reach for `keys disable|rotate` on one.
+HSM_KEYS_HINT = (
+    "HSM keys are made with `xks-proxy pkcs11 create-key`; to switch one off, list it in "
+    "`disabled_keys` of its key store and run `xks-proxy reload` (the kill switch for every "
+    "backend); HSM keys have no versions to rotate"
+)
+
+
+def _has_hsm_backend(config: Config) -> bool:
+    return any(isinstance(b, Pkcs11BackendConfig) for b in config.backends.values())
+
+
 def _software_backend(config: Config, name: str | None) -> SoftwareBackendConfig:
     backends = [b for b in config.backends.values() if isinstance(b, SoftwareBackendConfig)]
     if name is not None:
         backends = [b for b in backends if b.name == name]
-    if len(backends) != 1:
-        raise ConfigError(
-            "name the software backend with --backend"
-            if backends
-            else "no such software backend in the configuration"
+    if len(backends) == 1:
+        return backends[0]
+    if backends:
+        raise ConfigError("name the software backend with --backend")
+    if name is None and _has_hsm_backend(config):
+        raise CommandError(
+            f"`keys` manages the embedded software key store and this configuration has "
+            f"none. {HSM_KEYS_HINT}."
         )
-    return backends[0]
+    raise ConfigError("no such software backend in the configuration")
 
 
 def _key_database(args: argparse.Namespace) -> KeyDatabase:
     backend = _software_backend(_config(args), args.backend)
     return KeyDatabase(backend.path, backend.kek)
+
+
+def _pkcs11_setup(args: argparse.Namespace) -> Pkcs11Setup | None:
+    from xks_proxy.scaffold import Pkcs11Setup
+
+    hsm_options = {"--module": args.module, "--token-label": args.token_label,
+                   "--pin-env": args.pin_env}  # fmt: skip
+    if args.backend == "software":
+        given = [option for option, value in hsm_options.items() if value]
+        if given:
+            raise ConfigError(f"{given[0]}: only with --backend pkcs11")
+        return None
+    missing = [option for option, value in hsm_options.items() if not value]
+    if missing:
+        raise ConfigError(f"--backend pkcs11 needs {', '.join(missing)}")
+    if not ENV_NAME_PATTERN.fullmatch(args.pin_env):
+        raise ConfigError("--pin-env: the name of an environment variable, e.g. XKS_HSM_PIN")
+    return Pkcs11Setup(Path(args.module), args.token_label, args.pin_env)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -100,12 +139,12 @@ def cmd_init(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             force=args.force,
             tls=args.tls,
+            hsm=_pkcs11_setup(args),
         )
     except AlreadyInitialisedError as error:
         raise CommandError(str(error)) from None
     print(f"configuration      {made.config_path}")
-    print(f"key-encryption key {made.kek_path} (0600)")
-    print(f"key store          {made.key_db_path}, key {made.key_id} (ENCRYPT, DECRYPT)")
+    print(f"keys               {made.key_location}, key {made.key_id} (ENCRYPT, DECRYPT)")
     print(f"credentials        {made.credentials_path} (0600), access key id {made.access_key_id}")
     print(f"XKS key store      {made.key_store} at URI path {made.uri_path}")
     if made.tls:
@@ -225,7 +264,8 @@ def _change_key(args: argparse.Namespace, change: Callable[[KeyDatabase], str]) 
     try:
         print(change(database))
     except UnknownKeyError:
-        raise CommandError(f"no key {args.key_id}") from None
+        hint = f" ({HSM_KEYS_HINT})" if _has_hsm_backend(_config(args)) else ""
+        raise CommandError(f"no key {args.key_id} in the software key store{hint}") from None
     finally:
         database.close()
     return 0
@@ -391,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--metrics-port", type=int, default=9464)
     init.add_argument("--force", action="store_true", help="overwrite an existing deployment")
     init.add_argument("--tls", action="store_true", help="add a self-signed dev certificate")
+    init.add_argument(
+        "--backend", choices=("software", "pkcs11"), default="software", help="where keys live"
+    )
+    init.add_argument("--module", help="pkcs11: the PKCS#11 library (.so)")
+    init.add_argument("--token-label", help="pkcs11: the token's label")
+    init.add_argument("--pin-env", help="pkcs11: environment variable holding the user PIN")
     init.set_defaults(func=cmd_init)
 
     serve = commands.add_parser("serve", help="run the proxy")

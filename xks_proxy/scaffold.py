@@ -1,21 +1,32 @@
 """``xks-proxy init``: a ready-to-run deployment in one folder.
 
-It holds a configuration file, a key-encryption key (0600), an embedded key store with one
-ENCRYPT+DECRYPT key, and a credentials file (0600) with one fresh SigV4 credential for one key
-store whose URI path has a non-empty prefix, ``/keystores/<name>/kms/xks/v1``.
+It holds a configuration file and a credentials file (0600) with one fresh SigV4 credential for
+one key store whose URI path has a non-empty prefix, ``/keystores/<name>/kms/xks/v1``, and a
+backend with one ENCRYPT+DECRYPT key and the internal health-check key:
+
+- the default, an embedded software key store (``keys.db``) under a key-encryption key in a
+  0600 file (``kek.key``);
+- ``--backend pkcs11`` (``Pkcs11Setup``): a PKCS#11 token named by module and token label,
+  whose user PIN the proxy reads from an environment variable (``user_pin = "env:NAME"``, so
+  the PIN is never written to disk by init). Init logs in with that PIN, so the deployment is
+  proven to work: it makes the health key and the first key on the token when missing.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
 from xks_proxy.devcert import self_signed
+from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.store import KeyDatabase
 
 CONFIG_NAME = "xks-proxy.toml"
@@ -59,26 +70,49 @@ path = "{audit}"
 interval_seconds = 15
 fleet_size = 1
 
+{backend_section}
+{tls}[[key_stores]]
+name = "{name}"
+uri_path = "/keystores/{name}/kms/xks/v1"
+region = "{region}"
+backend = "{backend}"
+keys = ["*"]
+"""
+
+SOFTWARE_TEMPLATE = """\
 [backends.local]
 type = "software"
 path = "{key_db}"
 # Key-encryption key: Base64 of 32 bytes, here read from a 0600 file.
 kek = "file:{kek}"
-
-{tls}[[key_stores]]
-name = "{name}"
-uri_path = "/keystores/{name}/kms/xks/v1"
-region = "{region}"
-backend = "local"
-keys = ["*"]
 """
+
+PKCS11_TEMPLATE = """\
+[backends.hsm]
+type = "pkcs11"
+module = "{module}"
+tokens = [{{ label = "{token_label}" }}]
+# The token's user PIN, read from the environment when the proxy starts; never logged.
+user_pin = "env:{pin_env}"
+health_key_label = "{health_label}"
+# Keys made by `xks-proxy pkcs11 create-key`; the kill switch is `disabled_keys` below.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Pkcs11Setup:
+    """``init --backend pkcs11``: which module and token, and where the PIN comes from."""
+
+    module: Path
+    token_label: str
+    pin_env: str
 
 
 @dataclass(frozen=True, slots=True)
 class Scaffold:
     config_path: Path
-    kek_path: Path
-    key_db_path: Path
+    # Where the keys are: "keys.db under kek.key (0600)", or "token 'xks' of MODULE".
+    key_location: str
     credentials_path: Path
     key_id: str
     key_store: str
@@ -101,24 +135,25 @@ def scaffold(
     metrics_port: int = 9464,
     force: bool = False,
     tls: bool = False,
+    hsm: Pkcs11Setup | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Scaffold:
     paths = {n: directory / n for n in (CONFIG_NAME, KEK_NAME, KEY_DB_NAME, CREDENTIALS_NAME)}
     existing = [p for p in paths.values() if p.exists()]
     if existing and not force:
         raise AlreadyInitialisedError(f"{existing[0]} exists (use --force to overwrite)")
+    key_id = key_id or str(uuid.uuid4())
+    if hsm is not None:
+        # Before any file is written: a wrong PIN or token leaves nothing behind.
+        backend_section, key_location = _provision_token(
+            hsm, key_id, os.environ if environ is None else environ
+        )
     directory.mkdir(parents=True, exist_ok=True)
     for stale in (*paths.values(), *(directory / f"{KEY_DB_NAME}-{s}" for s in ("wal", "shm"))):
         stale.unlink(missing_ok=True)
+    if hsm is None:
+        backend_section, key_location = _software_key_store(paths, key_id)
 
-    kek = secrets.token_bytes(32)
-    write_private_file(paths[KEK_NAME], base64.b64encode(kek).decode() + "\n")
-    key_id = key_id or str(uuid.uuid4())
-    database = KeyDatabase(paths[KEY_DB_NAME], kek)
-    try:
-        database.ensure_health_key()
-        database.create_key(key_id, frozenset({ENCRYPT, DECRYPT}))
-    finally:
-        database.close()
     credential = generate_credential()
     CredentialsFile(paths[CREDENTIALS_NAME]).add(name, credential)
     tls_section = ""
@@ -134,8 +169,8 @@ def scaffold(
             port=port,
             metrics_port=metrics_port,
             audit=AUDIT_NAME,
-            key_db=KEY_DB_NAME,
-            kek=KEK_NAME,
+            backend_section=backend_section,
+            backend="local" if hsm is None else "hsm",
             name=name,
             region=region,
             tls=tls_section,
@@ -143,8 +178,7 @@ def scaffold(
     )
     return Scaffold(
         config_path=paths[CONFIG_NAME],
-        kek_path=paths[KEK_NAME],
-        key_db_path=paths[KEY_DB_NAME],
+        key_location=key_location,
         credentials_path=paths[CREDENTIALS_NAME],
         key_id=key_id,
         key_store=name,
@@ -152,3 +186,45 @@ def scaffold(
         access_key_id=credential.access_key_id,
         tls=tls,
     )
+
+
+def _software_key_store(paths: Mapping[str, Path], key_id: str) -> tuple[str, str]:
+    kek = secrets.token_bytes(32)
+    write_private_file(paths[KEK_NAME], base64.b64encode(kek).decode() + "\n")
+    database = KeyDatabase(paths[KEY_DB_NAME], kek)
+    try:
+        database.ensure_health_key()
+        database.create_key(key_id, frozenset({ENCRYPT, DECRYPT}))
+    finally:
+        database.close()
+    section = SOFTWARE_TEMPLATE.format(key_db=KEY_DB_NAME, kek=KEK_NAME)
+    return section, f"{paths[KEY_DB_NAME]} under {paths[KEK_NAME]} (0600)"
+
+
+def _provision_token(hsm: Pkcs11Setup, key_id: str, environ: Mapping[str, str]) -> tuple[str, str]:
+    """Log in as the proxy will, and make the health key and the first key where missing."""
+    from xks_proxy import pkcs11_admin  # python-pkcs11 only for HSM deployments
+
+    if not hsm.module.is_file():
+        raise ConfigError(f"--module: {hsm.module} is not a file")
+    pin = environ.get(hsm.pin_env)
+    if not pin:
+        raise ConfigError(f"--pin-env: {hsm.pin_env} is not set (export the token's user PIN)")
+    backend = Pkcs11BackendConfig(
+        name="hsm",
+        module=hsm.module,
+        tokens=(TokenSelector(label=hsm.token_label),),
+        user_pin=pin,
+    )
+    token = backend.tokens[0]
+    present = {key.label for key in pkcs11_admin.list_keys(backend, token)}
+    for label in (backend.health_key_label, key_id):
+        if label not in present:
+            pkcs11_admin.create_key(backend, token, label, frozenset({ENCRYPT, DECRYPT}))
+    section = PKCS11_TEMPLATE.format(
+        module=hsm.module,
+        token_label=hsm.token_label,
+        pin_env=hsm.pin_env,
+        health_label=backend.health_key_label,
+    )
+    return section, f"token {hsm.token_label!r} of {hsm.module}"
