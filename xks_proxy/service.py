@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from xks_proxy.aad import MAX_AAD_BYTES, cdiv
-from xks_proxy.backends.base import AES_256, DECRYPT, ENCRYPT, Backend, EncryptResult, KeyInfo
+from xks_proxy.backends.base import AES_256, DECRYPT, ENCRYPT, Backend, KeyInfo, SealedData
 from xks_proxy.config import HealthConfig, KeyStoreConfig
 from xks_proxy.errors import (
     InternalError,
@@ -172,21 +172,14 @@ class XksService:
         raise InternalError("The encryption result could not be verified.")
 
     async def _decrypts_to(
-        self, store: KeyStore, key_id: str, request: EncryptRequest, result: EncryptResult
+        self, store: KeyStore, key_id: str, request: EncryptRequest, result: SealedData
     ) -> bool:
         backend = store.backend
         try:
             plaintext = await self._backend_call(
                 backend,
                 "verify_decrypt",
-                backend.decrypt(
-                    key_id,
-                    result.ciphertext,
-                    result.iv,
-                    result.tag,
-                    request.aad,
-                    result.ciphertext_metadata,
-                ),
+                backend.decrypt(key_id, result, request.aad),
             )
         except InvalidCiphertextError:
             return False
@@ -201,14 +194,7 @@ class XksService:
         plaintext = await self._backend_call(
             backend,
             "decrypt",
-            backend.decrypt(
-                key_id,
-                request.ciphertext,
-                request.iv,
-                request.tag,
-                request.aad,
-                request.ciphertext_metadata,
-            ),
+            backend.decrypt(key_id, _sealed(request), request.aad),
         )
         return {"plaintext": b64(plaintext)}
 
@@ -226,7 +212,16 @@ class XksService:
         }
 
 
-def _encrypt_response(result: EncryptResult, digest: bytes | None) -> dict[str, Any]:
+def _sealed(request: DecryptRequest) -> SealedData:
+    return SealedData(
+        ciphertext=request.ciphertext,
+        iv=request.iv,
+        tag=request.tag,
+        ciphertext_metadata=request.ciphertext_metadata,
+    )
+
+
+def _encrypt_response(result: SealedData, digest: bytes | None) -> dict[str, Any]:
     response = {
         "ciphertext": b64(result.ciphertext),
         "initializationVector": b64(result.iv),

@@ -54,9 +54,9 @@ from xks_proxy.backends.base import (
     ENCRYPT,
     Backend,
     EkmHealth,
-    EncryptResult,
     HealthState,
     KeyInfo,
+    SealedData,
 )
 from xks_proxy.backends.pkcs11_errors import SESSION_FAILURES, STALE_HANDLE, translate
 from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
@@ -343,7 +343,7 @@ class Pkcs11Backend:
 
     def _encrypt_in_session(
         self, pooled: _Session, key_id: str, plaintext: bytes, aad: bytes | None
-    ) -> EncryptResult:
+    ) -> SealedData:
         metadata = CiphertextMetadata(key_version=KEY_VERSION).encode()
         token_iv = self._config.iv_source == "token"
         iv = bytes(IV_BYTES) if token_iv else os.urandom(IV_BYTES)
@@ -361,65 +361,44 @@ class Pkcs11Backend:
                 raise InternalError("The HSM did not generate an IV; set iv_source = proxy.")
         if len(sealed) != len(plaintext) + TAG_BYTES:
             raise InternalError("The HSM returned AES-GCM output of an unexpected length.")
-        return EncryptResult(sealed[:-TAG_BYTES], iv, sealed[-TAG_BYTES:], metadata)
+        return SealedData(sealed[:-TAG_BYTES], iv, sealed[-TAG_BYTES:], metadata)
 
-    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         return await self._call(
             self._token(), lambda s: self._encrypt_in_session(s, key_id, plaintext, aad)
         )
 
     def _decrypt_in_session(
-        self,
-        pooled: _Session,
-        key_id: str,
-        sealed: bytes,
-        iv: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
+        self, pooled: _Session, key_id: str, sealed: SealedData, aad: bytes | None
     ) -> bytes:
         try:
-            version = CiphertextMetadata.decode(ciphertext_metadata).key_version
+            version = CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
         except ValueError:
             raise InvalidCiphertextError() from None
         if version != KEY_VERSION:
             raise InvalidCiphertextError()
-        params = pkcs11_library.GcmParams(iv, ekm_aad(aad, ciphertext_metadata))
+        params = pkcs11_library.GcmParams(sealed.iv, ekm_aad(aad, sealed.ciphertext_metadata))
         plaintext: bytes = self._with_key(
             pooled,
             key_id,
             lambda key: key.decrypt(
-                sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
+                sealed.ciphertext + sealed.tag,
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=params.raw(),
             ),
         )
         return plaintext
 
-    async def decrypt(
-        self,
-        key_id: str,
-        ciphertext: bytes,
-        iv: bytes,
-        tag: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
-    ) -> bytes:
+    async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
         return await self._call(
             self._token(),
-            lambda s: self._decrypt_in_session(
-                s, key_id, ciphertext + tag, iv, aad, ciphertext_metadata
-            ),
+            lambda s: self._decrypt_in_session(s, key_id, sealed, aad),
             decrypting=True,
         )
 
     def _probe_in_session(self, pooled: _Session) -> bool:
-        result = self._encrypt_in_session(pooled, _HEALTH_CACHE_KEY, _HEALTH_PLAINTEXT, None)
-        plaintext = self._decrypt_in_session(
-            pooled,
-            _HEALTH_CACHE_KEY,
-            result.ciphertext + result.tag,
-            result.iv,
-            None,
-            result.ciphertext_metadata,
-        )
+        sealed = self._encrypt_in_session(pooled, _HEALTH_CACHE_KEY, _HEALTH_PLAINTEXT, None)
+        plaintext = self._decrypt_in_session(pooled, _HEALTH_CACHE_KEY, sealed, None)
         return plaintext == _HEALTH_PLAINTEXT
 
     async def _probe(self, token: _Token) -> bool:

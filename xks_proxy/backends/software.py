@@ -23,9 +23,9 @@ from xks_proxy.backends.base import (
     AES_256,
     Backend,
     EkmHealth,
-    EncryptResult,
     HealthState,
     KeyInfo,
+    SealedData,
 )
 from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import InvalidCiphertextError, KeyNotFoundError
@@ -115,37 +115,19 @@ class SoftwareBackend:
     async def describe_key(self, key_id: str) -> KeyInfo:
         return self._key(key_id).info
 
-    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         return _encrypt(self._key(key_id), plaintext, aad)
 
-    async def decrypt(
-        self,
-        key_id: str,
-        ciphertext: bytes,
-        iv: bytes,
-        tag: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
-    ) -> bytes:
-        return _decrypt(self._key(key_id), ciphertext, iv, tag, aad, ciphertext_metadata)
+    async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
+        return _decrypt(self._key(key_id), sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
         key = self._health_key
         if key is not None:
             try:
-                result = _encrypt(key, _HEALTH_PLAINTEXT, None)
-                if (
-                    _decrypt(
-                        key,
-                        result.ciphertext,
-                        result.iv,
-                        result.tag,
-                        None,
-                        result.ciphertext_metadata,
-                    )
-                    == _HEALTH_PLAINTEXT
-                ):
+                sealed = _encrypt(key, _HEALTH_PLAINTEXT, None)
+                if _decrypt(key, sealed, None) == _HEALTH_PLAINTEXT:
                     state = HealthState.ACTIVE
             except Exception:
                 log.exception("health check of backend %s failed", self.name)
@@ -153,28 +135,23 @@ class SoftwareBackend:
         return [EkmHealth(ekm_id=self.name, model=model, state=state)]
 
 
-def _encrypt(key: _LoadedKey, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+def _encrypt(key: _LoadedKey, plaintext: bytes, aad: bytes | None) -> SealedData:
     metadata = CiphertextMetadata(key_version=key.newest_version).encode()
     iv = os.urandom(IV_BYTES)
     sealed = key.ciphers[key.newest_version].encrypt(iv, plaintext, ekm_aad(aad, metadata))
-    return EncryptResult(
+    return SealedData(
         ciphertext=sealed[:-TAG_BYTES], iv=iv, tag=sealed[-TAG_BYTES:], ciphertext_metadata=metadata
     )
 
 
-def _decrypt(
-    key: _LoadedKey,
-    ciphertext: bytes,
-    iv: bytes,
-    tag: bytes,
-    aad: bytes | None,
-    ciphertext_metadata: bytes | None,
-) -> bytes:
+def _decrypt(key: _LoadedKey, sealed: SealedData, aad: bytes | None) -> bytes:
     # Every failure looks the same to the caller: no oracle for versions, metadata or tags.
     try:
-        version = CiphertextMetadata.decode(ciphertext_metadata).key_version
+        version = CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
         cipher = key.ciphers[version]
-        return cipher.decrypt(iv, ciphertext + tag, ekm_aad(aad, ciphertext_metadata))
+        return cipher.decrypt(
+            sealed.iv, sealed.ciphertext + sealed.tag, ekm_aad(aad, sealed.ciphertext_metadata)
+        )
     except (ValueError, KeyError, InvalidTag):
         raise InvalidCiphertextError() from None
 
