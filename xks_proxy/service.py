@@ -5,8 +5,9 @@ body validation: key exists (404) → implementation size limits (501) → key s
 InvalidStateException) → key usage (400 InvalidKeyUsageException) → crypto.
 
 Encrypt with a CDIV request follows §5.3: encrypt, compute the CDIV at once, then prove the
-result decrypts before answering, retrying once. The proof needs the key's DECRYPT usage; an
-encrypt-only key gets its CDIV without it.
+result decrypts before answering, retrying once. A CDIV is KMS's assurance that the ciphertext
+decrypts; a key whose usage forbids DECRYPT cannot give that proof, so a CDIV request on it is
+400 InvalidKeyUsageException (as AWS's conformance tooling expects), never an unverified CDIV.
 """
 
 from __future__ import annotations
@@ -147,7 +148,11 @@ class XksService:
     ) -> dict[str, Any]:
         info = await self._key(store, key_id)
         self._check_usable(info, request.aad, ENCRYPT)
-        verify = request.want_cdiv and DECRYPT in info.usage
+        if request.want_cdiv and DECRYPT not in info.usage:
+            raise InvalidKeyUsageError(
+                "A ciphertextDataIntegrityValue needs a key that allows DECRYPT, "
+                "to prove that the ciphertext decrypts."
+            )
         for _ in range(ENCRYPT_ATTEMPTS):
             result = await self._backend_call(
                 store.backend,
@@ -166,7 +171,7 @@ class XksService:
                 if request.want_cdiv
                 else None
             )
-            if not verify or await self._decrypts_to(store, key_id, request, result):
+            if digest is None or await self._decrypts_to(store, key_id, request, result):
                 return _encrypt_response(result, digest)
             log.error("encrypt result for key store %s did not decrypt; retrying", store.name)
         raise InternalError("The encryption result could not be verified.")
