@@ -18,6 +18,7 @@ import fnmatch
 import logging
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -102,9 +103,13 @@ class XksService:
         except XksError as error:
             outcome = error.error_name
             raise
-        except Exception:
+        except Exception as error:
             outcome = InternalError.error_name
-            log.exception("backend %s failed in %s", backend.name, call)
+            # A backend bug. Its message may hold anything (plaintext, a PIN): log where it
+            # happened and what kind it was, never the message; the client gets a generic 500.
+            where = "".join(traceback.format_tb(error.__traceback__))
+            log.error("backend %s failed in %s with %s:\n%s", backend.name, call,
+                      type(error).__name__, where)  # fmt: skip
             raise InternalError() from None
         finally:
             self._metrics.observe_backend(
