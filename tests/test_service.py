@@ -28,6 +28,7 @@ from xks_proxy.metrics import ProxyMetrics
 from xks_proxy.model import (
     DecryptRequest,
     EncryptRequest,
+    HealthRequest,
     KeyMetadataRequest,
     RequestMetadata,
 )
@@ -214,3 +215,19 @@ def test_the_fake_backend_cannot_be_configured(tmp_path: Path) -> None:
     made.config_path.write_text(text.replace('type = "software"', 'type = "fake"'))
     with pytest.raises(ConfigError, match="type"):
         load_config(made.config_path)
+
+
+async def test_a_failing_health_check_reports_unavailable(harness: Harness) -> None:
+    monitor = HealthMonitor({harness.backend.name: harness.backend}, 15, harness.metrics)
+    service = XksService(monitor, HealthConfig(), harness.metrics)
+    request = HealthRequest(RequestMetadata("h-1", "KmsHealthCheck"))
+
+    def state() -> str:
+        details = service.health(harness.store, request)["ekmFleetDetails"]
+        return str(details[0]["healthStatus"])
+
+    harness.backend.fail_next("check_health", RuntimeError(SECRET_DETAIL))
+    await monitor.check_all()
+    assert state() == "UNAVAILABLE"
+    await monitor.check_all()
+    assert state() == "ACTIVE"
