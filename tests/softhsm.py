@@ -51,6 +51,17 @@ class SoftHsm:
             check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
         )  # fmt: skip
 
+    def remove_token(self) -> Path:
+        """Take the (only) token away as an unplugged device would go; returns where it went."""
+        (token,) = [path for path in self.token_dir.iterdir() if path.is_dir()]
+        # Out of the token directory: SoftHSM loads every folder in it as a token.
+        away = self.directory / f"removed-{token.name}"
+        token.rename(away)
+        return away
+
+    def restore_token(self, away: Path) -> None:
+        away.rename(self.token_dir / away.name.removeprefix("removed-"))
+
     def backend_config(self, label: str, **changes: object) -> Pkcs11BackendConfig:
         values: dict[str, object] = {
             "name": "hsm",

@@ -91,9 +91,14 @@ async def test_cdiv_only_when_asked(xks: XksClient) -> None:
     assert "ciphertextDataIntegrityValue" not in encrypted
 
 
-async def test_encrypt_only_key_still_gets_cdiv(xks: XksClient) -> None:
-    encrypted = await xks.call("encrypt", KEY_ENCRYPT_ONLY, encrypt_body(b"x"))
-    assert len(unb64(encrypted["ciphertextDataIntegrityValue"])) == 32
+@pytest.mark.parametrize("aad", [None, b"ctx"], ids=["no-aad", "aad"])
+async def test_cdiv_needs_a_key_that_may_decrypt(xks: XksClient, aad: bytes | None) -> None:
+    # xks-spec §5.3: a CDIV promises the ciphertext decrypts, which an encrypt-only key cannot
+    # prove (issue 9, finding 9). Without a CDIV request the key encrypts as usual.
+    error = await xks.call("encrypt", KEY_ENCRYPT_ONLY, encrypt_body(b"x", aad), expect=400)
+    assert error["errorName"] == "InvalidKeyUsageException"
+    encrypted = await xks.call("encrypt", KEY_ENCRYPT_ONLY, encrypt_body(b"x", aad, cdiv=False))
+    assert "ciphertextDataIntegrityValue" not in encrypted and encrypted["ciphertext"]
 
 
 def _flip(text: str) -> str:

@@ -6,12 +6,17 @@ which runs once per backend."""
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from tests.xks_client import (
 )
 from xks_proxy.backends.pkcs11 import Pkcs11Backend
 from xks_proxy.runtime import ProxyRuntime
+from xks_proxy.sigv4 import Credential
 from xks_proxy.web.app import create_app
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -205,9 +211,36 @@ def _own_softhsm(directory: Path) -> tuple[SoftHsm, dict[str, str]]:
     return hsm, {**os.environ, "SOFTHSM2_CONF": str(hsm.conf)}
 
 
-def test_provisioning_commands_and_token_loss_and_recovery(tmp_path: Path) -> None:
-    """A proxy whose token disappears: health UNAVAILABLE, requests fail cleanly, and both
-    come back by themselves when the token does."""
+@dataclass
+class _RemovableTokenProxy:
+    """``xks-proxy serve`` in a subprocess on its own SoftHSM token, which a test may remove."""
+
+    hsm: SoftHsm
+    proxy: ProxyProcess
+    credential: Credential
+
+    def post(self, connection: HTTPConnection, operation: str, body: dict[str, Any],
+             key_id: str = KEY_BOTH) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        path = "/keystores/dev/kms/xks/v1/" + (
+            "health" if operation == "health" else f"keys/{key_id}/{operation}"
+        )
+        return post(connection, path, body, self.credential)
+
+    def health(self) -> str:
+        status, body = self.post(connect(self.proxy.port), "health", HEALTH_BODY)
+        assert status == 200
+        return str(body["ekmFleetDetails"][0]["healthStatus"])
+
+    def wait_for_health(self, state: str, timeout: float = 40) -> None:
+        deadline = time.monotonic() + timeout
+        while self.health() != state:
+            assert time.monotonic() < deadline, f"health never became {state}:\n{self.proxy.log}"
+            time.sleep(0.2)
+
+
+def _provisioned_removable_token(tmp_path: Path) -> tuple[SoftHsm, Path]:
+    """A deployment made by ``init`` whose key store uses a token provisioned with the
+    ``pkcs11`` commands (checked here too): its own SoftHSM, health checked every second."""
     hsm, environment = _own_softhsm(tmp_path)
     deployment_dir = tmp_path / "dep"
     subprocess.run([XKS_PROXY, "init", str(deployment_dir), "--key-id", KEY_BOTH, "--port", "0",
@@ -238,51 +271,107 @@ def test_provisioning_commands_and_token_loss_and_recovery(tmp_path: Path) -> No
                                 "--config", str(config)], env=environment, capture_output=True,
                                text=True, timeout=60, check=False)  # fmt: skip
     assert duplicate.returncode == 1
+    return hsm, config
 
+
+@contextlib.contextmanager
+def _removable_token_proxy(tmp_path: Path) -> Iterator[_RemovableTokenProxy]:
     from xks_proxy.config import load_config
 
+    hsm, config = _provisioned_removable_token(tmp_path)
     credential = load_config(config).key_stores[0].credentials[0]
     old_conf = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)  # inherited by the proxy process
     try:
         proxy = ProxyProcess(config)
     finally:
         if old_conf is not None:
             os.environ["SOFTHSM2_CONF"] = old_conf
-    health_path = "/keystores/dev/kms/xks/v1/health"
-    encrypt_path = f"/keystores/dev/kms/xks/v1/keys/{KEY_BOTH}/encrypt"
-    decrypt_path = f"/keystores/dev/kms/xks/v1/keys/{KEY_BOTH}/decrypt"
+    try:
+        with proxy:
+            yield _RemovableTokenProxy(hsm, proxy, credential)
+            assert proxy.stop() == 0
+    finally:
+        close_all()
+        shutil.rmtree(hsm.directory, ignore_errors=True)
 
-    def health() -> str:
-        status, body = post(connect(proxy.port), health_path, HEALTH_BODY, credential)
+
+def test_provisioning_commands_and_token_loss_and_recovery(tmp_path: Path) -> None:
+    """A proxy whose token disappears: health UNAVAILABLE, requests fail cleanly, and both
+    come back by themselves when the token does."""
+    with _removable_token_proxy(tmp_path) as hsm_proxy:
+        hsm_proxy.wait_for_health("ACTIVE")
+        status, encrypted = hsm_proxy.post(connect(hsm_proxy.proxy.port), "encrypt",
+                                           encrypt_body(b"kept"))  # fmt: skip
         assert status == 200
-        return str(body["ekmFleetDetails"][0]["healthStatus"])
-
-    def wait_for_health(state: str, timeout: float = 40) -> None:
-        deadline = time.monotonic() + timeout
-        while health() != state:
-            assert time.monotonic() < deadline, f"health never became {state}:\n{proxy.log}"
-            time.sleep(0.5)
-
-    with proxy:
-        wait_for_health("ACTIVE")
-        status, encrypted = post(connect(proxy.port), encrypt_path, encrypt_body(b"kept"),
-                                 credential)  # fmt: skip
-        assert status == 200
-        (token_dir,) = [p for p in hsm.token_dir.iterdir() if p.is_dir()]
-        # Out of the token directory: SoftHSM loads every folder in it as a token.
-        away = tmp_path / "token-away"
-        token_dir.rename(away)
-        wait_for_health("UNAVAILABLE")
-        status, error = post(connect(proxy.port), encrypt_path, encrypt_body(b"x"), credential)
+        away = hsm_proxy.hsm.remove_token()
+        hsm_proxy.wait_for_health("UNAVAILABLE")
+        status, error = hsm_proxy.post(connect(hsm_proxy.proxy.port), "encrypt", encrypt_body(b"x"))
         assert (status, error["errorName"]) == (500, "InternalException")
         assert "PKCS" not in error["errorMessage"] and "CKR" not in error["errorMessage"]
-        away.rename(token_dir)
-        wait_for_health("ACTIVE")
-        status, decrypted = post(connect(proxy.port), decrypt_path, decrypt_body(encrypted),
-                                 credential)  # fmt: skip
+        hsm_proxy.hsm.restore_token(away)
+        hsm_proxy.wait_for_health("ACTIVE")
+        status, decrypted = hsm_proxy.post(connect(hsm_proxy.proxy.port), "decrypt",
+                                           decrypt_body(encrypted))  # fmt: skip
         assert (status, unb64(decrypted["plaintext"])) == (200, b"kept")
-        assert proxy.stop() == 0
-    close_all()
-    shutil.rmtree(hsm.directory, ignore_errors=True)
-    assert json  # (json is used by helpers this module imports)
+
+
+# xks-spec §7.3: KMS retries only these; a lost device is never the caller's mistake.
+RETRYABLE = {"InternalException", "DependencyTimeoutException"}
+
+
+def test_token_loss_under_load_is_never_key_not_found(tmp_path: Path) -> None:
+    """Finding 3 of issue 9: with the token gone, key lookups find nothing, which must not
+    read as "no such key" (KMS takes a 404 as permanent), from the first failing request on."""
+    with _removable_token_proxy(tmp_path) as hsm_proxy:
+        hsm_proxy.wait_for_health("ACTIVE")
+        status, kept = hsm_proxy.post(connect(hsm_proxy.proxy.port), "encrypt",
+                                      encrypt_body(b"kept", b"ctx"))  # fmt: skip
+        assert status == 200
+        requests = [
+            ("encrypt", encrypt_body(b"load", b"ctx"), KEY_BOTH),
+            ("decrypt", decrypt_body(kept, b"ctx"), KEY_BOTH),
+            ("metadata", METADATA_BODY, KEY_BOTH),
+            ("metadata", METADATA_BODY, "enc-only"),
+            ("encrypt", encrypt_body(b"load", cdiv=False), "enc-only"),
+        ]
+        answers: list[tuple[int, str]] = []
+        crashes: list[BaseException] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            connection = connect(hsm_proxy.proxy.port)
+            try:
+                while not stop.is_set():
+                    for operation, body, key_id in requests:
+                        status, answer = hsm_proxy.post(connection, operation, body, key_id)
+                        answers.append((status, str(answer.get("errorName", ""))))
+            except BaseException as error:
+                crashes.append(error)
+
+        clients = [threading.Thread(target=client) for _ in range(6)]
+        for each in clients:
+            each.start()
+        try:
+            while len(answers) < 50 and not crashes:
+                time.sleep(0.05)
+            away = hsm_proxy.hsm.remove_token()
+            hsm_proxy.wait_for_health("UNAVAILABLE")
+            failing_since = len(answers)
+            while len(answers) < failing_since + 50 and not crashes:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for each in clients:
+                each.join(timeout=30)
+        assert not crashes, crashes
+        failures = collections.Counter(answer for answer in answers if answer[0] != 200)
+        assert failures, "no request saw the token loss"
+        assert {name for _, name in failures} <= RETRYABLE, failures
+        hsm_proxy.hsm.restore_token(away)
+        hsm_proxy.wait_for_health("ACTIVE")
+        connection = connect(hsm_proxy.proxy.port)
+        status, decrypted = hsm_proxy.post(connection, "decrypt", decrypt_body(kept, b"ctx"))
+        assert (status, unb64(decrypted["plaintext"])) == (200, b"kept")
+        status, _ = hsm_proxy.post(connection, "encrypt", encrypt_body(b"after"))
+        assert status == 200

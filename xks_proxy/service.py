@@ -5,8 +5,9 @@ body validation: key exists (404) → implementation size limits (501) → key s
 InvalidStateException) → key usage (400 InvalidKeyUsageException) → crypto.
 
 Encrypt with a CDIV request follows §5.3: encrypt, compute the CDIV at once, then prove the
-result decrypts before answering, retrying once. The proof needs the key's DECRYPT usage; an
-encrypt-only key gets its CDIV without it.
+result decrypts before answering, retrying once. A CDIV is KMS's assurance that the ciphertext
+decrypts; a key whose usage forbids DECRYPT cannot give that proof, so a CDIV request on it is
+400 InvalidKeyUsageException (as AWS's conformance tooling expects), never an unverified CDIV.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import fnmatch
 import logging
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from xks_proxy.aad import MAX_AAD_BYTES, cdiv
-from xks_proxy.backends.base import AES_256, DECRYPT, ENCRYPT, Backend, EncryptResult, KeyInfo
+from xks_proxy.backends.base import AES_256, DECRYPT, ENCRYPT, Backend, KeyInfo, SealedData
 from xks_proxy.config import HealthConfig, KeyStoreConfig
 from xks_proxy.errors import (
     InternalError,
@@ -101,9 +103,13 @@ class XksService:
         except XksError as error:
             outcome = error.error_name
             raise
-        except Exception:
+        except Exception as error:
             outcome = InternalError.error_name
-            log.exception("backend %s failed in %s", backend.name, call)
+            # A backend bug. Its message may hold anything (plaintext, a PIN): log where it
+            # happened and what kind it was, never the message; the client gets a generic 500.
+            where = "".join(traceback.format_tb(error.__traceback__))
+            log.error("backend %s failed in %s with %s:\n%s", backend.name, call,
+                      type(error).__name__, where)  # fmt: skip
             raise InternalError() from None
         finally:
             self._metrics.observe_backend(
@@ -147,7 +153,11 @@ class XksService:
     ) -> dict[str, Any]:
         info = await self._key(store, key_id)
         self._check_usable(info, request.aad, ENCRYPT)
-        verify = request.want_cdiv and DECRYPT in info.usage
+        if request.want_cdiv and DECRYPT not in info.usage:
+            raise InvalidKeyUsageError(
+                "A ciphertextDataIntegrityValue needs a key that allows DECRYPT, "
+                "to prove that the ciphertext decrypts."
+            )
         for _ in range(ENCRYPT_ATTEMPTS):
             result = await self._backend_call(
                 store.backend,
@@ -166,27 +176,20 @@ class XksService:
                 if request.want_cdiv
                 else None
             )
-            if not verify or await self._decrypts_to(store, key_id, request, result):
+            if digest is None or await self._decrypts_to(store, key_id, request, result):
                 return _encrypt_response(result, digest)
             log.error("encrypt result for key store %s did not decrypt; retrying", store.name)
         raise InternalError("The encryption result could not be verified.")
 
     async def _decrypts_to(
-        self, store: KeyStore, key_id: str, request: EncryptRequest, result: EncryptResult
+        self, store: KeyStore, key_id: str, request: EncryptRequest, result: SealedData
     ) -> bool:
         backend = store.backend
         try:
             plaintext = await self._backend_call(
                 backend,
                 "verify_decrypt",
-                backend.decrypt(
-                    key_id,
-                    result.ciphertext,
-                    result.iv,
-                    result.tag,
-                    request.aad,
-                    result.ciphertext_metadata,
-                ),
+                backend.decrypt(key_id, result, request.aad),
             )
         except InvalidCiphertextError:
             return False
@@ -201,14 +204,7 @@ class XksService:
         plaintext = await self._backend_call(
             backend,
             "decrypt",
-            backend.decrypt(
-                key_id,
-                request.ciphertext,
-                request.iv,
-                request.tag,
-                request.aad,
-                request.ciphertext_metadata,
-            ),
+            backend.decrypt(key_id, _sealed(request), request.aad),
         )
         return {"plaintext": b64(plaintext)}
 
@@ -226,7 +222,16 @@ class XksService:
         }
 
 
-def _encrypt_response(result: EncryptResult, digest: bytes | None) -> dict[str, Any]:
+def _sealed(request: DecryptRequest) -> SealedData:
+    return SealedData(
+        ciphertext=request.ciphertext,
+        iv=request.iv,
+        tag=request.tag,
+        ciphertext_metadata=request.ciphertext_metadata,
+    )
+
+
+def _encrypt_response(result: SealedData, digest: bytes | None) -> dict[str, Any]:
     response = {
         "ciphertext": b64(result.ciphertext),
         "initializationVector": b64(result.iv),

@@ -35,7 +35,10 @@ class KeyInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class EncryptResult:
+class SealedData:
+    """One AES-GCM result as XKS carries it: what Encrypt answers and Decrypt takes back
+    (xks-spec §4.2, §4.3). ``ciphertext_metadata`` is the backend's own, bound into the AAD."""
+
     ciphertext: bytes
     iv: bytes
     tag: bytes
@@ -68,21 +71,13 @@ class Backend(Protocol):
     async def describe_key(self, key_id: str) -> KeyInfo:
         """Raises: KeyNotFoundError."""
 
-    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         """AES-256-GCM under the key's newest version, with the spec's EKM_AAD.
 
         Raises: KeyNotFoundError, InternalError, DependencyTimeoutError.
         """
 
-    async def decrypt(
-        self,
-        key_id: str,
-        ciphertext: bytes,
-        iv: bytes,
-        tag: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
-    ) -> bytes:
+    async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
         """Raises: KeyNotFoundError, InvalidCiphertextError, InternalError,
         DependencyTimeoutError."""
 

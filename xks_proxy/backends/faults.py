@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from xks_proxy.backends.base import Backend, EkmHealth, EncryptResult, KeyInfo
+from xks_proxy.backends.base import Backend, EkmHealth, KeyInfo, SealedData
 
 
 class DelayedBackend:
@@ -35,21 +35,13 @@ class DelayedBackend:
         await asyncio.sleep(self._delay)
         return await self._inner.describe_key(key_id)
 
-    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         await asyncio.sleep(self._delay)
         return await self._inner.encrypt(key_id, plaintext, aad)
 
-    async def decrypt(
-        self,
-        key_id: str,
-        ciphertext: bytes,
-        iv: bytes,
-        tag: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
-    ) -> bytes:
+    async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
         await asyncio.sleep(self._delay)
-        return await self._inner.decrypt(key_id, ciphertext, iv, tag, aad, ciphertext_metadata)
+        return await self._inner.decrypt(key_id, sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         await asyncio.sleep(self._delay)

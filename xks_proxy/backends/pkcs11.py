@@ -14,7 +14,12 @@
 * Key handles are cached per session and looked up again when the token calls them stale;
   key descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
 * Errors are translated once, by ``pkcs11_errors.translate``. A session or device failure
-  discards the session (it is reopened on next use) and answers InternalException.
+  discards the session (it is reopened on next use), marks the token unhealthy until the next
+  health check, and answers InternalException (retryable). A failure that would blame the
+  request (KeyNotFoundException, InvalidCiphertextException: permanent for KMS) is first
+  confirmed by finding the health key in the same session: a token that lost even that one is
+  a lost token, never a missing key (issue 9, finding 3: a token whose storage vanished
+  answers every lookup with "no such object").
 * Health: a real AES-GCM encrypt and decrypt with the health key on each token. When a token
   fails, the backend finalises and initialises the module again and reconnects (at most every
   ``RECONNECT_INTERVAL_SECONDS``), which is also how it notices a token that came back. While
@@ -54,11 +59,16 @@ from xks_proxy.backends.base import (
     ENCRYPT,
     Backend,
     EkmHealth,
-    EncryptResult,
     HealthState,
     KeyInfo,
+    SealedData,
 )
-from xks_proxy.backends.pkcs11_errors import SESSION_FAILURES, STALE_HANDLE, translate
+from xks_proxy.backends.pkcs11_errors import (
+    SESSION_FAILURES,
+    STALE_HANDLE,
+    TokenLostError,
+    translate,
+)
 from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
 from xks_proxy.errors import (
     ConfigError,
@@ -244,7 +254,12 @@ class Pkcs11Backend:
         def run() -> T:
             try:
                 self._ensure(token, pooled)
-                return work(pooled)
+                try:
+                    return work(pooled)
+                except p11.PKCS11Error as error:
+                    if not translate(error, decrypting=decrypting).retryable:
+                        self._confirm_token(pooled)
+                    raise
             except SESSION_FAILURES:
                 pooled.discard()
                 raise
@@ -254,7 +269,7 @@ class Pkcs11Backend:
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(token.pool.put_nowait, pooled))
         try:
             return await asyncio.wrap_future(future)
-        except (p11.PKCS11Error, AttributeError) as error:
+        except (p11.PKCS11Error, AttributeError, TokenLostError) as error:
             if isinstance(error, SESSION_FAILURES):
                 token.healthy = False
                 log.warning("PKCS#11 session on token %s failed: %s", token.ekm_id,
@@ -263,6 +278,16 @@ class Pkcs11Backend:
                 # python-pkcs11 gives a key no encrypt/decrypt method when its flags forbid it.
                 raise InvalidKeyUsageError("The HSM key does not permit this operation.") from None
             raise translate(error, decrypting=decrypting) from None
+
+    def _confirm_token(self, pooled: _Session) -> None:
+        """Before an answer that blames the request (no such key, bad ciphertext: permanent
+        for KMS), prove that the token still answers: the health key is on every token."""
+        try:
+            pooled.session.get_key(
+                object_class=ObjectClass.SECRET_KEY, label=self._config.health_key_label
+            )
+        except p11.PKCS11Error:
+            raise TokenLostError() from None
 
     def _token(self) -> _Token:
         for token in self._tokens:
@@ -343,7 +368,7 @@ class Pkcs11Backend:
 
     def _encrypt_in_session(
         self, pooled: _Session, key_id: str, plaintext: bytes, aad: bytes | None
-    ) -> EncryptResult:
+    ) -> SealedData:
         metadata = CiphertextMetadata(key_version=KEY_VERSION).encode()
         token_iv = self._config.iv_source == "token"
         iv = bytes(IV_BYTES) if token_iv else os.urandom(IV_BYTES)
@@ -361,65 +386,44 @@ class Pkcs11Backend:
                 raise InternalError("The HSM did not generate an IV; set iv_source = proxy.")
         if len(sealed) != len(plaintext) + TAG_BYTES:
             raise InternalError("The HSM returned AES-GCM output of an unexpected length.")
-        return EncryptResult(sealed[:-TAG_BYTES], iv, sealed[-TAG_BYTES:], metadata)
+        return SealedData(sealed[:-TAG_BYTES], iv, sealed[-TAG_BYTES:], metadata)
 
-    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         return await self._call(
             self._token(), lambda s: self._encrypt_in_session(s, key_id, plaintext, aad)
         )
 
     def _decrypt_in_session(
-        self,
-        pooled: _Session,
-        key_id: str,
-        sealed: bytes,
-        iv: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
+        self, pooled: _Session, key_id: str, sealed: SealedData, aad: bytes | None
     ) -> bytes:
         try:
-            version = CiphertextMetadata.decode(ciphertext_metadata).key_version
+            version = CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
         except ValueError:
             raise InvalidCiphertextError() from None
         if version != KEY_VERSION:
             raise InvalidCiphertextError()
-        params = pkcs11_library.GcmParams(iv, ekm_aad(aad, ciphertext_metadata))
+        params = pkcs11_library.GcmParams(sealed.iv, ekm_aad(aad, sealed.ciphertext_metadata))
         plaintext: bytes = self._with_key(
             pooled,
             key_id,
             lambda key: key.decrypt(
-                sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
+                sealed.ciphertext + sealed.tag,
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=params.raw(),
             ),
         )
         return plaintext
 
-    async def decrypt(
-        self,
-        key_id: str,
-        ciphertext: bytes,
-        iv: bytes,
-        tag: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
-    ) -> bytes:
+    async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
         return await self._call(
             self._token(),
-            lambda s: self._decrypt_in_session(
-                s, key_id, ciphertext + tag, iv, aad, ciphertext_metadata
-            ),
+            lambda s: self._decrypt_in_session(s, key_id, sealed, aad),
             decrypting=True,
         )
 
     def _probe_in_session(self, pooled: _Session) -> bool:
-        result = self._encrypt_in_session(pooled, _HEALTH_CACHE_KEY, _HEALTH_PLAINTEXT, None)
-        plaintext = self._decrypt_in_session(
-            pooled,
-            _HEALTH_CACHE_KEY,
-            result.ciphertext + result.tag,
-            result.iv,
-            None,
-            result.ciphertext_metadata,
-        )
+        sealed = self._encrypt_in_session(pooled, _HEALTH_CACHE_KEY, _HEALTH_PLAINTEXT, None)
+        plaintext = self._decrypt_in_session(pooled, _HEALTH_CACHE_KEY, sealed, None)
         return plaintext == _HEALTH_PLAINTEXT
 
     async def _probe(self, token: _Token) -> bool:

@@ -24,8 +24,16 @@ from xks_proxy.errors import (
 CKR_KEY_FUNCTION_NOT_PERMITTED = 0x68
 _UNMAPPED = re.compile(r"Unmapped error code (0x[0-9a-fA-F]+)")
 
+
+class TokenLostError(Exception):
+    """A lookup found no object, and neither did the lookup of the health key that every token
+    of the backend holds: the token, not the key, is gone. (SoftHSM with its token directory
+    moved away answers every lookup with "no such object", never with a device error.)"""
+
+
 # The session or the device is gone: the session is discarded and opened again later.
 SESSION_FAILURES: tuple[type[Exception], ...] = (
+    TokenLostError,
     p11.DeviceError,
     p11.DeviceMemory,
     p11.DeviceRemoved,
@@ -67,4 +75,5 @@ def translate(error: Exception, *, decrypting: bool) -> XksError:
         return InvalidKeyUsageError("The HSM does not permit this operation with this key.")
     if decrypting and isinstance(error, _BAD_CIPHERTEXT):
         return InvalidCiphertextError()
+    # Everything else, SESSION_FAILURES among them, is the device's failure: retryable.
     return InternalError("The HSM operation failed.")

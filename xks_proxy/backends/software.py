@@ -23,9 +23,9 @@ from xks_proxy.backends.base import (
     AES_256,
     Backend,
     EkmHealth,
-    EncryptResult,
     HealthState,
     KeyInfo,
+    SealedData,
 )
 from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import InvalidCiphertextError, KeyNotFoundError
@@ -39,13 +39,15 @@ _HEALTH_PLAINTEXT = b"xks-proxy health check"
 
 
 @dataclass(frozen=True, slots=True)
-class _LoadedKey:
+class VersionedKey:
+    """A key's description and one AES-256-GCM cipher per version; new data uses the newest."""
+
     info: KeyInfo
     newest_version: int
     ciphers: dict[int, AESGCM]
 
     @classmethod
-    def from_stored(cls, stored: StoredKey) -> _LoadedKey:
+    def from_stored(cls, stored: StoredKey) -> VersionedKey:
         return cls(
             info=KeyInfo(stored.key_id, AES_256, stored.usage, stored.enabled),
             newest_version=stored.newest_version,
@@ -59,8 +61,8 @@ class SoftwareBackend:
     def __init__(self, config: SoftwareBackendConfig) -> None:
         self._config = config
         self._db: KeyDatabase | None = None
-        self._keys: dict[str, _LoadedKey] = {}
-        self._health_key: _LoadedKey | None = None
+        self._keys: dict[str, VersionedKey] = {}
+        self._health_key: VersionedKey | None = None
         self._seen_version = -1
         self._reloader: asyncio.Task[None] | None = None
 
@@ -92,9 +94,9 @@ class SoftwareBackend:
         if version == self._seen_version:
             return
         stored = await asyncio.to_thread(self._db.load)
-        self._keys = {k.key_id: _LoadedKey.from_stored(k) for k in stored if not k.internal}
+        self._keys = {k.key_id: VersionedKey.from_stored(k) for k in stored if not k.internal}
         health = [k for k in stored if k.internal and k.key_id == HEALTH_KEY_ID]
-        self._health_key = _LoadedKey.from_stored(health[0]) if health else None
+        self._health_key = VersionedKey.from_stored(health[0]) if health else None
         self._seen_version = version
 
     async def _reload_forever(self) -> None:
@@ -106,7 +108,7 @@ class SoftwareBackend:
                 # Keep serving the last good snapshot; the next poll tries again.
                 log.exception("reloading key store %s failed", self._config.path)
 
-    def _key(self, key_id: str) -> _LoadedKey:
+    def _key(self, key_id: str) -> VersionedKey:
         key = self._keys.get(key_id)
         if key is None:
             raise KeyNotFoundError()
@@ -115,37 +117,19 @@ class SoftwareBackend:
     async def describe_key(self, key_id: str) -> KeyInfo:
         return self._key(key_id).info
 
-    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
-        return _encrypt(self._key(key_id), plaintext, aad)
+    async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
+        return seal(self._key(key_id), plaintext, aad)
 
-    async def decrypt(
-        self,
-        key_id: str,
-        ciphertext: bytes,
-        iv: bytes,
-        tag: bytes,
-        aad: bytes | None,
-        ciphertext_metadata: bytes | None,
-    ) -> bytes:
-        return _decrypt(self._key(key_id), ciphertext, iv, tag, aad, ciphertext_metadata)
+    async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
+        return unseal(self._key(key_id), sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
         key = self._health_key
         if key is not None:
             try:
-                result = _encrypt(key, _HEALTH_PLAINTEXT, None)
-                if (
-                    _decrypt(
-                        key,
-                        result.ciphertext,
-                        result.iv,
-                        result.tag,
-                        None,
-                        result.ciphertext_metadata,
-                    )
-                    == _HEALTH_PLAINTEXT
-                ):
+                sealed = seal(key, _HEALTH_PLAINTEXT, None)
+                if unseal(key, sealed, None) == _HEALTH_PLAINTEXT:
                     state = HealthState.ACTIVE
             except Exception:
                 log.exception("health check of backend %s failed", self.name)
@@ -153,28 +137,25 @@ class SoftwareBackend:
         return [EkmHealth(ekm_id=self.name, model=model, state=state)]
 
 
-def _encrypt(key: _LoadedKey, plaintext: bytes, aad: bytes | None) -> EncryptResult:
+def seal(key: VersionedKey, plaintext: bytes, aad: bytes | None) -> SealedData:
+    """AES-256-GCM under the newest version, with the spec's EKM_AAD (xks-spec §5.2)."""
     metadata = CiphertextMetadata(key_version=key.newest_version).encode()
     iv = os.urandom(IV_BYTES)
     sealed = key.ciphers[key.newest_version].encrypt(iv, plaintext, ekm_aad(aad, metadata))
-    return EncryptResult(
+    return SealedData(
         ciphertext=sealed[:-TAG_BYTES], iv=iv, tag=sealed[-TAG_BYTES:], ciphertext_metadata=metadata
     )
 
 
-def _decrypt(
-    key: _LoadedKey,
-    ciphertext: bytes,
-    iv: bytes,
-    tag: bytes,
-    aad: bytes | None,
-    ciphertext_metadata: bytes | None,
-) -> bytes:
+def unseal(key: VersionedKey, sealed: SealedData, aad: bytes | None) -> bytes:
+    """The plaintext of ``sealed``; raises InvalidCiphertextError for any failure."""
     # Every failure looks the same to the caller: no oracle for versions, metadata or tags.
     try:
-        version = CiphertextMetadata.decode(ciphertext_metadata).key_version
+        version = CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
         cipher = key.ciphers[version]
-        return cipher.decrypt(iv, ciphertext + tag, ekm_aad(aad, ciphertext_metadata))
+        return cipher.decrypt(
+            sealed.iv, sealed.ciphertext + sealed.tag, ekm_aad(aad, sealed.ciphertext_metadata)
+        )
     except (ValueError, KeyError, InvalidTag):
         raise InvalidCiphertextError() from None
 
