@@ -217,7 +217,9 @@ def test_the_fake_backend_cannot_be_configured(tmp_path: Path) -> None:
         load_config(made.config_path)
 
 
-async def test_a_failing_health_check_reports_unavailable(harness: Harness) -> None:
+async def test_a_failing_health_check_reports_unavailable(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     monitor = HealthMonitor({harness.backend.name: harness.backend}, 15, harness.metrics)
     service = XksService(monitor, HealthConfig(), harness.metrics)
     request = HealthRequest(RequestMetadata("h-1", "KmsHealthCheck"))
@@ -227,7 +229,10 @@ async def test_a_failing_health_check_reports_unavailable(harness: Harness) -> N
         return str(details[0]["healthStatus"])
 
     harness.backend.fail_next("check_health", RuntimeError(SECRET_DETAIL))
-    await monitor.check_all()
+    with caplog.at_level(logging.DEBUG):
+        await monitor.check_all()
     assert state() == "UNAVAILABLE"
+    assert "RuntimeError" in caplog.text
+    assert "7391" not in caplog.text and "dGhlIGRhdGE=" not in caplog.text
     await monitor.check_all()
     assert state() == "ACTIVE"

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from xks_proxy.backends.base import Backend, EkmHealth, HealthState
 from xks_proxy.metrics import ProxyMetrics
+from xks_proxy.safelog import log_unexpected
 
 log = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 60.0
@@ -55,8 +56,8 @@ class HealthMonitor:
         started = time.monotonic()
         try:
             results = await asyncio.wait_for(backend.check_health(), MAX_AGE_SECONDS / 2)
-        except Exception:
-            log.warning("health check of backend %s failed", name, exc_info=True)
+        except Exception as error:
+            log_unexpected(log, logging.WARNING, f"health check of backend {name}", error)
             results = [EkmHealth(ekm_id=name, model="unknown", state=HealthState.UNAVAILABLE)]
         elapsed = time.monotonic() - started
         if elapsed > DEGRADED_AFTER_SECONDS:

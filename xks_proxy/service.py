@@ -18,7 +18,6 @@ import fnmatch
 import logging
 import re
 import time
-import traceback
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from xks_proxy.health import HealthMonitor
 from xks_proxy.metrics import SUCCESS, ProxyMetrics
 from xks_proxy.model import DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest
 from xks_proxy.ratelimit import TokenBucket
+from xks_proxy.safelog import log_unexpected
 from xks_proxy.sigv4 import Credential
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,8 @@ class XksService:
             raise
         except Exception as error:
             outcome = InternalError.error_name
-            # A backend bug. Its message may hold anything (plaintext, a PIN): log where it
-            # happened and what kind it was, never the message; the client gets a generic 500.
-            where = "".join(traceback.format_tb(error.__traceback__))
-            log.error("backend %s failed in %s with %s:\n%s", backend.name, call,
-                      type(error).__name__, where)  # fmt: skip
+            # A backend bug: the client gets a generic 500, the log no message (safelog).
+            log_unexpected(log, logging.ERROR, f"backend {backend.name} in {call}", error)
             raise InternalError() from None
         finally:
             self._metrics.observe_backend(
