@@ -28,6 +28,7 @@ HANDLER_OPTIONS: dict[str, Any] = {
     "access_log": None,
     "keepalive_timeout": 5.0,
     "lingering_time": LINGER_SECONDS,
+    "auto_decompress": False,
 }
 
 

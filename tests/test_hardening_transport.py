@@ -127,6 +127,45 @@ def test_malformed_http_answers_a_fixed_body_and_logs_one_line(tmp_path: Path) -
     assert len(reports) == 1, reports  # rate-limited: one line a minute
 
 
+def test_broken_off_and_encoded_bodies_answer_json_and_log_no_traceback(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path)
+    config = configure(deployment, server={"body_timeout_seconds": 1})
+    cred = credential(deployment)
+    with ProxyProcess(config) as proxy:
+        signed = _raw_request(proxy.port, ENCRYPT_PATH, encrypt_body(SECRET), cred)
+        head, _, body = signed.partition(b"\r\n\r\n")
+        assert SECRET_B64 in body
+        length = f"Content-Length: {len(body)}".encode()
+        chunked = head.replace(length, b"Transfer-Encoding: chunked")
+        # the client leaves with half its body sent: nobody to answer, nothing to log
+        leaver = open_socket(proxy.port)
+        leaver.sendall(signed[: len(head) + len(body) // 2])
+        time.sleep(0.2)
+        leaver.close()
+        # XKS bodies are plain JSON: a Content-Encoding is not decoded, the bytes fail SigV4
+        gzip_head = f"POST {ENCRYPT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+        garbage = b"\x1f\x8b" + SECRET_B64
+        encoded = f"{gzip_head}Content-Length: {len(garbage)}\r\n\r\n".encode() + garbage
+        # a chunk header breaks after the first chunk arrived
+        broken = [chunked + b"\r\n\r\n" + b"10\r\n" + body[:16] + b"\r\n", b"ZZ" + body[16:]]
+        for name, parts, expected in (
+            ("Content-Encoding: gzip", [encoded], (401, "AuthenticationFailedException")),
+            ("chunk framing breaks mid-body", broken, (400, "ValidationException")),
+        ):
+            sock = open_socket(proxy.port)
+            for part in parts:
+                sock.sendall(part)
+                time.sleep(0.1)
+            status, _, answer = _read_response(sock)
+            assert (status, json.loads(answer)["errorName"]) == expected, name
+            assert SECRET_B64 not in answer, name
+        sock = open_socket(proxy.port)
+        sock.sendall(_raw_request(proxy.port, HEALTH_PATH, HEALTH_BODY, cred))
+        assert _read_response(sock)[0] == 200
+    assert "Traceback" not in proxy.log and "unexpected failure" not in proxy.log, proxy.log
+    assert SECRET_B64 not in proxy.log.encode()
+
+
 # -- any body over the cap is 501, however it is framed (finding 5) ----------------------------
 
 CAP = 32 * 1024  # the smallest max_body_bytes the configuration allows

@@ -14,8 +14,9 @@ A body over the configured cap gets 501 UnsupportedOperationException (§7.2: "a
 exceeds this implementation's supported size") however it is framed: from its Content-Length
 before any of it is read, and a chunked body as soon as what arrived passes the cap, including
 a small one that arrived whole with its head. A body that does not arrive within
-``body_timeout_seconds`` gets 400 ValidationException. Either way the rest of the body is not
-read: the connection closes right after the answer (``LINGER_SECONDS`` in web/protocol.py).
+``body_timeout_seconds``, or that breaks off, gets 400 ValidationException. Either way the rest
+of the body is not read: the connection closes right after the answer (``LINGER_SECONDS`` in
+web/protocol.py).
 
 The audit line is written before the answer leaves. If it cannot be written, ``[audit]
 on_failure`` decides: "continue" (the default) sends the answer anyway; "refuse" replaces a
@@ -76,6 +77,10 @@ class BodyTimeoutError(ValidationError):
     default_message = "The request body did not arrive in time."
 
 
+class BodyIncompleteError(ValidationError):
+    default_message = "The request body is incomplete or malformed."
+
+
 class AuditUnavailableError(InternalError):
     default_message = "The audit log cannot be written; the answer is withheld."
 
@@ -87,7 +92,7 @@ def error_response(error: XksError) -> web.Response:
     response = error_json(error)
     if isinstance(error, MethodNotAllowedError):
         response.headers["Allow"] = "POST"
-    if isinstance(error, BodyTooLargeError | BodyTimeoutError):
+    if isinstance(error, BodyTooLargeError | BodyTimeoutError | BodyIncompleteError):
         # Part of the body may still be unread: the connection cannot carry another request.
         response.force_close()
     return response
@@ -98,16 +103,16 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
     length = request.content_length
     if length is not None and length > cap:
         raise too_large
-    if request.content.is_eof():
-        # The whole body has already arrived (the usual case): no timer, no loop. A chunked
-        # body has no Content-Length, so its size is checked here too.
-        body = await request.content.read()
-        if len(body) > cap:
-            raise too_large
-        return body
-    chunks: list[bytes] = []
-    size = 0
     try:
+        if request.content.is_eof():
+            # The whole body has already arrived (the usual case): no timer, no loop. A chunked
+            # body has no Content-Length, so its size is checked here too.
+            body = await request.content.read()
+            if len(body) > cap:
+                raise too_large
+            return body
+        chunks: list[bytes] = []
+        size = 0
         async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_any():
                 size += len(chunk)
@@ -116,6 +121,9 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyTimeoutError() from None
+    except (ConnectionError, web.RequestPayloadError):
+        # The client left mid-body, or the body's framing broke: nothing of it is quoted.
+        raise BodyIncompleteError() from None
     return b"".join(chunks)
 
 

@@ -6,7 +6,8 @@ leftover of a body that was longer than its Content-Length), its own handler ans
 traceback holding them too. Those bytes can be another request's Base64 plaintext. Here such a
 request gets a fixed 400 ValidationException JSON body (xks-spec §7.1) and a closed connection;
 it is counted in ``xks_http_protocol_errors_total`` and logged as one line naming only the
-parser's error class and the peer address, at most once a minute.
+parser's error class and the peer address, at most once a minute. aiohttp's other error logs
+(``log_exception``) get the same one-line treatment.
 
 ``LINGER_SECONDS`` replaces aiohttp's 10-second lingering read: after an error answer to a
 body the proxy did not read to its end (over the cap, or stalled), aiohttp reads and drops what
@@ -30,7 +31,9 @@ from xks_proxy.web.responses import error_json
 
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 0.25
-_warning = ThrottledWarning(log)
+# One throttle per kind, so a flood of one cannot hide the first report of the other.
+_malformed = ThrottledWarning(log)
+_failed = ThrottledWarning(log)
 
 
 class MalformedHttpError(ValidationError):
@@ -67,10 +70,19 @@ class XksRequestHandler(RequestHandler):
         if status < 500:
             self._on_protocol_error()
             error = MalformedHttpError()
-            _warning.warn("refused malformed HTTP from %s (%s)", request.remote, type(exc).__name__)
+            _malformed.warn(
+                "refused malformed HTTP from %s (%s)", request.remote, type(exc).__name__
+            )
         else:
             error = InternalError()
-            _warning.warn("the HTTP layer failed (%s)", type(exc).__name__)
+            _failed.warn("the HTTP layer failed (%s)", type(exc).__name__)
         response = error_json(error)
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's tracebacks (an "Unhandled exception" while it drops an unread body, say)
+        can hold request bytes in their messages: one throttled line with the class only."""
+        error = kw.get("exc_info")
+        name = type(error).__name__ if isinstance(error, BaseException) else "unknown"
+        _failed.warn("the HTTP layer failed (%s)", name)

@@ -122,6 +122,9 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         "access_log": None,
         "keepalive_timeout": server.idle_timeout_seconds,
         "lingering_time": LINGER_SECONDS,
+        # XKS bodies are plain JSON (xks-spec §7.4): no Content-Encoding is decoded, so no
+        # decompression work or decoder error is reachable from the network.
+        "auto_decompress": False,
     }
     runner = web.AppRunner(app, shutdown_timeout=1.0, **handler_options)
     await runner.setup()
