@@ -8,18 +8,30 @@ Each line is one ``write(2)`` on a file opened with O_APPEND, so lines from seve
 processes never interleave and nothing waits in a buffer when a process dies. If logrotate
 moves the file away, the next line (checked at most once a second) goes to a new file at the
 configured path.
+
+A write that fails (ENOSPC on a full volume, EIO, a path that can no longer be opened: any
+``OSError``) never escapes ``write``: it is counted (``xks_audit_write_failures_total``), logged
+at most once a minute without a traceback, and ``write`` returns False so the endpoint can apply
+``[audit] on_failure``. A line cut short by a full disk is ended by a newline in front of the
+next line that succeeds, so every complete line stays parseable.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
 
 from xks_proxy.model import RequestMetadata
+from xks_proxy.throttled_log import ThrottledWarning
+
+log = logging.getLogger(__name__)
 
 # Metadata values are opaque strings from the network; ARNs may be 2048 characters (§1).
 MAX_FIELD_CHARS = 2048
@@ -70,10 +82,13 @@ def audit_line(record: AuditRecord, now: datetime) -> bytes:
 class AuditLog:
     """Appends audit lines to a file or to standard output."""
 
-    def __init__(self, destination: str) -> None:
+    def __init__(self, destination: str, on_failure: Callable[[], None] = lambda: None) -> None:
         self._path = None if destination == STDOUT else destination
-        self._fd = 1 if self._path is None else self._open()
+        self._fd: int | None = 1 if self._path is None else self._open()
         self._checked = time.monotonic()
+        self._on_failure = on_failure
+        self._warning = ThrottledWarning(log)
+        self._torn = False
 
     def _open(self) -> int:
         assert self._path is not None
@@ -81,7 +96,7 @@ class AuditLog:
 
     def _reopen_if_rotated(self) -> None:
         now = time.monotonic()
-        if self._path is None or now - self._checked < ROTATION_CHECK_SECONDS:
+        if self._path is None or self._fd is None or now - self._checked < ROTATION_CHECK_SECONDS:
             return
         self._checked = now
         try:
@@ -90,13 +105,36 @@ class AuditLog:
         except FileNotFoundError:
             same = False
         if not same:
-            os.close(self._fd)
+            self.close()
             self._fd = self._open()
 
-    def write(self, record: AuditRecord) -> None:
-        self._reopen_if_rotated()
-        os.write(self._fd, audit_line(record, datetime.now(UTC)))
+    def _append(self, line: bytes) -> None:
+        if self._fd is None:
+            self._fd = self._open()
+        written = os.write(self._fd, line)
+        if written < len(line):
+            # Regular files write all or fail; a short count means the volume just filled up.
+            self._torn = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, record: AuditRecord) -> bool:
+        """Append the record's line; False (counted and logged) if it could not be written."""
+        line = audit_line(record, datetime.now(UTC))
+        try:
+            self._reopen_if_rotated()
+            self._append(b"\n" + line if self._torn else line)
+        except OSError as error:
+            self._on_failure()
+            self._warning.warn(
+                "cannot write the audit log %s: %s",
+                self._path or "(standard output)",
+                error.strerror or type(error).__name__,
+            )
+            return False
+        self._torn = False
+        return True
 
     def close(self) -> None:
-        if self._path is not None:
-            os.close(self._fd)
+        if self._path is not None and self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)

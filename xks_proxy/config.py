@@ -91,6 +91,14 @@ class AuditConfig:
     enabled: bool = True
     # "-" writes to standard output.
     path: str = "-"
+    # What a request gets when its audit line cannot be written (see ``AUDIT_ON_FAILURE``).
+    on_failure: str = "continue"
+
+
+# "continue": the answer still goes out (the failure is counted and logged). "refuse": a
+# successful answer is replaced by 500 InternalException, for sites whose rule is "no audit, no
+# crypto"; error answers go out as they are, since they release nothing.
+AUDIT_ON_FAILURE = ("continue", "refuse")
 
 
 # No slots: the class attributes serve as the documented defaults below.
@@ -384,9 +392,15 @@ def _metrics(table: _Table) -> MetricsConfig:
 
 def _audit(table: _Table, base_dir: Path) -> AuditConfig:
     path = table.get("path", str, AuditConfig.path)
+    on_failure = table.get("on_failure", str, AuditConfig.on_failure)
+    if on_failure not in AUDIT_ON_FAILURE:
+        raise ConfigError(
+            f"{table.where('on_failure')}: must be one of {', '.join(AUDIT_ON_FAILURE)}"
+        )
     config = AuditConfig(
         enabled=table.get("enabled", bool, AuditConfig.enabled),
         path=path if path == "-" else str(base_dir / path),
+        on_failure=on_failure,
     )
     table.done()
     return config

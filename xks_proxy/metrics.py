@@ -105,6 +105,17 @@ class ProxyMetrics:
             "TLS handshakes that failed or presented a client certificate not allowed.",
             registry=self.registry,
         )
+        self.audit_write_failures = Counter(
+            "xks_audit_write_failures",
+            "Audit lines that could not be written (full or failing audit volume).",
+            registry=self.registry,
+        )
+        self.http_protocol_errors = Counter(
+            "xks_http_protocol_errors",
+            "Requests refused because they were not well-formed HTTP/1.1 (bad framing, request "
+            "line or header).",
+            registry=self.registry,
+        )
         self.config_reloads = Counter(
             "xks_config_reloads",
             "Configuration reloads, by result (applied or rejected).",

@@ -56,7 +56,11 @@ class ProxyRuntime:
         self.key_stores = {
             ks.uri_path: KeyStore.build(ks, self.backends[ks.backend]) for ks in config.key_stores
         }
-        self.audit = AuditLog(config.audit.path) if config.audit.enabled else None
+        self.audit = (
+            AuditLog(config.audit.path, self.metrics.audit_write_failures.inc)
+            if config.audit.enabled
+            else None
+        )
 
     async def open(self) -> None:
         """Open the backends this runtime created, then start health checks."""

@@ -20,10 +20,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from xks_proxy.web.protocol import XksRequestHandler
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -202,10 +204,28 @@ def connection_of(request: web.Request) -> XksConnection | None:
     return protocol if isinstance(protocol, XksConnection) else None
 
 
+# aiohttp's private attributes this module relies on: ``BaseSite.start`` registers the site
+# with its runner, ``BaseSite.stop`` closes ``_server`` and ``AppRunner.addresses`` reads it, so
+# the listener created here must be stored there; ``_runner`` is the runner the site was made
+# for. tests/test_aiohttp_contract.py fails with a clear message if aiohttp changes them.
+BASE_SITE_PRIVATE_ATTRIBUTES = ("_runner", "_server")
+LISTEN_BACKLOG = 1024
+
+
 class XksSite(web.BaseSite):
     """A TCP listener whose connections go through ``XksConnection``."""
 
-    __slots__ = ("_bound", "_header_timeout", "_host", "_port", "_registry", "_reuse_port", "_tls")
+    __slots__ = (
+        "_bound",
+        "_handler_options",
+        "_header_timeout",
+        "_host",
+        "_on_protocol_error",
+        "_port",
+        "_registry",
+        "_reuse_port",
+        "_tls",
+    )
 
     def __init__(
         self,
@@ -216,15 +236,21 @@ class XksSite(web.BaseSite):
         registry: ConnectionRegistry,
         tls: Callable[[], TlsState | None],
         header_timeout: float,
+        handler_options: dict[str, Any],
+        on_protocol_error: Callable[[], None] = lambda: None,
         reuse_port: bool = False,
     ) -> None:
-        super().__init__(runner, backlog=1024)
+        """``handler_options`` are aiohttp ``RequestHandler`` keyword arguments (the same the
+        runner was given); ``on_protocol_error`` is called for each malformed request."""
+        super().__init__(runner, backlog=LISTEN_BACKLOG)
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
         self._registry = registry
         self._tls = tls
         self._header_timeout = header_timeout
+        self._handler_options = handler_options
+        self._on_protocol_error = on_protocol_error
         self._bound: asyncio.Server | None = None
 
     @property
@@ -243,16 +269,24 @@ class XksSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def handler() -> RequestHandler:
+            return XksRequestHandler(
+                server,
+                loop=loop,
+                on_protocol_error=self._on_protocol_error,
+                **self._handler_options,
+            )
 
         def protocol() -> XksConnection:
-            return XksConnection(server, self._registry, self._tls, self._header_timeout)
+            return XksConnection(handler, self._registry, self._tls, self._header_timeout)
 
-        loop = asyncio.get_running_loop()
         self._server = self._bound = await loop.create_server(
             protocol,
             self._host,
             self._port,
-            backlog=self._backlog,
+            backlog=LISTEN_BACKLOG,
             reuse_address=True,
             reuse_port=self._reuse_port or None,
         )

@@ -10,13 +10,22 @@ The concurrency cap comes before the body is read: it protects the process's mem
 request over it costs nothing but its headers. The key store's quota comes after SigV4, so
 unauthenticated traffic cannot use up a key store's quota.
 
-A body over the configured cap is refused from its Content-Length before any of it is read
-(or as soon as a chunked body passes the cap) with 501 UnsupportedOperationException (§7.2:
-"a parameter exceeds this implementation's supported size"), and the connection is closed
-rather than drained. A body that does not arrive within ``body_timeout_seconds`` gets 400
-ValidationException and a closed connection. GET and other methods on an API path get 405
-with ``Allow: POST``; the spec names no errorName for it (§12 item 11), so the body says
-UnsupportedOperationException.
+A body over the configured cap gets 501 UnsupportedOperationException (§7.2: "a parameter
+exceeds this implementation's supported size") however it is framed: from its Content-Length
+before any of it is read, and a chunked body as soon as what arrived passes the cap, including
+a small one that arrived whole with its head. A body that does not arrive within
+``body_timeout_seconds``, or that breaks off, gets 400 ValidationException. Either way the rest
+of the body is not read: the connection closes right after the answer (``LINGER_SECONDS`` in
+web/protocol.py).
+
+The audit line is written before the answer leaves. If it cannot be written, ``[audit]
+on_failure`` decides: "continue" (the default) sends the answer anyway; "refuse" replaces a
+successful answer with 500 InternalException. An Encrypt or Decrypt has run by then, but its
+result is dropped, never sent: the XKS operations change no state, so withholding the result is
+the same as not running them, and KMS retries a 500 (§7.3).
+
+GET and other methods on an API path get 405 with ``Allow: POST``; the spec names no errorName
+for it (§12 item 11), so the body says UnsupportedOperationException.
 """
 
 from __future__ import annotations
@@ -27,11 +36,11 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import orjson
 from aiohttp import web
 
 from xks_proxy import model, sigv4
 from xks_proxy.audit import AuditRecord
+from xks_proxy.config import AUDIT_ON_FAILURE
 from xks_proxy.errors import (
     AuthenticationFailedError,
     DependencyTimeoutError,
@@ -41,10 +50,12 @@ from xks_proxy.errors import (
     ValidationError,
     XksError,
 )
+from xks_proxy.metrics import SUCCESS
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.service import KeyStore
 from xks_proxy.web import routing
 from xks_proxy.web.connection import request_finished, request_started
+from xks_proxy.web.responses import error_json, json_response
 from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
 
 log = logging.getLogger(__name__)
@@ -66,18 +77,22 @@ class BodyTimeoutError(ValidationError):
     default_message = "The request body did not arrive in time."
 
 
-def json_response(document: dict[str, Any], status: int = 200) -> web.Response:
-    # Compact single-line JSON, as real XKS clients expect (xks-spec §7.4).
-    return web.Response(body=orjson.dumps(document), status=status, content_type="application/json")
+class BodyIncompleteError(ValidationError):
+    default_message = "The request body is incomplete or malformed."
+
+
+class AuditUnavailableError(InternalError):
+    default_message = "The audit log cannot be written; the answer is withheld."
+
+
+REFUSE = AUDIT_ON_FAILURE[1]
 
 
 def error_response(error: XksError) -> web.Response:
-    response = json_response(
-        {"errorName": error.error_name, "errorMessage": error.message}, error.http_status
-    )
+    response = error_json(error)
     if isinstance(error, MethodNotAllowedError):
         response.headers["Allow"] = "POST"
-    if isinstance(error, BodyTooLargeError | BodyTimeoutError):
+    if isinstance(error, BodyTooLargeError | BodyTimeoutError | BodyIncompleteError):
         # Part of the body may still be unread: the connection cannot carry another request.
         response.force_close()
     return response
@@ -88,12 +103,16 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
     length = request.content_length
     if length is not None and length > cap:
         raise too_large
-    if request.content.is_eof():
-        # The whole body has already arrived (the usual case): no timer, no loop.
-        return await request.content.read()
-    chunks: list[bytes] = []
-    size = 0
     try:
+        if request.content.is_eof():
+            # The whole body has already arrived (the usual case): no timer, no loop. A chunked
+            # body has no Content-Length, so its size is checked here too.
+            body = await request.content.read()
+            if len(body) > cap:
+                raise too_large
+            return body
+        chunks: list[bytes] = []
+        size = 0
         async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_any():
                 size += len(chunk)
@@ -102,6 +121,9 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyTimeoutError() from None
+    except (ConnectionError, web.RequestPayloadError):
+        # The client left mid-body, or the body's framing broke: nothing of it is quoted.
+        raise BodyIncompleteError() from None
     return b"".join(chunks)
 
 
@@ -150,7 +172,7 @@ class XksEndpoint:
         except asyncio.CancelledError:
             # The client went away (or shutdown gave up on it): still counted and audited.
             record.outcome, record.status = CANCELLED, CLIENT_CLOSED_REQUEST
-            self._account(runtime, record, started, retryable=False)
+            self._account(runtime, record, started, None)
             raise
         except Exception:
             log.exception("unexpected failure handling %s", record.operation)
@@ -162,22 +184,37 @@ class XksEndpoint:
             record.outcome = error.error_name
             response = error_response(error)
         record.status = response.status
-        self._account(runtime, record, started, error is not None and error.retryable)
+        withheld = self._account(runtime, record, started, error)
+        if withheld is not None:
+            response = error_response(withheld)
         request_finished(connection, response)
         return response
 
     @staticmethod
     def _account(
-        runtime: ProxyRuntime, record: AuditRecord, started: float, retryable: bool
-    ) -> None:
-        """Metrics and the audit line, once per request whatever happened to it."""
+        runtime: ProxyRuntime, record: AuditRecord, started: float, error: XksError | None
+    ) -> XksError | None:
+        """The audit line and metrics, once per request whatever happened to it.
+
+        Returns the error to answer instead when the audit line could not be written and
+        ``[audit] on_failure = "refuse"`` withholds a successful answer.
+        """
         elapsed = time.perf_counter() - started
         record.latency_ms = elapsed * 1000
+        withheld: XksError | None = None
+        audited = runtime.audit is None or runtime.audit.write(record)
+        if not audited and record.outcome == SUCCESS and runtime.config.audit.on_failure == REFUSE:
+            withheld = AuditUnavailableError()
+            record.outcome = withheld.error_name
+        answered = withheld or error
         runtime.metrics.observe_request(
-            record.operation, record.key_store or "-", record.outcome, retryable, elapsed
+            record.operation,
+            record.key_store or "-",
+            record.outcome,
+            answered is not None and answered.retryable,
+            elapsed,
         )
-        if runtime.audit is not None:
-            runtime.audit.write(record)
+        return withheld
 
     async def _handle(
         self, runtime: ProxyRuntime, request: web.Request, record: AuditRecord

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -32,6 +33,7 @@ from xks_proxy.web.app import (
     create_ping_app,
 )
 from xks_proxy.web.connection import ConnectionRegistry, XksSite
+from xks_proxy.web.protocol import LINGER_SECONDS
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -116,9 +118,15 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
     app = create_app(runtime)
     live = app[LIVE_RUNTIME_KEY]
     server = config.server
-    runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=server.idle_timeout_seconds, shutdown_timeout=1.0
-    )
+    handler_options: dict[str, Any] = {
+        "access_log": None,
+        "keepalive_timeout": server.idle_timeout_seconds,
+        "lingering_time": LINGER_SECONDS,
+        # XKS bodies are plain JSON (xks-spec §7.4): no Content-Encoding is decoded, so no
+        # decompression work or decoder error is reachable from the network.
+        "auto_decompress": False,
+    }
+    runner = web.AppRunner(app, shutdown_timeout=1.0, **handler_options)
     await runner.setup()
     extra_runners: list[web.AppRunner] = []
     registry = ConnectionRegistry(runtime.metrics.tls_handshake_failures.inc)
@@ -131,6 +139,8 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
             registry=registry,
             tls=tls.current,
             header_timeout=server.header_timeout_seconds,
+            handler_options=handler_options,
+            on_protocol_error=runtime.metrics.http_protocol_errors.inc,
             reuse_port=options.worker,
         )
         await site.start()
@@ -153,8 +163,9 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         if pid_path is not None:
             pid_path.write_text(f"{os.getpid()}\n")
         await _wait_for_signals(live, tls)
-        log.info("stopping: no new connections; draining for up to %.1f s", server.drain_seconds)
         await site.stop()
+        # Logged once the listener is closed, so the line is true when it is read.
+        log.info("stopped accepting connections; draining for up to %.1f s", server.drain_seconds)
         endpoint = app[ENDPOINT_KEY]
         drained = await registry.drain(
             live.current.config.server.drain_seconds, lambda: endpoint.in_flight > 0

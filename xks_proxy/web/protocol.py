@@ -1,0 +1,88 @@
+"""aiohttp's HTTP/1.1 protocol handler, with answers to malformed HTTP that echo nothing.
+
+When aiohttp cannot parse a request (a bad request line, header or chunk framing, or the
+leftover of a body that was longer than its Content-Length), its own handler answers
+``400 text/plain`` with the parser's message, which quotes the offending bytes, and logs a
+traceback holding them too. Those bytes can be another request's Base64 plaintext. Here such a
+request gets a fixed 400 ValidationException JSON body (xks-spec §7.1) and a closed connection;
+it is counted in ``xks_http_protocol_errors_total`` and logged as one line naming only the
+parser's error class and the peer address, at most once a minute. aiohttp's other error logs
+(``log_exception``) get the same one-line treatment.
+
+``LINGER_SECONDS`` replaces aiohttp's 10-second lingering read: after an error answer to a
+body the proxy did not read to its end (over the cap, or stalled), aiohttp reads and drops what
+still arrives before closing, so the answer reaches the client instead of being overtaken by a
+TCP reset. A quarter second is enough for that on any network KMS reaches the proxy through,
+and it closes the connection well within a second of the answer instead of holding it for 10 s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from xks_proxy.errors import InternalError, ValidationError, XksError
+from xks_proxy.throttled_log import ThrottledWarning
+from xks_proxy.web.responses import error_json
+
+log = logging.getLogger(__name__)
+LINGER_SECONDS = 0.25
+# One throttle per kind, so a flood of one cannot hide the first report of the other.
+_malformed = ThrottledWarning(log)
+_failed = ThrottledWarning(log)
+
+
+class MalformedHttpError(ValidationError):
+    default_message = "The request is not well-formed HTTP/1.1."
+
+
+class XksRequestHandler(RequestHandler):
+    """aiohttp's request handler for one connection, with ``handle_error`` replaced."""
+
+    __slots__ = ("_on_protocol_error",)
+
+    def __init__(
+        self, manager: web.Server, *, on_protocol_error: Callable[[], None], **options: Any
+    ) -> None:
+        super().__init__(manager, **options)
+        self._on_protocol_error = on_protocol_error
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp calls this for parse errors (400) and for failures of its own (5xx).
+
+        ``message`` and ``exc`` may quote request bytes, so neither reaches the answer or the
+        log: only the exception's class name does.
+        """
+        if request.writer.output_size > 0:
+            # As in aiohttp: part of an answer went out, no other answer can follow.
+            raise ConnectionError("an answer was already sent; closing the connection")
+        error: XksError
+        if status < 500:
+            self._on_protocol_error()
+            error = MalformedHttpError()
+            _malformed.warn(
+                "refused malformed HTTP from %s (%s)", request.remote, type(exc).__name__
+            )
+        else:
+            error = InternalError()
+            _failed.warn("the HTTP layer failed (%s)", type(exc).__name__)
+        response = error_json(error)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's tracebacks (an "Unhandled exception" while it drops an unread body, say)
+        can hold request bytes in their messages: one throttled line with the class only."""
+        error = kw.get("exc_info")
+        name = type(error).__name__ if isinstance(error, BaseException) else "unknown"
+        _failed.warn("the HTTP layer failed (%s)", name)
