@@ -26,11 +26,11 @@ from xks_proxy.config import (
     SoftwareBackendConfig,
     TokenSelector,
     load_config,
+    require_key_id,
 )
 from xks_proxy.credentials import CredentialsFile, generate_credential
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.store import KeyDatabase, KeyExistsError, UnknownKeyError
-from xks_proxy.model import KEY_ID_PATTERN
 
 USAGES = {
     "ENCRYPT,DECRYPT": frozenset({ENCRYPT, DECRYPT}),
@@ -74,8 +74,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError("--name: 1-64 characters of A-Z a-z 0-9 . _ -")
     if not REGION_PATTERN.fullmatch(args.region):
         raise ConfigError("--region: not an AWS region name like us-east-1")
-    if args.key_id is not None and not KEY_ID_PATTERN.fullmatch(args.key_id):
-        raise ConfigError("--key-id: 1-128 characters of A-Z a-z 0-9 . _ -")
+    if args.key_id is not None:
+        require_key_id(args.key_id, "--key-id")
     try:
         made = scaffold(
             Path(args.directory),
@@ -162,8 +162,7 @@ async def _open_and_close(config: Pkcs11BackendConfig) -> None:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    if not KEY_ID_PATTERN.fullmatch(args.key_id):
-        raise ConfigError("--key-id: 1-128 characters of A-Z a-z 0-9 . _ -")
+    require_key_id(args.key_id, "--key-id")
     usage = USAGES.get(args.usage.upper().replace(" ", ""))
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
@@ -261,8 +260,10 @@ def cmd_pkcs11_create_key(args: argparse.Namespace) -> int:
 
     backend = _pkcs11_backend(_config(args), args.backend)
     label = args.label or (backend.health_key_label if args.health else None)
-    if label is None or not (args.health or KEY_ID_PATTERN.fullmatch(label)):
+    if label is None:
         raise ConfigError("--label: 1-128 characters of A-Z a-z 0-9 . _ - (or --health)")
+    if not args.health:
+        require_key_id(label, "--label")
     usage = USAGES.get(args.usage.upper().replace(" ", ""))
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
