@@ -177,7 +177,8 @@ def tampered_requests(draw: st.DrawFn) -> list[tuple[str, str]]:
             at = draw(st.integers(0, len(value) - 1))
             value = value[:at] + value[at + draw(st.integers(1, 8)) :]
         elif edit == "duplicate-field" and name == "Authorization":
-            field = draw(st.sampled_from(value.split(" ", 1)[1].split(", ")))
+            # "AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…": repeat one name=value part.
+            field = draw(st.sampled_from(value.split(", "))).rpartition(" ")[2]
             value = f"{value}, {field}"
         elif edit == "swap-signed-headers" and name == "Authorization":
             value = value.replace("content-type;host", "host;content-type")
