@@ -193,3 +193,12 @@ def test_cli_refuses_key_ids_clients_cannot_reach(tmp_path: Path, key_id: str) -
     assert refused_init.returncode == 2 and "could never be reached" in refused_init.stderr
     listed = _cli("keys", "list", "--config", config, "--json")
     assert key_id not in [k["keyId"] for k in json.loads(listed.stdout)]
+
+
+@pytest.mark.parametrize("name", ["..", "a.b"])
+def test_init_refuses_a_name_whose_uri_path_would_not_load(tmp_path: Path, name: str) -> None:
+    # Key store names may hold dots; URI paths may not (and "/../" is unreachable anyway).
+    made = _cli("init", str(tmp_path / "dep"), "--name", name)
+    assert made.returncode == 2, made.stdout
+    assert f"--name: '/keystores/{name}/kms/xks/v1'" in made.stderr
+    assert not (tmp_path / "dep").exists()

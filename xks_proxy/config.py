@@ -490,6 +490,19 @@ def uri_path_problem(uri_path: str) -> str | None:
     return None
 
 
+def require_uri_path(uri_path: str, where: str) -> str:
+    """``uri_path`` if a key store may serve under it; else ConfigError."""
+    problem = uri_path_problem(uri_path)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    if len(uri_path) > MAX_URI_PATH or not URI_PATH_PATTERN.fullmatch(uri_path):
+        raise ConfigError(
+            f"{where}: {uri_path!r} must be [/prefix]/kms/xks/v1, at most 128 characters "
+            "of A-Z a-z 0-9 / - _"
+        )
+    return uri_path
+
+
 def require_key_id(key_id: str, where: str) -> str:
     """``key_id`` if an external key may be created or configured under it; else ConfigError."""
     problem = key_id_problem(key_id)
@@ -514,15 +527,7 @@ def _key_store(
     name = table.require("name")
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{table.where('name')}: 1-64 characters of A-Z a-z 0-9 . _ -")
-    uri_path = table.require("uri_path")
-    problem = uri_path_problem(uri_path)
-    if problem:
-        raise ConfigError(f"{table.where('uri_path')}: {problem}")
-    if len(uri_path) > MAX_URI_PATH or not URI_PATH_PATTERN.fullmatch(uri_path):
-        raise ConfigError(
-            f"{table.where('uri_path')}: must be [/prefix]/kms/xks/v1, at most 128 characters "
-            "of A-Z a-z 0-9 / - _"
-        )
+    uri_path = require_uri_path(table.require("uri_path"), table.where("uri_path"))
     region = table.require("region")
     if not REGION_PATTERN.fullmatch(region):
         raise ConfigError(f"{table.where('region')}: not an AWS region name like us-east-1")

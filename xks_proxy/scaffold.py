@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.config import require_uri_path
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
 from xks_proxy.devcert import self_signed
 from xks_proxy.keystore.store import KeyDatabase
@@ -67,7 +68,7 @@ kek = "file:{kek}"
 
 {tls}[[key_stores]]
 name = "{name}"
-uri_path = "/keystores/{name}/kms/xks/v1"
+uri_path = "{uri_path}"
 region = "{region}"
 backend = "local"
 keys = ["*"]
@@ -102,6 +103,9 @@ def scaffold(
     force: bool = False,
     tls: bool = False,
 ) -> Scaffold:
+    # Checked before anything is written: a name that makes an unusable path (a dot in it)
+    # would leave a configuration that never loads.
+    uri_path = require_uri_path(f"/keystores/{name}/kms/xks/v1", "--name")
     paths = {n: directory / n for n in (CONFIG_NAME, KEK_NAME, KEY_DB_NAME, CREDENTIALS_NAME)}
     existing = [p for p in paths.values() if p.exists()]
     if existing and not force:
@@ -137,6 +141,7 @@ def scaffold(
             key_db=KEY_DB_NAME,
             kek=KEK_NAME,
             name=name,
+            uri_path=uri_path,
             region=region,
             tls=tls_section,
         )
@@ -148,7 +153,7 @@ def scaffold(
         credentials_path=paths[CREDENTIALS_NAME],
         key_id=key_id,
         key_store=name,
-        uri_path=f"/keystores/{name}/kms/xks/v1",
+        uri_path=uri_path,
         access_key_id=credential.access_key_id,
         tls=tls,
     )
