@@ -144,6 +144,10 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     except RecursionError:
         # orjson allows 1024 levels, the standard library fewer; XKS bodies have two.
         raise ValidationError("The request body nests JSON too deeply.") from None
+    except ValueError:
+        # Not expected after orjson accepted the body; if the two parsers ever disagree, the
+        # body is still refused as input, never answered with a 500.
+        raise ValidationError("The request body is not valid JSON.") from None
     return document
 
 
