@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 DEV_DIR := .xks-dev
 PYTHON ?= python3
 
-.PHONY: run test check lint typecheck unit system-deps bench lock clean
+.PHONY: run test check lint typecheck unit system-deps bench fuzz lock clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	bash scripts/install-system-deps.sh
@@ -41,6 +41,13 @@ check: test
 bench: $(INSTALLED)
 	bash scripts/install-system-deps.sh --bench
 	$(BIN)/python -m tools.bench
+
+# The property-test targets (body parsing, SigV4 verification) at scale, for release checks:
+# `make fuzz FUZZ_SECONDS=600`. Prints the number of inputs run; fails on any exception that is
+# not the project's own.
+FUZZ_SECONDS ?= 60
+fuzz: $(INSTALLED)
+	$(BIN)/python -m tools.fuzz --seconds $(FUZZ_SECONDS)
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(INSTALLED)

@@ -258,6 +258,47 @@ BAD: list[tuple[str, Any, str]] = [
 ]
 
 
+# Issue 9 finding 8: what a path-normalising client (botocore) could never reach is refused, and
+# the message names the value and why.
+UNREACHABLE_URI_PATHS = [
+    "/keystores//dev/kms/xks/v1",
+    "//kms/xks/v1",
+    "/keystores/dev//kms/xks/v1",
+    "/keystores/./kms/xks/v1",
+    "/keystores/../kms/xks/v1",
+    "/./kms/xks/v1",
+]
+for _path in UNREACHABLE_URI_PATHS:
+    BAD.append(
+        (
+            f"unreachable uri_path {_path}",
+            _set("key_stores.0.uri_path", _path),
+            f"key_stores[0].uri_path: {_path!r} could never be reached",
+        )
+    )
+for _key_id in (".", ".."):
+    BAD += [
+        (
+            f"unreachable key id {_key_id} in keys",
+            _set("key_stores.0.keys", ["key-*", _key_id]),
+            f"key_stores[0].keys: key id {_key_id!r} could never be reached",
+        ),
+        (
+            f"unreachable key id {_key_id} in disabled_keys",
+            _set("key_stores.0.disabled_keys", [_key_id]),
+            f"key_stores[0].disabled_keys: key id {_key_id!r} could never be reached",
+        ),
+    ]
+
+
+def test_dotted_key_ids_and_patterns_stay_valid() -> None:
+    # Only the whole segments "." and ".." are unreachable; dots inside a key id are fine.
+    document = _minimal()
+    document["key_stores"][0]["keys"] = ["...", "a.b", ".*", "..x"]
+    document["key_stores"][0]["disabled_keys"] = ["a..b"]
+    assert _parse(document).key_stores[0].key_patterns == ("...", "a.b", ".*", "..x")
+
+
 @pytest.mark.parametrize(("name", "change", "where"), BAD, ids=[b[0] for b in BAD])
 def test_mistakes_name_the_bad_key(name: str, change: Any, where: str) -> None:
     document = _minimal()

@@ -185,6 +185,10 @@ TAMPERINGS: list[tuple[str, Any]] = [
         "host not signed",
         lambda h: _verify(_with(h, "Authorization", h["Authorization"].replace("host;", ""))),
     ),
+    (
+        "signed header named in uppercase",
+        lambda h: _verify(_with(h, "Authorization", h["Authorization"].replace(";host", ";Host"))),
+    ),
     ("no authorization", lambda h: _verify({k: v for k, v in h.items() if k != "Authorization"})),
     ("no date", lambda h: _verify({k: v for k, v in h.items() if k != "X-Amz-Date"})),
     ("malformed date", lambda h: _verify(_with(h, "X-Amz-Date", "2022-11-10T12:00:00Z"))),
@@ -225,3 +229,180 @@ def test_error_messages_never_contain_the_secret() -> None:
             tamper(headers)
         except sigv4.SignatureError as error:
             assert CREDENTIAL.secret_access_key not in str(error)
+
+
+# Strictness (issue 9, findings 2 and 8). Each lenient form below is signed correctly with the
+# real secret, so before the verifier was strict it was accepted (or crashed): the only reason to
+# refuse it is its shape.
+
+SCOPE_TAIL = "us-east-2/kms-xks-proxy/aws4_request"
+
+
+def _hmac_chain_signature(datestamp: str, to_sign: str) -> str:
+    """The SigV4 signing-key derivation, written out here independently of ``sigv4``."""
+    import hashlib
+    import hmac
+
+    key = ("AWS4" + CREDENTIAL.secret_access_key).encode()
+    for part in (datestamp, "us-east-2", "kms-xks-proxy", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def _signed_as_given(
+    *,
+    amz_dates: tuple[str, ...] = ("20221110T120000Z",),
+    signed_headers: tuple[str, ...] = ("host", "x-amz-date"),
+    authorization: str = "AWS4-HMAC-SHA256 Credential={credential}, "
+    "SignedHeaders={signed}, Signature={signature}",
+    extra: tuple[tuple[str, str], ...] = (),
+) -> list[tuple[str, str]]:
+    """Headers for D1 signed with the real secret over exactly the fields given."""
+    headers = [("Host", "xks.example.com")] + [("X-Amz-Date", d) for d in amz_dates]
+    datestamp = amz_dates[0][:8]
+    to_sign = sigv4.string_to_sign(
+        method="POST",
+        path=D1_PATH,
+        query="",
+        headers=sigv4._group_headers(headers),
+        signed_headers=list(signed_headers),
+        body=D1_BODY,
+        amz_date=amz_dates[0],
+        scope=f"{datestamp}/{SCOPE_TAIL}",
+    )
+    value = authorization.format(
+        credential=f"{CREDENTIAL.access_key_id}/{datestamp}/{SCOPE_TAIL}",
+        signed=";".join(signed_headers),
+        signature=_hmac_chain_signature(datestamp, to_sign),
+    )
+    return [*headers, ("Authorization", value), *extra]
+
+
+def _verify_list(headers: list[tuple[str, str]]) -> sigv4.Credential:
+    return sigv4.verify(
+        method="POST",
+        path=D1_PATH,
+        headers=headers,
+        body=D1_BODY,
+        credentials={CREDENTIAL.access_key_id: CREDENTIAL},
+        region="us-east-2",
+        now=D1_NOW,
+    )
+
+
+def test_signed_as_given_helper_makes_a_valid_request() -> None:
+    # The helper's own baseline verifies, so each refusal below is about the one change made.
+    assert _verify_list(_signed_as_given()) == CREDENTIAL
+
+
+# str.isdigit() and int() take these; SigV4 dates are ASCII.
+FULL_WIDTH_DATE = "20221110T120000Z".translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+
+LENIENT_BUT_SIGNED: list[tuple[str, dict[str, Any]]] = [
+    ("second X-Amz-Date", {"amz_dates": ("20221110T120000Z", "20221110T120000Z")}),
+    ("full-width digits in X-Amz-Date", {"amz_dates": (FULL_WIDTH_DATE,)}),
+    ("SignedHeaders repeated", {"signed_headers": ("host", "host", "x-amz-date")}),
+    ("SignedHeaders unsorted", {"signed_headers": ("x-amz-date", "host")}),
+    (
+        "Signature field twice",
+        {
+            "authorization": "AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders={signed}, "
+            "Signature=" + "0" * 64 + ", Signature={signature}"
+        },
+    ),
+    (
+        "Credential field twice",
+        {
+            "authorization": "AWS4-HMAC-SHA256 Credential=X/y, Credential={credential}, "
+            "SignedHeaders={signed}, Signature={signature}"
+        },
+    ),
+    (
+        "SignedHeaders field twice",
+        {
+            "authorization": "AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders=host, "
+            "SignedHeaders={signed}, Signature={signature}"
+        },
+    ),
+    (
+        "unknown field in Authorization",
+        {
+            "authorization": "AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders={signed}, "
+            "Signature={signature}, Extra=1"
+        },
+    ),
+    ("second Authorization header", {"extra": (("Authorization", "AWS4-HMAC-SHA256 x=y"),)}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"), LENIENT_BUT_SIGNED, ids=[case[0] for case in LENIENT_BUT_SIGNED]
+)
+def test_lenient_forms_are_refused_even_when_signed(name: str, fields: dict[str, Any]) -> None:
+    with pytest.raises(sigv4.SignatureError):
+        _verify_list(_signed_as_given(**fields))
+
+
+def _with_signature(signature: str) -> list[tuple[str, str]]:
+    headers = _signed_as_given()
+    name, value = headers[-1]
+    return [*headers[:-1], (name, value.rpartition("=")[0] + "=" + signature)]
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        D1_SIGNATURE + "é",  # finding 2: was a TypeError from compare_digest, a 500
+        D1_SIGNATURE[:-1] + "é",
+        "é" * 64,
+        D1_SIGNATURE.upper(),
+        D1_SIGNATURE[:-1],
+        D1_SIGNATURE + "0",
+        "",
+        "\udcff" * 64,  # what aiohttp makes of a non-UTF-8 byte
+    ],
+    ids=["appended é", "last é", "all é", "uppercase", "63 digits", "65 digits", "empty", "bytes"],
+)
+def test_malformed_signatures_are_signature_errors(signature: str) -> None:
+    assert _verify_list(_with_signature(D1_SIGNATURE)) == CREDENTIAL
+    with pytest.raises(sigv4.SignatureError):
+        _verify_list(_with_signature(signature))
+
+
+@pytest.mark.parametrize(
+    "amz_date",
+    [
+        FULL_WIDTH_DATE,
+        "2022111\uff10T120000Z",
+        "20221110T12000\u0660Z",  # Arabic-Indic zero
+        " 20221110T120000Z",
+        "20221310T120000Z",  # month 13
+        "00001110T120000Z",
+        "20221110t120000z",
+        "",
+    ],
+)
+def test_malformed_dates_are_signature_errors(amz_date: str) -> None:
+    headers = [(n, amz_date if n == "X-Amz-Date" else v) for n, v in _signed_as_given()]
+    with pytest.raises(sigv4.SignatureError):
+        _verify_list(headers)
+
+
+def test_undecodable_path_is_a_signature_error() -> None:
+    # A lone surrogate cannot come off the wire, but verify() must not let UnicodeError out.
+    with pytest.raises(sigv4.SignatureError):
+        sigv4.verify(
+            method="POST",
+            path=D1_PATH + "\ud800",
+            headers=_signed_as_given(),
+            body=D1_BODY,
+            credentials={CREDENTIAL.access_key_id: CREDENTIAL},
+            region="us-east-2",
+            now=D1_NOW,
+        )
+
+
+def test_signature_error_is_an_authentication_failure() -> None:
+    from xks_proxy.errors import AuthenticationFailedError
+
+    assert issubclass(sigv4.SignatureError, AuthenticationFailedError)

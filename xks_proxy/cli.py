@@ -34,6 +34,7 @@ from xks_proxy.config import (
     SoftwareBackendConfig,
     TokenSelector,
     load_config,
+    require_key_id,
 )
 from xks_proxy.credential_commands import add_credential_commands
 from xks_proxy.errors import CommandError, ConfigError
@@ -43,7 +44,6 @@ from xks_proxy.keystore.store import (
     KeyStoreUnavailableError,
     UnknownKeyError,
 )
-from xks_proxy.model import KEY_ID_PATTERN
 
 if TYPE_CHECKING:
     from xks_proxy.scaffold import Pkcs11Setup
@@ -127,8 +127,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError("--name: 1-64 characters of A-Z a-z 0-9 . _ -")
     if not REGION_PATTERN.fullmatch(args.region):
         raise ConfigError("--region: not an AWS region name like us-east-1")
-    if args.key_id is not None and not KEY_ID_PATTERN.fullmatch(args.key_id):
-        raise ConfigError("--key-id: 1-128 characters of A-Z a-z 0-9 . _ -")
+    if args.key_id is not None:
+        require_key_id(args.key_id, "--key-id")
     try:
         made = scaffold(
             Path(args.directory),
@@ -216,8 +216,7 @@ async def _open_and_close(config: Pkcs11BackendConfig) -> None:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    if not KEY_ID_PATTERN.fullmatch(args.key_id):
-        raise ConfigError("--key-id: 1-128 characters of A-Z a-z 0-9 . _ -")
+    require_key_id(args.key_id, "--key-id")
     usage = USAGES.get(args.usage.upper().replace(" ", ""))
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
@@ -316,8 +315,10 @@ def cmd_pkcs11_create_key(args: argparse.Namespace) -> int:
 
     backend = _pkcs11_backend(_config(args), args.backend)
     label = args.label or (backend.health_key_label if args.health else None)
-    if label is None or not (args.health or KEY_ID_PATTERN.fullmatch(label)):
+    if label is None:
         raise ConfigError("--label: 1-128 characters of A-Z a-z 0-9 . _ - (or --health)")
+    if not args.health:
+        require_key_id(label, "--label")
     usage = USAGES.get(args.usage.upper().replace(" ", ""))
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")

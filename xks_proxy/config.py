@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from xks_proxy import __version__
 from xks_proxy.errors import ConfigError
+from xks_proxy.model import DOT_SEGMENTS, key_id_problem
 from xks_proxy.sigv4 import Credential
 
 # XKS spec §2.1 and the KMS API's XksProxyUriPath pattern, restricted to API version 1.
@@ -505,6 +506,45 @@ def _inline_credentials(
     return credentials
 
 
+def uri_path_problem(uri_path: str) -> str | None:
+    """Why clients could not reach ``uri_path`` as written, or None when they can."""
+    # Between the leading "/" and the last segment: a trailing "/" is the pattern's to refuse.
+    segments = uri_path.split("/")[1:-1]
+    if "" in segments or DOT_SEGMENTS.intersection(segments):
+        return (
+            f"{uri_path!r} could never be reached: clients that normalise URL paths "
+            "(botocore does) rewrite '//', '/./' and '/../'"
+        )
+    return None
+
+
+def require_uri_path(uri_path: str, where: str) -> str:
+    """``uri_path`` if a key store may serve under it; else ConfigError."""
+    problem = uri_path_problem(uri_path)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    if len(uri_path) > MAX_URI_PATH or not URI_PATH_PATTERN.fullmatch(uri_path):
+        raise ConfigError(
+            f"{where}: {uri_path!r} must be [/prefix]/kms/xks/v1, at most 128 characters "
+            "of A-Z a-z 0-9 / - _"
+        )
+    return uri_path
+
+
+def require_key_id(key_id: str, where: str) -> str:
+    """``key_id`` if an external key may be created or configured under it; else ConfigError."""
+    problem = key_id_problem(key_id)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return key_id
+
+
+def _refuse_dot_segments(key_ids: list[str], where: str) -> None:
+    for key_id in key_ids:
+        if key_id in DOT_SEGMENTS:
+            require_key_id(key_id, where)
+
+
 def _key_store(
     table: _Table,
     backends: Collection[str],
@@ -515,12 +555,7 @@ def _key_store(
     name = table.require("name")
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{table.where('name')}: 1-64 characters of A-Z a-z 0-9 . _ -")
-    uri_path = table.require("uri_path")
-    if len(uri_path) > MAX_URI_PATH or not URI_PATH_PATTERN.fullmatch(uri_path):
-        raise ConfigError(
-            f"{table.where('uri_path')}: must be [/prefix]/kms/xks/v1, at most 128 characters "
-            "of A-Z a-z 0-9 / - _"
-        )
+    uri_path = require_uri_path(table.require("uri_path"), table.where("uri_path"))
     region = table.require("region")
     if not REGION_PATTERN.fullmatch(region):
         raise ConfigError(f"{table.where('region')}: not an AWS region name like us-east-1")
@@ -532,6 +567,7 @@ def _key_store(
         isinstance(p, str) and KEY_PATTERN_PATTERN.fullmatch(p) for p in patterns
     ):
         raise ConfigError(f"{table.where('keys')}: a non-empty list of key ids or glob patterns")
+    _refuse_dot_segments(patterns, table.where("keys"))
     credentials = _inline_credentials(table, base_dir, environ) + extra_credentials.get(name, [])
     rate = table.get("requests_per_second", float, 0.0)
     if rate < 0:
@@ -540,6 +576,7 @@ def _key_store(
     disabled = table.get("disabled_keys", list, [])
     if not all(isinstance(k, str) and KEY_PATTERN_PATTERN.fullmatch(k) for k in disabled):
         raise ConfigError(f"{table.where('disabled_keys')}: a list of key ids")
+    _refuse_dot_segments(disabled, table.where("disabled_keys"))
     table.done()
     return KeyStoreConfig(
         name=name,

@@ -5,6 +5,12 @@ are ignored and unlisted ``kmsOperation`` values accepted (§3.2, §3.3); ``kmsR
 opaque string. ARNs are opaque strings too (§12 item 8). Base64 is strict standard RFC 4648 §4
 with padding, which is what KMS sends (§12 item 14).
 
+Strictness (issue 9): only canonical Base64 is accepted, the one encoding of the decoded bytes
+(RFC 4648 §3.5: zero pad bits, no padding beyond the last quantum, no whitespace), so
+``QUJ=`` and ``QUJD====`` are refused; and a JSON object that names a member twice is refused
+rather than silently keeping the last value, since two readers of the same body could otherwise
+disagree about it. Every failure is a ``ValidationError``; nothing else escapes a parser.
+
 Limits that are the implementation's (not the spec's) are checked by the service, after the key
 lookup, so the order of checks follows §7.4.
 """
@@ -12,6 +18,7 @@ lookup, so the order of checks follows §7.4.
 from __future__ import annotations
 
 import binascii
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -83,20 +90,64 @@ class DecryptRequest:
     tag: bytes
 
 
+# Path segments that a client normalising URL paths rewrites (RFC 3986 §5.2.4, remove_dot_segments;
+# botocore does it), so an external key named like one could never be addressed.
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def key_id_problem(key_id: str) -> str | None:
+    """Why ``key_id`` cannot name an external key that clients reach, or None when it can.
+
+    For the places that create or configure keys; requests are checked by ``parse_key_id``.
+    """
+    if not KEY_ID_PATTERN.fullmatch(key_id):
+        return f"key id {key_id!r} must be 1-128 characters of A-Z a-z 0-9 . _ -"
+    if key_id in DOT_SEGMENTS:
+        return (
+            f"key id {key_id!r} could never be reached: clients that normalise URL paths "
+            "(botocore does) remove '.' and '..' segments"
+        )
+    return None
+
+
 def parse_key_id(key_id: str) -> str:
     if not KEY_ID_PATTERN.fullmatch(key_id):
         raise ValidationError("externalKeyId must be 1-128 characters of A-Z a-z 0-9 . _ -")
     return key_id
 
 
+class _DuplicateMemberError(ValueError):
+    pass
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _DuplicateMemberError
+    return document
+
+
 def load_json_object(body: bytes) -> dict[str, Any]:
-    """Decode a request body that must be one JSON object."""
+    """Decode a request body that must be one JSON object, no member named twice at any depth."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ValidationError("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
         raise ValidationError("The request body must be a JSON object.")
+    # orjson (strict: UTF-8 only, no NaN, no lone surrogates) has no hook for duplicate members;
+    # the standard library's parser has one, and runs only on bodies orjson already accepted.
+    try:
+        json.loads(body, object_pairs_hook=_reject_duplicates)
+    except _DuplicateMemberError:
+        raise ValidationError("The request body names a JSON member more than once.") from None
+    except RecursionError:
+        # orjson allows 1024 levels, the standard library fewer; XKS bodies have two.
+        raise ValidationError("The request body nests JSON too deeply.") from None
+    except ValueError:
+        # Not expected after orjson accepted the body; if the two parsers ever disagree, the
+        # body is still refused as input, never answered with a 500.
+        raise ValidationError("The request body is not valid JSON.") from None
     return document
 
 
@@ -122,9 +173,14 @@ def _base64(document: dict[str, Any], name: str, *, required: bool) -> bytes | N
     if value is None:
         return None
     try:
-        return binascii.a2b_base64(value, strict_mode=True)
+        decoded = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValidationError(f"{name} is not valid standard Base64.") from None
+    # strict_mode still takes non-zero pad bits and extra padding; the canonical form is the
+    # only one that re-encodes to itself.
+    if binascii.b2a_base64(decoded, newline=False) != value.encode("ascii"):
+        raise ValidationError(f"{name} is not canonical standard Base64.")
+    return decoded
 
 
 def _required_base64(document: dict[str, Any], name: str) -> bytes:

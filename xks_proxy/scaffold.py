@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
-from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
+from xks_proxy.config import Pkcs11BackendConfig, TokenSelector, require_uri_path
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
 from xks_proxy.devcert import self_signed
 from xks_proxy.errors import ConfigError
@@ -73,7 +73,7 @@ fleet_size = 1
 {backend_section}
 {tls}[[key_stores]]
 name = "{name}"
-uri_path = "/keystores/{name}/kms/xks/v1"
+uri_path = "{uri_path}"
 region = "{region}"
 backend = "{backend}"
 keys = ["*"]
@@ -138,6 +138,9 @@ def scaffold(
     hsm: Pkcs11Setup | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Scaffold:
+    # Checked before anything is written: a name that makes an unusable path (a dot in it)
+    # would leave a configuration that never loads.
+    uri_path = require_uri_path(f"/keystores/{name}/kms/xks/v1", "--name")
     paths = {n: directory / n for n in (CONFIG_NAME, KEK_NAME, KEY_DB_NAME, CREDENTIALS_NAME)}
     existing = [p for p in paths.values() if p.exists()]
     if existing and not force:
@@ -172,6 +175,7 @@ def scaffold(
             backend_section=backend_section,
             backend="local" if hsm is None else "hsm",
             name=name,
+            uri_path=uri_path,
             region=region,
             tls=tls_section,
         )
@@ -182,7 +186,7 @@ def scaffold(
         credentials_path=paths[CREDENTIALS_NAME],
         key_id=key_id,
         key_store=name,
-        uri_path=f"/keystores/{name}/kms/xks/v1",
+        uri_path=uri_path,
         access_key_id=credential.access_key_id,
         tls=tls,
     )

@@ -14,6 +14,19 @@ What verification honours (xks-spec §6.2, §12 items 15-17):
 * a clock skew of at most 5 minutes either way;
 * a constant-time signature comparison.
 
+Strictness (issue 9): a request any signer we know (KMS, botocore, curl ``--aws-sigv4``) would
+never send is refused before any HMAC runs, always with ``SignatureError`` (a 401
+AuthenticationFailedException), never another exception:
+
+* exactly one ``Authorization`` and one ``X-Amz-Date`` header;
+* ``Authorization`` is printable ASCII: ``AWS4-HMAC-SHA256`` then ``Credential``,
+  ``SignedHeaders`` and ``Signature``, each exactly once and nothing else;
+* ``SignedHeaders`` is lowercase header names, sorted, without repeats (SigV4 itself requires
+  the sorted order, so a signer that does otherwise would never verify anyway);
+* ``Signature`` is 64 lowercase hex digits, compared as bytes;
+* ``X-Amz-Date`` is ``YYYYMMDD'T'HHMMSS'Z'`` in ASCII digits (``str.isdigit`` would let
+  full-width digits through) and a real calendar time.
+
 Derived signing keys are cached per (secret, date, region, service), so the four chained HMACs
 run once a day per credential instead of once a request.
 """
@@ -27,7 +40,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from itertools import pairwise
 from urllib.parse import quote
+
+from xks_proxy.errors import AuthenticationFailedError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "kms-xks-proxy"
@@ -47,8 +63,11 @@ class Credential:
     secret_access_key: str = field(repr=False)
 
 
-class SignatureError(Exception):
-    """Verification failed; ``str(error)`` says why and never contains secret material."""
+class SignatureError(AuthenticationFailedError):
+    """Verification failed; ``str(error)`` says why and never contains secret or request bytes.
+
+    An ``AuthenticationFailedError``, so a caller that forgets to translate it still answers 401.
+    """
 
 
 @lru_cache(maxsize=1024)
@@ -59,6 +78,9 @@ def _signing_key(secret: str, datestamp: str, region: str, service: str) -> byte
     return key
 
 
+# aiohttp decodes request bytes that are not UTF-8 with surrogateescape; encoding back the same
+# way signs the bytes that were received.
+_WIRE_ERRORS = "surrogateescape"
 _NEEDS_NO_QUOTING = re.compile(r"[A-Za-z0-9/_.~-]+")
 
 
@@ -67,22 +89,22 @@ def _canonical_uri(path: str) -> str:
     # XKS paths are plain ASCII (xks-spec §2.3), for which that encoding changes nothing.
     if _NEEDS_NO_QUOTING.fullmatch(path):
         return path
-    return quote(path or "/", safe="/~")
+    return quote(path or "/", safe="/~", encoding="utf-8", errors=_WIRE_ERRORS)
+
+
+_AMZ_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z")
 
 
 def _parse_amz_date(value: str) -> datetime:
-    """``YYYYMMDD'T'HHMMSS'Z'``, parsed without strptime (which costs more than the HMACs)."""
-    if (
-        len(value) != 16
-        or value[8] != "T"
-        or value[15] != "Z"
-        or not (value[:8] + value[9:15]).isdigit()
-    ):
-        raise ValueError(value)
-    return datetime(
-        int(value[0:4]), int(value[4:6]), int(value[6:8]),
-        int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=UTC,
-    )  # fmt: skip
+    """``YYYYMMDD'T'HHMMSS'Z'``, parsed without strptime (which costs more than the HMACs).
+
+    ``[0-9]``, not ``\\d`` or ``str.isdigit``: both accept non-ASCII digits.
+    """
+    match = _AMZ_DATE.fullmatch(value)
+    if match is None:
+        raise ValueError("malformed X-Amz-Date")
+    year, month, day, hour, minute, second = map(int, match.groups())
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def _canonical_query(query: str) -> str:
@@ -129,7 +151,12 @@ def string_to_sign(
         )
     )
     return "\n".join(
-        (ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest())
+        (
+            ALGORITHM,
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode("utf-8", _WIRE_ERRORS)).hexdigest(),
+        )
     )
 
 
@@ -188,10 +215,19 @@ class _Authorization:
     service: str
     terminator: str
     signed_headers: list[str]
-    signature: str
+    signature: bytes
 
 
-def _parse_authorization(value: str) -> _Authorization:
+_AUTHORIZATION_FIELDS = ("Credential", "SignedHeaders", "Signature")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+# RFC 9110 §5.1 token characters, lowercased as SigV4 requires.
+_SIGNED_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
+def _authorization_fields(value: str) -> dict[str, str]:
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        raise SignatureError("Authorization header is not printable ASCII")
     algorithm, _, rest = value.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise SignatureError("Authorization header is not AWS4-HMAC-SHA256")
@@ -200,28 +236,53 @@ def _parse_authorization(value: str) -> _Authorization:
         name, sep, content = item.strip().partition("=")
         if not sep:
             raise SignatureError("malformed Authorization header")
+        if name not in _AUTHORIZATION_FIELDS:
+            raise SignatureError("Authorization header has an unknown field")
+        if name in fields:
+            raise SignatureError(f"Authorization header repeats {name}")
         fields[name] = content
-    try:
-        credential, signed, signature = (
-            fields["Credential"],
-            fields["SignedHeaders"],
-            fields["Signature"],
-        )
-    except KeyError as missing:
-        raise SignatureError(f"Authorization header lacks {missing.args[0]}") from None
-    parts = credential.split("/")
+    for name in _AUTHORIZATION_FIELDS:
+        if name not in fields:
+            raise SignatureError(f"Authorization header lacks {name}")
+    return fields
+
+
+def _signed_header_names(value: str) -> list[str]:
+    names = value.split(";")
+    if not all(_SIGNED_HEADER_NAME.fullmatch(name) for name in names):
+        raise SignatureError("SignedHeaders must be lowercase header names separated by ;")
+    # Strictly increasing: sorted (as SigV4 requires) and without repeats.
+    if any(a >= b for a, b in pairwise(names)):
+        raise SignatureError("SignedHeaders must be sorted and name each header once")
+    return names
+
+
+def _parse_authorization(value: str) -> _Authorization:
+    fields = _authorization_fields(value)
+    parts = fields["Credential"].split("/")
     if len(parts) != 5:
         raise SignatureError("malformed credential scope")
     access_key_id, datestamp, region, service, terminator = parts
+    if not _SIGNATURE.fullmatch(fields["Signature"]):
+        raise SignatureError("Signature must be 64 lowercase hex digits")
     return _Authorization(
         access_key_id=access_key_id,
         datestamp=datestamp,
         region=region,
         service=service,
         terminator=terminator,
-        signed_headers=signed.split(";"),
-        signature=signature,
+        signed_headers=_signed_header_names(fields["SignedHeaders"]),
+        signature=fields["Signature"].encode("ascii"),
     )
+
+
+def _single(grouped: Mapping[str, list[str]], name: str, display: str) -> str:
+    values = grouped.get(name)
+    if not values:
+        raise SignatureError(f"missing {display} header")
+    if len(values) > 1:
+        raise SignatureError(f"{display} header appears more than once")
+    return values[0]
 
 
 def verify(
@@ -240,13 +301,11 @@ def verify(
     """Check a request's SigV4 signature; return the credential that signed it.
 
     ``credentials`` maps the access key ids accepted here to their credential (several at once
-    during rotation, xks-spec §6.3). Raises ``SignatureError`` on any failure.
+    during rotation, xks-spec §6.3). Raises ``SignatureError`` on any failure, and nothing else.
     """
     grouped = _group_headers(headers)
-    authorization = grouped.get("authorization")
-    if not authorization:
-        raise SignatureError("missing Authorization header")
-    auth = _parse_authorization(authorization[0])
+    auth = _parse_authorization(_single(grouped, "authorization", "Authorization"))
+    amz_date = _single(grouped, "x-amz-date", "X-Amz-Date")
     credential = credentials.get(auth.access_key_id)
     if credential is None:
         raise SignatureError("access key id is not valid for this key store")
@@ -259,7 +318,6 @@ def verify(
     missing = [name for name in auth.signed_headers if name not in grouped]
     if missing:
         raise SignatureError("a signed header is missing from the request")
-    amz_date = grouped["x-amz-date"][0].strip()
     try:
         signed_at = _parse_amz_date(amz_date)
     except ValueError:
@@ -268,17 +326,22 @@ def verify(
         raise SignatureError("credential scope date does not match X-Amz-Date")
     if abs(now - signed_at) > max_skew:
         raise SignatureError("request time is more than 5 minutes from the proxy's clock")
-    to_sign = string_to_sign(
-        method=method,
-        path=path,
-        query=query,
-        headers=grouped,
-        signed_headers=auth.signed_headers,
-        body=body,
-        amz_date=amz_date,
-        scope=f"{auth.datestamp}/{auth.region}/{auth.service}/{auth.terminator}",
-    )
+    try:
+        to_sign = string_to_sign(
+            method=method,
+            path=path,
+            query=query,
+            headers=grouped,
+            signed_headers=auth.signed_headers,
+            body=body,
+            amz_date=amz_date,
+            scope=f"{auth.datestamp}/{auth.region}/{auth.service}/{auth.terminator}",
+        )
+    except UnicodeError:
+        # Only text that did not come off the wire as bytes (a lone surrogate) gets here.
+        raise SignatureError("the request line or a signed header is not encodable") from None
     expected = _signature(credential.secret_access_key, auth.datestamp, region, service, to_sign)
-    if not hmac.compare_digest(expected, auth.signature):
+    # Bytes, not str: compare_digest raises TypeError on non-ASCII text (issue 9 finding 2).
+    if not hmac.compare_digest(expected.encode("ascii"), auth.signature):
         raise SignatureError("signature does not match")
     return credential
