@@ -455,18 +455,19 @@ OTHER_CREDENTIAL = sigv4.Credential("BKIAI2SFODNN7EXAMPLEBKIAI2", "x" * 44)
 @pytest.mark.parametrize(
     ("name", "sign_options"),
     [
-        ("unknown access key id", {"credential": OTHER_CREDENTIAL}),
-        ("wrong region", {"region": "eu-west-1"}),
-        ("six minutes late", {"now": datetime.now(UTC) - timedelta(minutes=6)}),
-        ("six minutes early", {"now": datetime.now(UTC) + timedelta(minutes=6)}),
+        ("unknown access key id", lambda: {"credential": OTHER_CREDENTIAL}),
+        ("wrong region", lambda: {"region": "eu-west-1"}),
+        # Clock skews are taken when the request is signed, not when the tests are collected.
+        ("six minutes late", lambda: {"now": datetime.now(UTC) - timedelta(minutes=6)}),
+        ("six minutes early", lambda: {"now": datetime.now(UTC) + timedelta(minutes=6)}),
     ],
 )
 async def test_authentication_failures(
-    xks: XksClient, name: str, sign_options: dict[str, Any]
+    xks: XksClient, name: str, sign_options: Callable[[], dict[str, Any]]
 ) -> None:
     for operation, key_id in (("health", None), ("encrypt", KEY_BOTH)):
         body = json.dumps(BODIES[operation]()).encode()
-        response = await xks.post_raw(xks.path(operation, key_id), body, **sign_options)
+        response = await xks.post_raw(xks.path(operation, key_id), body, **sign_options())
         _assert_error_body(
             await response.read(), 401, response.status, "AuthenticationFailedException"
         )
