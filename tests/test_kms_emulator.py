@@ -217,13 +217,23 @@ def test_key_states_deletion_and_rotation(setup: Setup) -> None:
     kms.disable_key(KeyId=key_id)
     with pytest.raises(ClientError) as disabled:
         kms.encrypt(KeyId=key_id, Plaintext=b"x")
-    assert code(disabled) == "KMSInvalidStateException"
+    # The Developer Guide's key-state table: DisabledException, XKS keys included.
+    assert code(disabled) == "DisabledException"
+    assert disabled.value.response["Error"]["Message"].endswith(f"key/{key_id} is disabled.")
     kms.enable_key(KeyId=key_id)
     scheduled = kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
     assert scheduled["KeyState"] == "PendingDeletion" and scheduled["PendingWindowInDays"] == 7
     with pytest.raises(ClientError) as window:
         kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=3)
-    assert code(window) in ("ValidationException", "KMSInvalidStateException")
+    assert code(window) == "ValidationException"
+    assert "Member must have value greater than or equal to 7" in str(window.value)
+    with pytest.raises(ClientError) as again:
+        kms.schedule_key_deletion(KeyId=key_id)
+    assert code(again) == "KMSInvalidStateException"
+    with pytest.raises(ClientError) as pending:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert code(pending) == "KMSInvalidStateException"
+    assert "is pending deletion" in pending.value.response["Error"]["Message"]
     kms.cancel_key_deletion(KeyId=key_id)
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Disabled"
     local = kms.create_key()["KeyMetadata"]["KeyId"]
@@ -409,10 +419,27 @@ def test_key_store_updates_and_deletion(setup: Setup) -> None:
     kms.update_custom_key_store(CustomKeyStoreId=setup.store_id, XksProxyAuthenticationCredential={
         "AccessKeyId": credential.access_key_id,
         "RawSecretAccessKey": credential.secret_access_key})  # fmt: skip
-    with pytest.raises(ClientError) as connected:
+    # The URI path may change while CONNECTED, but only to one the proxy answers on.
+    with pytest.raises(ClientError) as untested:
         kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
                                     XksProxyUriPath="/elsewhere/kms/xks/v1")  # fmt: skip
+    assert code(untested) == "XksProxyInvalidConfigurationException"
+    # The endpoint only while DISCONNECTED.
+    with pytest.raises(ClientError) as connected:
+        kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
+                                    XksProxyUriEndpoint="http://localhost:1")  # fmt: skip
     assert code(connected) == "CustomKeyStoreInvalidStateException"
+    # Length is checked on update as on create (the copies had drifted: issue 14).
+    with pytest.raises(ClientError) as too_long:
+        kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
+                                    XksProxyUriPath="/" + "p" * 120 + "/kms/xks/v1")  # fmt: skip
+    assert code(too_long) == "ValidationException"
+    assert (
+        "at 'xksProxyUriPath' failed to satisfy constraint: Member must have length less "
+        "than or equal to 128" in str(too_long.value)
+    )
+    store = kms.describe_custom_key_stores(CustomKeyStoreId=setup.store_id)["CustomKeyStores"][0]
+    assert store["XksProxyConfiguration"]["UriPath"] == "/keystores/dev/kms/xks/v1"
     # The same proxy under another endpoint name: a second store without keys can be deleted.
     other = create_store(kms, setup.deployment, setup.proxy.port, name="spare", host="localhost")
     with pytest.raises(ClientError) as duplicate:
