@@ -12,51 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import KEY_BOTH, KEY_DECRYPT_ONLY, KEY_DISABLED, Deployment, make_deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, free_port
-
-REGION = "us-east-1"
-
-
-@dataclass
-class Emulator:
-    url: str
-    process: subprocess.Popen[str]
-
-    def client(self, retries: int = 3) -> Any:
-        return boto3.client(
-            "kms",
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id="AKIDEXAMPLEDEVELOPER",
-            aws_secret_access_key="x",
-            config=Config(retries={"total_max_attempts": retries}),
-        )
-
-
-def start_emulator(db: Path, *extra: str) -> Emulator:
-    port = free_port()
-    process = subprocess.Popen(
-        [XKS_PROXY, "kms-emulator", "--port", str(port), "--db", str(db), *extra],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    for line in process.stderr:
-        if "KMS emulator on" in line:
-            return Emulator(f"http://127.0.0.1:{port}", process)
-    raise AssertionError("the emulator did not start")
-
-
-def stop(emulator: Emulator) -> None:
-    emulator.process.terminate()
-    emulator.process.wait(timeout=30)
-    assert emulator.process.stderr is not None
-    emulator.process.stderr.close()
+from tests.kms_emulator_helpers import REGION, Emulator, code, start_emulator, stop
+from tests.proxy_process import XKS_PROXY, ProxyProcess
 
 
 @dataclass
@@ -121,10 +82,6 @@ def xks_key(setup: Setup, xks_key_id: str = KEY_BOTH) -> str:
     created = setup.kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=setup.store_id,
                                    XksKeyId=xks_key_id, Description="xks")  # fmt: skip
     return str(created["KeyMetadata"]["KeyId"])
-
-
-def code(error: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(error.value.response["Error"]["Code"])
 
 
 def test_key_store_lifecycle_and_key_metadata(setup: Setup) -> None:

@@ -62,9 +62,8 @@ class _Checker:
         self.problems: list[str] = []
 
     def fail(self, value: Any, path: str, constraint: str, *, sensitive: bool) -> None:
-        shown = "" if sensitive or value is None else f" '{value}'"
-        if value is None:
-            shown = " null"
+        # AWS shows null for a missing value, and nothing for a sensitive one.
+        shown = " null" if value is None else "" if sensitive else f" '{value}'"
         self.problems.append(
             f"Value{shown} at '{path}' failed to satisfy constraint: Member must {constraint}"
         )
@@ -153,14 +152,14 @@ class _Checker:
             size = len(base64.b64decode(value, validate=True))
         except (binascii.Error, ValueError):
             raise KmsError("SerializationException", f"'{path}' is not valid Base64") from None
-        self._bounds(size, shape, None if sensitive else value, path, "length", sensitive)
+        self._bounds(size, shape, value, path, "length", True)  # AWS shows no blob
 
     def _check_list(
         self, value: Any, name: str, shape: dict[str, Any], path: str, sensitive: bool
     ) -> None:
         if not isinstance(value, list):
             raise _type_error(path)
-        self._bounds(len(value), shape, None, path, "length", sensitive)
+        self._bounds(len(value), shape, "[...]", path, "length", sensitive)
         for index, item in enumerate(value, start=1):
             self.check(item, shape["member"]["shape"], f"{path}.{index}.member")
 
