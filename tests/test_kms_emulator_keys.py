@@ -155,17 +155,16 @@ def test_disabled_key_answers_disabled_exception(kms: Any) -> None:
     key_id = new_key(kms)
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
     kms.disable_key(KeyId=key_id)
-    calls = {
-        "Encrypt": lambda: kms.encrypt(KeyId=key_id, Plaintext=b"x"),
-        "Decrypt": lambda: kms.decrypt(CiphertextBlob=blob),
-        "ReEncrypt": lambda: kms.re_encrypt(CiphertextBlob=blob, DestinationKeyId=key_id),
-        "GenerateDataKey": lambda: kms.generate_data_key(KeyId=key_id, KeySpec="AES_256"),
-        "GenerateDataKeyWithoutPlaintext": lambda: kms.generate_data_key_without_plaintext(
-            KeyId=key_id, NumberOfBytes=16),
-    }  # fmt: skip
-    for name, call in calls.items():
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("encrypt", {"KeyId": key_id, "Plaintext": b"x"}),
+        ("decrypt", {"CiphertextBlob": blob}),
+        ("re_encrypt", {"CiphertextBlob": blob, "DestinationKeyId": key_id}),
+        ("generate_data_key", {"KeyId": key_id, "KeySpec": "AES_256"}),
+        ("generate_data_key_without_plaintext", {"KeyId": key_id, "NumberOfBytes": 16}),
+    ]
+    for name, params in calls:
         with pytest.raises(ClientError) as refused:
-            call()
+            getattr(kms, name)(**params)
         assert code(refused) == "DisabledException", name
     kms.enable_key(KeyId=key_id)
     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
