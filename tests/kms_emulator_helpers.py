@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,17 @@ def code(error: pytest.ExceptionInfo[ClientError]) -> str:
 
 def message(error: pytest.ExceptionInfo[ClientError]) -> str:
     return str(error.value.response["Error"]["Message"])
+
+
+def module_emulator() -> Any:
+    """A fixture: one emulator (without a proxy) for the whole test module."""
+
+    @pytest.fixture(scope="module")
+    def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+        running = start_emulator(tmp_path_factory.mktemp("kms") / "kms.db")
+        try:
+            yield running
+        finally:
+            stop(running)
+
+    return emulator

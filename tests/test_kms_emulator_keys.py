@@ -5,23 +5,15 @@ the module; each test makes its own keys. Every answer is checked against the se
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.kms_emulator_helpers import Emulator, code, message, start_emulator, stop
+from tests.kms_emulator_helpers import Emulator, code, message, module_emulator
 
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    running = start_emulator(tmp_path_factory.mktemp("kms") / "kms.db")
-    try:
-        yield running
-    finally:
-        stop(running)
+emulator = module_emulator()
 
 
 @pytest.fixture

@@ -236,6 +236,10 @@ class Core:
             metadata["XksKeyConfiguration"] = {"Id": key.xks_key_id}
         elif key.current_material is not None:
             metadata["CurrentKeyMaterialId"] = key.current_material
+        if key.expiration_model is not None:
+            metadata["ExpirationModel"] = key.expiration_model
+            if key.valid_to is not None:
+                metadata["ValidTo"] = key.valid_to
         if key.deletion_date is not None:
             metadata["DeletionDate"] = key.deletion_date
             metadata["PendingDeletionWindowInDays"] = key.pending_window_days

@@ -41,11 +41,11 @@ def _check_key_spec(params: Params) -> None:
 
 async def create(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
     _check_key_spec(params)
-    origin = Origin(params.get("Origin") or Origin.AWS_KMS)
-    if origin == Origin.EXTERNAL:
+    if params.get("Origin") == "AWS_CLOUDHSM":
         raise KmsError(
-            "UnsupportedOperationException", "The emulator does not support Origin EXTERNAL yet."
+            "UnsupportedOperationException", "The emulator has no AWS CloudHSM key stores."
         )
+    origin = Origin(params.get("Origin") or Origin.AWS_KMS)
     multi_region = bool(params.get("MultiRegion"))
     if multi_region and origin == Origin.EXTERNAL_KEY_STORE:
         raise KmsError(
@@ -72,6 +72,9 @@ async def create(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
         created=time.time(),
         multi_region=multi_region,
     )
+    if origin == Origin.EXTERNAL:  # no material until ImportKeyMaterial
+        key.materials, key.current_material = {}, None
+        key.state = KeyState.PENDING_IMPORT
     if params.get("Policy") is not None:
         key.policy = checked_policy(params["Policy"])
     apply_tags(key, params.get("Tags") or [])

@@ -4,7 +4,7 @@ A call is checked against the operation's input shape in botocore's service mode
 validation, in AWS's words: ``shapes``), the state's clocks are advanced (scheduled deletions,
 automatic rotations), then the operation's handler runs. Handlers are grouped by resource:
 ``key_stores``, ``keys``, ``rotation``, ``aliases``, ``policies`` (policies and tags),
-``crypto``. An operation KMS has and the emulator does not answers
+``crypto``, ``imports``. An operation KMS has and the emulator does not answers
 UnsupportedOperationException naming it; a name KMS does not have, UnknownOperationException.
 """
 
@@ -13,7 +13,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from xks_proxy.kms_emulator import aliases, crypto, key_stores, keys, policies, rotation
+from xks_proxy.kms_emulator import (
+    aliases,
+    crypto,
+    imports,
+    key_stores,
+    keys,
+    policies,
+    rotation,
+)
 from xks_proxy.kms_emulator.core import DEFAULT_XKS_RATE, Context, Core, Handler, Params
 from xks_proxy.kms_emulator.errors import KmsError
 from xks_proxy.kms_emulator.shapes import check_request, operation_names, service_model
@@ -39,6 +47,10 @@ OPERATIONS: dict[str, Handler] = {
     "UpdateKeyDescription": keys.update_description,
     "ScheduleKeyDeletion": keys.schedule_deletion,
     "CancelKeyDeletion": keys.cancel_deletion,
+    # imported key material
+    "GetParametersForImport": imports.get_parameters,
+    "ImportKeyMaterial": imports.import_material,
+    "DeleteImportedKeyMaterial": imports.delete_material,
     # rotation
     "GetKeyRotationStatus": rotation.get_status,
     "EnableKeyRotation": rotation.enable,
@@ -102,4 +114,5 @@ class KmsEmulator:
         now = time.time()
         keys.delete_expired(self.core, now)
         rotation.rotate_due(self.core, now)
+        imports.expire_due(self.core, now)
         return await handler(self.core, params, ctx)

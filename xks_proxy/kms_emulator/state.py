@@ -79,6 +79,15 @@ class Rotation:
 
 
 @dataclass
+class ImportParameters:
+    """One GetParametersForImport answer: its wrapping key's private half, until it expires."""
+
+    private_key: str = field(repr=False)  # PEM, PKCS#8
+    algorithm: str
+    valid_to: float
+
+
+@dataclass
 class Key:
     id: str
     arn: str
@@ -102,12 +111,21 @@ class Key:
     multi_region: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     policy: str | None = None  # None: the default key policy
+    # Origin EXTERNAL: pending import parameters by token id, and what was imported.
+    import_parameters: dict[str, ImportParameters] = field(default_factory=dict, repr=False)
+    imported_digest: str | None = None  # SHA-256 of the material: re-imports must match it
+    expiration_model: str | None = None
+    valid_to: float | None = None
     material: str | None = field(default=None, repr=False)  # databases before rotation
 
     def __post_init__(self) -> None:
         self.origin = Origin(self.origin)
         self.state = KeyState(self.state)
         self.rotations = [r if isinstance(r, Rotation) else Rotation(**r) for r in self.rotations]
+        self.import_parameters = {
+            token: p if isinstance(p, ImportParameters) else ImportParameters(**p)
+            for token, p in self.import_parameters.items()
+        }
         if self.material is not None:  # one material, named by a digest of the key id
             legacy_id = hashlib.sha256(self.id.encode()).hexdigest()
             self.materials.setdefault(legacy_id, self.material)
