@@ -240,8 +240,11 @@ def test_validation_in_aws_words(kms: Any) -> None:
     assert message(two).startswith("2 validation errors detected: ")
     assert "Member must satisfy enum value set: [AES_256, AES_128]" in message(two)
     with pytest.raises(ClientError) as unimplemented:
-        kms.sign(KeyId=key_id, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion="eu-west-1")
     assert code(unimplemented) == "UnsupportedOperationException"
+    with pytest.raises(ClientError) as not_signing:
+        kms.sign(KeyId=key_id, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+    assert code(not_signing) == "InvalidKeyUsageException"
     with pytest.raises(ClientError) as dry:
         kms.encrypt(KeyId=key_id, Plaintext=b"x", DryRun=True)
     assert code(dry) == "DryRunOperationException"

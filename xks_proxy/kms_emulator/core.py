@@ -17,6 +17,7 @@ from typing import Any
 
 from xks_proxy.kms_emulator import errors
 from xks_proxy.kms_emulator.errors import KmsError
+from xks_proxy.kms_emulator.key_specs import SPECS, SYMMETRIC_DEFAULT
 from xks_proxy.kms_emulator.state import ConnectionState, Key, KeyState, KeyStore, Origin, State
 from xks_proxy.kms_emulator.xks_client import ProxyEndpoint, XksClient
 from xks_proxy.ratelimit import TokenBucket
@@ -216,13 +217,13 @@ class Core:
             "CreationDate": key.created,
             "Enabled": state == KeyState.ENABLED,
             "Description": key.description,
-            "KeyUsage": "ENCRYPT_DECRYPT",
+            "KeyUsage": key.key_usage,
             "KeyState": state.value,
             "Origin": key.origin.value,
             "KeyManager": "CUSTOMER",
-            "CustomerMasterKeySpec": "SYMMETRIC_DEFAULT",
-            "KeySpec": "SYMMETRIC_DEFAULT",
-            "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
+            "CustomerMasterKeySpec": key.key_spec,
+            "KeySpec": key.key_spec,
+            **SPECS[key.key_spec].algorithms(key.key_usage),
             "MultiRegion": key.multi_region,
         }
         if key.multi_region:
@@ -234,7 +235,7 @@ class Core:
         if key.key_store_id is not None:
             metadata["CustomKeyStoreId"] = key.key_store_id
             metadata["XksKeyConfiguration"] = {"Id": key.xks_key_id}
-        elif key.current_material is not None:
+        elif key.current_material is not None and key.key_spec == SYMMETRIC_DEFAULT:
             metadata["CurrentKeyMaterialId"] = key.current_material
         if key.expiration_model is not None:
             metadata["ExpirationModel"] = key.expiration_model

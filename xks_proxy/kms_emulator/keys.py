@@ -14,6 +14,7 @@ from typing import Any
 from xks_proxy.kms_emulator import errors
 from xks_proxy.kms_emulator.core import Context, Core, Params
 from xks_proxy.kms_emulator.errors import KmsError, ProxyCallError
+from xks_proxy.kms_emulator.key_specs import ENCRYPT_DECRYPT, SPECS, SYMMETRIC_DEFAULT, KeySpec
 from xks_proxy.kms_emulator.policies import apply_tags, checked_policy
 from xks_proxy.kms_emulator.shapes import page
 from xks_proxy.kms_emulator.state import ConnectionState, Key, KeyState, Origin
@@ -23,29 +24,42 @@ DAY = 86_400
 MIN_PENDING_WINDOW, MAX_PENDING_WINDOW = 7, 30  # ScheduleKeyDeletion: AWS's default is 30
 
 
-def new_material() -> tuple[str, str]:
-    """A KeyMaterialId (64 hex digits) and a fresh AES-256 inner-layer key (Base64)."""
-    return secrets.token_hex(32), b64(secrets.token_bytes(32))
+def new_material(spec: KeySpec = SPECS[SYMMETRIC_DEFAULT]) -> tuple[str, str]:
+    """A KeyMaterialId (64 hex digits) and fresh material for ``spec`` (Base64)."""
+    return secrets.token_hex(32), b64(spec.generate())
 
 
-def _check_key_spec(params: Params) -> None:
-    spec = params.get("KeySpec") or params.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT"
-    usage = params.get("KeyUsage") or "ENCRYPT_DECRYPT"
-    if (spec, usage) != ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"):
+def _spec_and_usage(params: Params) -> tuple[KeySpec, str]:
+    name = params.get("KeySpec") or params.get("CustomerMasterKeySpec") or SYMMETRIC_DEFAULT
+    spec = SPECS.get(name)
+    if spec is None:
         raise KmsError(
-            "UnsupportedOperationException",
-            f"The emulator does not support KeySpec {spec} with KeyUsage {usage} "
-            "yet: symmetric encryption keys only.",
+            "UnsupportedOperationException", f"The emulator does not support KeySpec {name}."
         )
+    usage = params.get("KeyUsage")
+    if usage is None and spec.name != SYMMETRIC_DEFAULT:
+        raise errors.validation(
+            "You must specify a KeyUsage value for all KMS keys except for "
+            "symmetric encryption keys."
+        )
+    usage = usage or ENCRYPT_DECRYPT
+    if usage not in spec.usages:
+        raise errors.validation(f"KeyUsage {usage} is not compatible with KeySpec {name}.")
+    return spec, usage
 
 
 async def create(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
-    _check_key_spec(params)
+    spec, usage = _spec_and_usage(params)
     if params.get("Origin") == "AWS_CLOUDHSM":
         raise KmsError(
             "UnsupportedOperationException", "The emulator has no AWS CloudHSM key stores."
         )
     origin = Origin(params.get("Origin") or Origin.AWS_KMS)
+    if spec.name != SYMMETRIC_DEFAULT and origin != Origin.AWS_KMS:
+        raise KmsError(
+            "UnsupportedOperationException",
+            f"The emulator makes {spec.name} keys with Origin AWS_KMS only.",
+        )
     multi_region = bool(params.get("MultiRegion"))
     if multi_region and origin == Origin.EXTERNAL_KEY_STORE:
         raise KmsError(
@@ -59,13 +73,15 @@ async def create(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
             "EXTERNAL_KEY_STORE) as custom key stores.",
         )
     key_id = core.new_key_id(multi_region=multi_region)
-    material_id, material = new_material()
+    material_id, material = new_material(spec)
     key = Key(
         id=key_id,
         arn=ctx.arn(f"key/{key_id}"),
         account=ctx.account,
         region=ctx.region,
         origin=origin,
+        key_spec=spec.name,
+        key_usage=usage,
         materials={material_id: material},
         current_material=material_id,
         description=params.get("Description") or "",

@@ -14,6 +14,7 @@ from typing import Any
 
 from xks_proxy.kms_emulator.core import Context, Core, Params
 from xks_proxy.kms_emulator.errors import KmsError
+from xks_proxy.kms_emulator.key_specs import SYMMETRIC_DEFAULT
 from xks_proxy.kms_emulator.keys import DAY, new_material
 from xks_proxy.kms_emulator.shapes import page
 from xks_proxy.kms_emulator.state import Key, KeyState, Origin, Rotation
@@ -28,6 +29,11 @@ def _rotatable(core: Core, params: Params, ctx: Context, operation: str) -> Key:
         raise KmsError(
             "UnsupportedOperationException",
             f"{key.arn} origin is {key.origin} which is not valid for this operation.",
+        )
+    if key.key_spec != SYMMETRIC_DEFAULT:
+        raise KmsError(
+            "UnsupportedOperationException",
+            f"{key.arn} key spec is {key.key_spec}: only symmetric encryption keys rotate.",
         )
     if operation in ("EnableKeyRotation", "RotateKeyOnDemand") and key.state == KeyState.DISABLED:
         raise KmsError("DisabledException", f"{key.arn} is disabled.")

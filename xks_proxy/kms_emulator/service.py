@@ -4,7 +4,7 @@ A call is checked against the operation's input shape in botocore's service mode
 validation, in AWS's words: ``shapes``), the state's clocks are advanced (scheduled deletions,
 automatic rotations), then the operation's handler runs. Handlers are grouped by resource:
 ``key_stores``, ``keys``, ``rotation``, ``aliases``, ``policies`` (policies and tags),
-``crypto``, ``imports``. An operation KMS has and the emulator does not answers
+``crypto``, ``imports``, ``asymmetric``. An operation KMS has and the emulator does not answers
 UnsupportedOperationException naming it; a name KMS does not have, UnknownOperationException.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from xks_proxy.kms_emulator import (
     aliases,
+    asymmetric,
     crypto,
     imports,
     key_stores,
@@ -76,6 +77,14 @@ OPERATIONS: dict[str, Handler] = {
     "GenerateDataKey": crypto.generate_data_key,
     "GenerateDataKeyWithoutPlaintext": crypto.generate_data_key_without_plaintext,
     "GenerateRandom": crypto.generate_random,
+    # asymmetric and HMAC keys
+    "Sign": asymmetric.sign,
+    "Verify": asymmetric.verify,
+    "GetPublicKey": asymmetric.get_public_key,
+    "GenerateMac": asymmetric.generate_mac,
+    "VerifyMac": asymmetric.verify_mac,
+    "GenerateDataKeyPair": asymmetric.generate_data_key_pair,
+    "GenerateDataKeyPairWithoutPlaintext": asymmetric.generate_data_key_pair_without_plaintext,
 }
 # Checked by the handler itself: a local http:// endpoint is allowed unless --strict.
 _RELAXED_PATTERNS = frozenset({"XksProxyUriEndpointType"})

@@ -94,7 +94,10 @@ class Key:
     account: str
     region: str
     origin: Origin
-    # Base64 of each inner-layer AES-256 key by KeyMaterialId; the current one encrypts.
+    key_spec: str = "SYMMETRIC_DEFAULT"
+    key_usage: str = "ENCRYPT_DECRYPT"
+    # Base64 of the material by KeyMaterialId; the current one is used. For symmetric keys the
+    # inner-layer AES-256 key, else what ``key_specs`` makes (PKCS#8 DER, HMAC key bytes).
     materials: dict[str, str] = field(default_factory=dict, repr=False)
     current_material: str | None = None
     description: str = ""

@@ -1,0 +1,116 @@
+"""Key specs: which key usages each allows, its algorithms, and how its material is made and
+used (AWS KMS Developer Guide, "Key spec reference").
+
+- SYMMETRIC_DEFAULT: ENCRYPT_DECRYPT, AES-256-GCM (the emulator's inner layer).
+- RSA_2048/3072/4096: ENCRYPT_DECRYPT (RSAES_OAEP_SHA_1/256) or SIGN_VERIFY (RSASSA_PSS_* and
+  RSASSA_PKCS1_V1_5_* with SHA-256/384/512; PSS salt length = digest length, as AWS uses).
+- ECC_NIST_P256/P384/P521, ECC_SECG_P256K1: SIGN_VERIFY with ECDSA (one digest per curve).
+- HMAC_224/256/384/512: GENERATE_VERIFY_MAC, a key of that many bits.
+
+Asymmetric material is kept as PKCS#8 DER, HMAC material as raw bytes (both Base64).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+SIGN_VERIFY = "SIGN_VERIFY"
+GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
+
+_RSA_SIGNING = tuple(f"{scheme}_SHA_{bits}" for scheme in ("RSASSA_PSS", "RSASSA_PKCS1_V1_5")
+                     for bits in (256, 384, 512))  # fmt: skip
+DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
+    "SHA_1": hashes.SHA1, "SHA_224": hashes.SHA224, "SHA_256": hashes.SHA256,
+    "SHA_384": hashes.SHA384, "SHA_512": hashes.SHA512,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    usages: tuple[str, ...]
+    encryption: tuple[str, ...] = ()
+    signing: tuple[str, ...] = ()
+    mac: tuple[str, ...] = ()
+    rsa_bits: int = 0
+    curve: type[ec.EllipticCurve] | None = None
+    mac_bytes: int = 0
+
+    @property
+    def asymmetric(self) -> bool:
+        return bool(self.rsa_bits or self.curve)
+
+    def algorithms(self, usage: str) -> dict[str, list[str]]:
+        """The KeyMetadata/GetPublicKey algorithm lists for a key of this spec and usage."""
+        if usage == ENCRYPT_DECRYPT:
+            return {"EncryptionAlgorithms": list(self.encryption)}
+        if usage == SIGN_VERIFY:
+            return {"SigningAlgorithms": list(self.signing)}
+        return {"MacAlgorithms": list(self.mac)}
+
+    def generate(self) -> bytes:
+        """Fresh material: PKCS#8 DER for asymmetric keys, random bytes for HMAC and AES."""
+        if self.rsa_bits:
+            private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = rsa.generate_private_key(
+                public_exponent=65537, key_size=self.rsa_bits
+            )
+        elif self.curve is not None:
+            private = ec.generate_private_key(self.curve())
+        else:
+            return secrets.token_bytes(self.mac_bytes or 32)
+        return private.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+
+
+def _ecc(name: str, curve: type[ec.EllipticCurve], digest: int) -> KeySpec:
+    return KeySpec(name, (SIGN_VERIFY,), signing=(f"ECDSA_SHA_{digest}",), curve=curve)
+
+
+def _rsa(bits: int) -> KeySpec:
+    return KeySpec(f"RSA_{bits}", (ENCRYPT_DECRYPT, SIGN_VERIFY),
+                   encryption=("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"), signing=_RSA_SIGNING,
+                   rsa_bits=bits)  # fmt: skip
+
+
+def _hmac(bits: int) -> KeySpec:
+    return KeySpec(f"HMAC_{bits}", (GENERATE_VERIFY_MAC,), mac=(f"HMAC_SHA_{bits}",),
+                   mac_bytes=bits // 8)  # fmt: skip
+
+
+SPECS: dict[str, KeySpec] = {
+    spec.name: spec
+    for spec in (
+        KeySpec(SYMMETRIC_DEFAULT, (ENCRYPT_DECRYPT,), encryption=(SYMMETRIC_DEFAULT,)),
+        _rsa(2048), _rsa(3072), _rsa(4096),
+        _ecc("ECC_NIST_P256", ec.SECP256R1, 256), _ecc("ECC_NIST_P384", ec.SECP384R1, 384),
+        _ecc("ECC_NIST_P521", ec.SECP521R1, 512), _ecc("ECC_SECG_P256K1", ec.SECP256K1, 256),
+        _hmac(224), _hmac(256), _hmac(384), _hmac(512),
+    )
+}  # fmt: skip
+
+
+def digest_of(algorithm: str) -> hashes.HashAlgorithm:
+    """The hash an algorithm name ends in: ``RSASSA_PSS_SHA_256`` → SHA-256."""
+    return DIGESTS["SHA_" + algorithm.rsplit("_", 1)[1]]()
+
+
+def private_key(der: bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    key = serialization.load_der_private_key(der, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    return key
+
+
+def public_der(der: bytes) -> bytes:
+    return (
+        private_key(der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
