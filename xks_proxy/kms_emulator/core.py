@@ -41,6 +41,7 @@ _REFUSED_STATES: dict[str, frozenset[KeyState]] = {
         "CreateAlias",
         "UpdateAlias",
         "DisableKeyRotation",
+        "CreateGrant",
     )
 } | {
     operation: frozenset({KeyState.PENDING_DELETION, KeyState.PENDING_IMPORT})

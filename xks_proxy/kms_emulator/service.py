@@ -4,8 +4,9 @@ A call is checked against the operation's input shape in botocore's service mode
 validation, in AWS's words: ``shapes``), the state's clocks are advanced (scheduled deletions,
 automatic rotations), then the operation's handler runs. Handlers are grouped by resource:
 ``key_stores``, ``keys``, ``rotation``, ``aliases``, ``policies`` (policies and tags),
-``crypto``, ``imports``, ``asymmetric``. An operation KMS has and the emulator does not answers
-UnsupportedOperationException naming it; a name KMS does not have, UnknownOperationException.
+``grants``, ``crypto``, ``asymmetric``, ``imports``. An operation KMS has and the emulator does
+not answers UnsupportedOperationException naming it; a name KMS does not have,
+UnknownOperationException.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from xks_proxy.kms_emulator import (
     aliases,
     asymmetric,
     crypto,
+    grants,
     imports,
     key_stores,
     keys,
@@ -70,6 +72,12 @@ OPERATIONS: dict[str, Handler] = {
     "TagResource": policies.tag_resource,
     "UntagResource": policies.untag_resource,
     "ListResourceTags": policies.list_resource_tags,
+    # grants
+    "CreateGrant": grants.create,
+    "ListGrants": grants.list_grants,
+    "ListRetirableGrants": grants.list_retirable,
+    "RetireGrant": grants.retire,
+    "RevokeGrant": grants.revoke,
     # cryptography
     "Encrypt": crypto.encrypt,
     "Decrypt": crypto.decrypt,

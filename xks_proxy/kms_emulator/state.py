@@ -79,6 +79,20 @@ class Rotation:
 
 
 @dataclass
+class Grant:
+    """A grant on a key (CreateGrant); ``token`` is what RetireGrant accepts."""
+
+    id: str
+    token: str = field(repr=False)
+    operations: list[str]
+    created: float
+    grantee: str | None = None
+    retiring: str | None = None
+    name: str | None = None
+    constraints: dict[str, dict[str, str]] | None = None
+
+
+@dataclass
 class ImportParameters:
     """One GetParametersForImport answer: its wrapping key's private half, until it expires."""
 
@@ -119,12 +133,14 @@ class Key:
     imported_digest: str | None = None  # SHA-256 of the material: re-imports must match it
     expiration_model: str | None = None
     valid_to: float | None = None
+    grants: list[Grant] = field(default_factory=list)
     material: str | None = field(default=None, repr=False)  # databases before rotation
 
     def __post_init__(self) -> None:
         self.origin = Origin(self.origin)
         self.state = KeyState(self.state)
         self.rotations = [r if isinstance(r, Rotation) else Rotation(**r) for r in self.rotations]
+        self.grants = [g if isinstance(g, Grant) else Grant(**g) for g in self.grants]
         self.import_parameters = {
             token: p if isinstance(p, ImportParameters) else ImportParameters(**p)
             for token, p in self.import_parameters.items()
