@@ -495,3 +495,43 @@ def test_bad_input_gets_kms_errors(setup: Setup, tmp_path: Path) -> None:
         assert code(refused_http) == "ValidationException"
     finally:
         stop(strict)
+
+
+def test_event_log_correlates_with_the_proxy_audit_log(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path / "proxy")
+    events = tmp_path / "events.jsonl"
+    with ProxyProcess(deployment.config_path) as proxy:
+        emulator = start_emulator(tmp_path / "kms.db", "--event-log", str(events))
+        try:
+            kms = emulator.client()
+            store_id = connected_store(kms, deployment, proxy.port)
+            key_id = kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
+                                    XksKeyId=KEY_BOTH)["KeyMetadata"]["KeyId"]  # fmt: skip
+            encrypted = kms.encrypt(KeyId=key_id, Plaintext=b"very secret words",
+                                    EncryptionContext={"app": "audit"})  # fmt: skip
+            data_key = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+            with pytest.raises(ClientError):
+                kms.describe_key(KeyId="alias/missing")
+        finally:
+            stop(emulator)
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    by_name = {r["eventName"]: r for r in records}
+    encrypt = by_name["Encrypt"]
+    assert encrypt["requestParameters"] == {
+        "keyId": key_id, "encryptionContext": {"app": "audit"}}  # fmt: skip
+    assert encrypt["userIdentity"]["accessKeyId"] == "AKIDEXAMPLEDEVELOPER"
+    assert encrypt["resources"][0]["ARN"].endswith(key_id)
+    assert encrypt["additionalEventData"] == {"customKeyStoreId": store_id, "xksKeyId": KEY_BOTH}
+    assert encrypt["requestID"] == encrypted["ResponseMetadata"]["RequestId"]
+    assert by_name["DescribeKey"]["errorCode"] == "NotFoundException"
+    text = events.read_text()
+    credential = deployment.config.key_stores[0].credentials[0]
+    for secret in (b"very secret words", data_key["Plaintext"], data_key["CiphertextBlob"]):
+        assert base64.b64encode(secret).decode() not in text
+    assert "very secret words" not in text and credential.secret_access_key not in text
+    # The proxy's audit line for the same call carries the KMS request id.
+    audit = [json.loads(line) for line in
+             (deployment.directory / "audit.log").read_text().splitlines()]  # fmt: skip
+    ids = {(a.get("kmsRequestId"), a.get("kmsOperation")) for a in audit}
+    assert (encrypt["requestID"], "Encrypt") in ids
+    assert (by_name["GenerateDataKey"]["requestID"], "GenerateDataKey") in ids

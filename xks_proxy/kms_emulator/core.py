@@ -63,6 +63,8 @@ class Context:
     account: str
     access_key_id: str
     request_id: str = ""
+    source_ip: str = ""
+    user_agent: str = ""
 
     @property
     def principal_arn(self) -> str:

@@ -76,6 +76,8 @@ async def handle(request: web.Request) -> web.Response:
         account=emulator.account,
         access_key_id=scope.group(1),
         request_id=request_id,
+        source_ip=request.remote or "",
+        user_agent=request.headers.get("User-Agent", ""),
     )
     try:
         raw = await request.read()

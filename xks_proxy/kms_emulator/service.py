@@ -12,6 +12,7 @@ UnknownOperationException.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from xks_proxy.kms_emulator import (
@@ -27,8 +28,9 @@ from xks_proxy.kms_emulator import (
 )
 from xks_proxy.kms_emulator.core import DEFAULT_XKS_RATE, Context, Core, Handler, Params
 from xks_proxy.kms_emulator.errors import KmsError
+from xks_proxy.kms_emulator.events import EventLog
 from xks_proxy.kms_emulator.shapes import check_request, operation_names, service_model
-from xks_proxy.kms_emulator.state import State
+from xks_proxy.kms_emulator.state import Key, State
 from xks_proxy.kms_emulator.xks_client import XksClient
 
 __all__ = ["DEFAULT_XKS_RATE", "OPERATIONS", "Context", "KmsEmulator"]
@@ -107,6 +109,7 @@ class KmsEmulator:
         account: str = "111122223333",
         strict: bool = False,
         xks_rate: float = DEFAULT_XKS_RATE,
+        event_log: Path | None = None,
     ) -> None:
         service_model()  # fail at start-up, not at the first request, without botocore
         self.core = Core(state, xks, account=account, strict=strict, xks_rate=xks_rate)
@@ -114,11 +117,39 @@ class KmsEmulator:
         self.xks = xks
         self.account = account
         self._relaxed = frozenset() if strict else _RELAXED_PATTERNS
+        self.events = EventLog(event_log) if event_log is not None else None
 
     async def close(self) -> None:
         await self.core.close()
+        if self.events is not None:
+            self.events.close()
 
     async def call(self, operation: str, params: Params, ctx: Context) -> dict[str, Any]:
+        if self.events is None:
+            return await self._call(operation, params, ctx)
+        try:
+            result = await self._call(operation, params, ctx)
+        except KmsError as error:
+            key = self._involved_key(params, {}, ctx)
+            self.events.record(operation, params, ctx, result=None, error=error, key=key)
+            raise
+        key = self._involved_key(params, result, ctx)
+        self.events.record(operation, params, ctx, result=result, error=None, key=key)
+        return result
+
+    def _involved_key(self, params: Params, result: dict[str, Any], ctx: Context) -> Key | None:
+        """The key a call was about, for the event's resources (None: none, or not found)."""
+        metadata = result.get("KeyMetadata") or {}
+        for reference in (metadata.get("KeyId"), result.get("KeyId"), params.get("KeyId"),
+                          params.get("DestinationKeyId")):  # fmt: skip
+            if isinstance(reference, str):
+                try:
+                    return self.core.key(reference, ctx)
+                except KmsError:
+                    continue
+        return None
+
+    async def _call(self, operation: str, params: Params, ctx: Context) -> dict[str, Any]:
         handler = OPERATIONS.get(operation)
         if handler is None:
             if operation in operation_names():
