@@ -535,3 +535,32 @@ def test_event_log_correlates_with_the_proxy_audit_log(tmp_path: Path) -> None:
     ids = {(a.get("kmsRequestId"), a.get("kmsOperation")) for a in audit}
     assert (encrypt["requestID"], "Encrypt") in ids
     assert (by_name["GenerateDataKey"]["requestID"], "GenerateDataKey") in ids
+
+
+def test_aws_encryption_sdk_round_trips_a_mebibyte(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aws_encryption_sdk
+    import botocore.session
+    from aws_encryption_sdk.identifiers import CommitmentPolicy
+
+    # botocore's service-specific endpoint variable: the SDK makes its own KMS clients.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", setup.emulator.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENCRYPTIONSDK")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    sdk = aws_encryption_sdk.EncryptionSDKClient(
+        commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
+    )
+    data = os.urandom(1024 * 1024)
+    xks_arn = setup.kms.describe_key(KeyId=xks_key(setup))["KeyMetadata"]["Arn"]
+    local_arn = setup.kms.create_key()["KeyMetadata"]["Arn"]
+    for arn in (xks_arn, local_arn):
+        provider = aws_encryption_sdk.StrictAwsKmsMasterKeyProvider(
+            key_ids=[arn], botocore_session=botocore.session.Session()
+        )
+        message, _ = sdk.encrypt(source=data, key_provider=provider,
+                                 encryption_context={"purpose": "esdk"})  # fmt: skip
+        plaintext, header = sdk.decrypt(source=message, key_provider=provider)
+        assert plaintext == data and header.encryption_context["purpose"] == "esdk"
+    audit = (setup.deployment.directory / "audit.log").read_text()
+    assert '"kmsOperation":"GenerateDataKey"' in audit and '"kmsOperation":"Decrypt"' in audit
