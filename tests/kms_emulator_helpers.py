@@ -130,6 +130,8 @@ def stop(emulator: Emulator) -> None:
         emulator.reader.join(timeout=10)
     assert emulator.process.stderr is not None
     emulator.process.stderr.close()
+    # No request may have ended in an internal error (a 500 with a traceback in the log).
+    assert not [line for line in emulator.log if "Traceback" in line], "".join(emulator.log)
 
 
 def code(error: pytest.ExceptionInfo[ClientError]) -> str:
