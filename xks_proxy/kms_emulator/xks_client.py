@@ -1,7 +1,8 @@
 """How the emulator calls an XKS proxy: as AWS KMS does (kms-emulator.md, xks-spec §9.1).
 
 Every call is SigV4-signed with the key store's credential (the shared ``sigv4`` module) for the
-region the client called, carries a fresh ``kmsRequestId`` UUID, has a 250 ms timeout and is
+region the client called, carries the KMS request's id as ``kmsRequestId`` (as AWS KMS does:
+the id a client sees as its RequestId, and the event log's requestID), has a 250 ms timeout and is
 retried once after a network timeout. Failures come back as ``ProxyCallError``.
 """
 
