@@ -48,15 +48,18 @@ def test_default_and_custom_key_policies(kms: Any) -> None:
 
 
 def test_tags_on_create_and_after(kms: Any) -> None:
-    key_id = new_key(kms, Tags=[{"TagKey": "team", "TagValue": "payments"},
-                                {"TagKey": "env", "TagValue": "dev"}])  # fmt: skip
+    key_id = new_key(
+        kms, Tags=[{"TagKey": "team", "TagValue": "payments"}, {"TagKey": "env", "TagValue": "dev"}]
+    )
     tags = kms.list_resource_tags(KeyId=key_id)["Tags"]
     assert tags == [
         {"TagKey": "env", "TagValue": "dev"},
         {"TagKey": "team", "TagValue": "payments"},
     ]
-    kms.tag_resource(KeyId=key_id, Tags=[{"TagKey": "env", "TagValue": "prod"},
-                                         {"TagKey": "owner", "TagValue": "ana"}])  # fmt: skip
+    kms.tag_resource(
+        KeyId=key_id,
+        Tags=[{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "owner", "TagValue": "ana"}],
+    )
     kms.untag_resource(KeyId=key_id, TagKeys=["team"])
     first = kms.list_resource_tags(KeyId=key_id, Limit=1)
     assert first["Tags"] == [{"TagKey": "env", "TagValue": "prod"}] and first["Truncated"]
@@ -66,8 +69,9 @@ def test_tags_on_create_and_after(kms: Any) -> None:
         kms.tag_resource(KeyId=key_id, Tags=[{"TagKey": "aws:owner", "TagValue": "x"}])
     assert code(reserved) == "TagException"
     with pytest.raises(ClientError) as too_many:
-        kms.tag_resource(KeyId=key_id,
-                         Tags=[{"TagKey": f"k{i}", "TagValue": ""} for i in range(50)])  # fmt: skip
+        kms.tag_resource(
+            KeyId=key_id, Tags=[{"TagKey": f"k{i}", "TagValue": ""} for i in range(50)]
+        )
     assert code(too_many) == "TagException"
     assert len(kms.list_resource_tags(KeyId=key_id)["Tags"]) == 2  # all or nothing
 
@@ -263,8 +267,16 @@ def test_multi_region_keys_and_deletion_window(kms: Any) -> None:
 
 def test_answers_conform_to_the_service_model(emulator: Emulator) -> None:
     # Every earlier test's answers went through the check; make sure it ran for each family.
-    families = {"CreateKey", "GetKeyPolicy", "ListResourceTags", "ListAliases", "ListKeys",
-                "GetKeyRotationStatus", "ListKeyRotations", "Decrypt"}  # fmt: skip
+    families = {
+        "CreateKey",
+        "GetKeyPolicy",
+        "ListResourceTags",
+        "ListAliases",
+        "ListKeys",
+        "GetKeyRotationStatus",
+        "ListKeyRotations",
+        "Decrypt",
+    }
     assert families <= set(emulator.checked)
 
 
@@ -276,23 +288,83 @@ def test_aws_cli_create_key_with_tags_and_policy(emulator: Emulator, tmp_path: P
 
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": []}))
-    environment = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDCLI", "AWS_SECRET_ACCESS_KEY": "x",
-                   "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    environment = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "AKIDCLI",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
     def aws(*args: str) -> Any:
         done = subprocess.run(
-            [str(Path(XKS_PROXY).parent / "aws"), "kms", *args, "--endpoint-url", emulator.url,
-             "--output", "json"],
-            capture_output=True, text=True, env=environment, timeout=60, check=False,
-        )  # fmt: skip
+            [
+                str(Path(XKS_PROXY).parent / "aws"),
+                "kms",
+                *args,
+                "--endpoint-url",
+                emulator.url,
+                "--output",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout) if done.stdout.strip() else None
 
-    created = aws("create-key", "--tags", "TagKey=app,TagValue=cli", "--policy",
-                  f"file://{policy}", "--description", "from the cli")  # fmt: skip
+    created = aws(
+        "create-key",
+        "--tags",
+        "TagKey=app,TagValue=cli",
+        "--policy",
+        f"file://{policy}",
+        "--description",
+        "from the cli",
+    )
     key_id = created["KeyMetadata"]["KeyId"]
     assert aws("list-resource-tags", "--key-id", key_id)["Tags"] == [
         {"TagKey": "app", "TagValue": "cli"}
     ]
-    assert json.loads(aws("get-key-policy", "--key-id", key_id, "--policy-name",
-                          "default")["Policy"]) == json.loads(policy.read_text())  # fmt: skip
+    assert json.loads(
+        aws("get-key-policy", "--key-id", key_id, "--policy-name", "default")["Policy"]
+    ) == json.loads(policy.read_text())
+
+
+def test_explicit_deny_in_the_key_policy(kms: Any) -> None:
+    key_id = new_key(kms)
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"before")["CiphertextBlob"]
+    allow = {
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+        "Action": "kms:*",
+        "Resource": "*",
+    }
+    deny = {
+        "Effect": "Deny",
+        "Principal": {"AWS": "arn:aws:iam::111122223333:user/AKIDEXAMPLEDEVELOPER"},
+        "Action": ["kms:Encrypt", "kms:Decrypt"],
+        "Resource": "*",
+    }
+    conditional = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "kms:Describe*",
+        "Resource": "*",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+    kms.put_key_policy(KeyId=key_id, Policy=json.dumps({"Statement": [allow, deny, conditional]}))
+    for name, params in (
+        ("encrypt", {"KeyId": key_id, "Plaintext": b"x"}),
+        ("decrypt", {"CiphertextBlob": blob}),
+    ):
+        with pytest.raises(ClientError) as denied:
+            getattr(kms, name)(**params)
+        assert code(denied) == "AccessDeniedException"
+        assert "with an explicit deny in a resource-based policy" in message(denied)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyId"] == key_id  # not denied
+    assert kms.generate_data_key(KeyId=key_id, NumberOfBytes=16)["KeyId"].endswith(key_id)
+    kms.put_key_policy(KeyId=key_id, Policy=json.dumps({"Statement": [allow]}))
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"

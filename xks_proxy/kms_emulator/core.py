@@ -18,6 +18,7 @@ from typing import Any
 from xks_proxy.kms_emulator import errors
 from xks_proxy.kms_emulator.errors import KmsError
 from xks_proxy.kms_emulator.key_specs import SPECS, SYMMETRIC_DEFAULT
+from xks_proxy.kms_emulator.policy_eval import explicit_deny
 from xks_proxy.kms_emulator.state import ConnectionState, Key, KeyState, KeyStore, Origin, State
 from xks_proxy.kms_emulator.xks_client import ProxyEndpoint, XksClient
 from xks_proxy.ratelimit import TokenBucket
@@ -163,6 +164,18 @@ class Core:
     def new_key_id(*, multi_region: bool) -> str:
         # Multi-Region keys have ids of "mrk-" and 32 hex digits (Developer Guide).
         return f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
+
+    @staticmethod
+    def authorize(key: Key, action: str, ctx: Context) -> None:
+        """AccessDeniedException when the key policy explicitly denies ``action`` to the caller."""
+        if key.policy is not None and explicit_deny(
+            key.policy, action, ctx.principal_arn, ctx.account
+        ):
+            raise KmsError(
+                "AccessDeniedException",
+                f"User: {ctx.principal_arn} is not authorized to perform: {action} on resource: "
+                f"{key.arn} with an explicit deny in a resource-based policy",
+            )
 
     # -- key states -----------------------------------------------------------------------------
     def key_state(self, key: Key) -> KeyState:

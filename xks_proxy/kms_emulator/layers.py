@@ -96,6 +96,9 @@ async def open_blob(
             "IncorrectKeyException",
             "The key ID in the request does not identify a CMK that can perform this operation.",
         )
+    core.authorize(
+        key, "kms:ReEncryptFrom" if operation == "ReEncrypt" else f"kms:{operation}", ctx
+    )
     store = core.crypto_store(key)
     material_id = blob.material_id or next(iter(key.materials), None)
     material = key.materials.get(material_id or "")

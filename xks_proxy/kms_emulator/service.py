@@ -163,4 +163,19 @@ class KmsEmulator:
         keys.delete_expired(self.core, now)
         rotation.rotate_due(self.core, now)
         imports.expire_due(self.core, now)
+        self._authorize(operation, params, ctx)
         return await handler(self.core, params, ctx)
+
+    def _authorize(self, operation: str, params: Params, ctx: Context) -> None:
+        """Explicit denies in the policies of the keys the parameters name (ciphertexts name
+        theirs: ``layers.open_blob`` checks those). A reference that does not resolve is left
+        to the handler, which words that error."""
+        for member, action in (("KeyId", operation), ("TargetKeyId", operation),
+                               ("SourceKeyId", "ReEncryptFrom"),
+                               ("DestinationKeyId", "ReEncryptTo")):  # fmt: skip
+            if isinstance(params.get(member), str):
+                try:
+                    key = self.core.key(params[member], ctx)
+                except KmsError:
+                    continue
+                self.core.authorize(key, f"kms:{action}", ctx)
