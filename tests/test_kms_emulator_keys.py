@@ -368,3 +368,40 @@ def test_explicit_deny_in_the_key_policy(kms: Any) -> None:
     assert kms.generate_data_key(KeyId=key_id, NumberOfBytes=16)["KeyId"].endswith(key_id)
     kms.put_key_policy(KeyId=key_id, Policy=json.dumps({"Statement": [allow]}))
     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
+
+
+def _raw_call(emulator: Emulator, operation: str, body: dict[str, Any]) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        emulator.url, data=json.dumps(body).encode(), method="POST",
+        headers={"X-Amz-Target": f"TrentService.{operation}",
+                 "Content-Type": "application/x-amz-json-1.1",
+                 "Authorization": "AWS4-HMAC-SHA256 Credential=AKIDFUZZ/20260101/us-east-1/kms/"
+                                  "aws4_request, SignedHeaders=host, Signature=0"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_no_operation_fails_internally_on_bad_input(emulator: Emulator) -> None:
+    """Every KMS operation, with no parameters and with each parameter of a wrong JSON type,
+    answers as AWS would, with a 4xx KMS error for the wrong types: never a 500 (the emulator's
+    log is checked for tracebacks too)."""
+    from xks_proxy.kms_emulator.shapes import service_model
+
+    model = service_model()
+    wrong = {"string": 7, "blob": {"x": 1}, "integer": "seven", "long": "seven", "boolean": "no",
+             "list": "one", "map": ["k"], "structure": "s", "timestamp": "tomorrow"}  # fmt: skip
+    for operation, spec in model["operations"].items():
+        status, answer = _raw_call(emulator, operation, {})  # CreateKey, List*: may succeed
+        assert status == 200 or (400 <= status < 500 and answer["__type"]), (operation, answer)
+        members = model["shapes"][spec["input"]["shape"]]["members"] if "input" in spec else {}
+        for member, ref in members.items():
+            bad = wrong[model["shapes"][ref["shape"]]["type"]]
+            status, answer = _raw_call(emulator, operation, {member: bad})
+            assert 400 <= status < 500, (operation, member, answer)

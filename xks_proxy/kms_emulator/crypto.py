@@ -92,6 +92,8 @@ async def _decrypt(
     context_member: str,
 ) -> tuple[Key, str | None, bytes, str]:
     """The key, KeyMaterialId (symmetric keys), plaintext and algorithm of a ciphertext."""
+    if params.get("CiphertextBlob") is None:  # optional in Decrypt's model (for Recipient)
+        raise errors.constraint(None, "ciphertextBlob", "not be null")
     raw = base64.b64decode(params["CiphertextBlob"])
     algorithm = params.get(algorithm_member) or SYMMETRIC_DEFAULT
     key_ref = params.get(key_member)

@@ -143,6 +143,13 @@ class _Checker:
         if not isinstance(value, bool):
             raise _type_error(path)
 
+    def _check_timestamp(
+        self, value: Any, name: str, shape: dict[str, Any], path: str, sensitive: bool
+    ) -> None:
+        # The JSON protocol sends timestamps as seconds since the epoch.
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _type_error(path)
+
     def _check_blob(
         self, value: Any, name: str, shape: dict[str, Any], path: str, sensitive: bool
     ) -> None:
