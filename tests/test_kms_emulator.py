@@ -101,8 +101,16 @@ def test_key_store_lifecycle_and_key_metadata(setup: Setup) -> None:
     with pytest.raises(ClientError) as in_use:
         kms.delete_custom_key_store(CustomKeyStoreId=setup.store_id)
     assert code(in_use) == "CustomKeyStoreInvalidStateException"
+    west = setup.emulator.client(region="eu-west-1")  # key stores belong to their region
+    with pytest.raises(ClientError) as elsewhere:
+        west.describe_custom_key_stores(CustomKeyStoreId=setup.store_id)
+    assert code(elsewhere) == "CustomKeyStoreNotFoundException"
+    assert west.describe_custom_key_stores()["CustomKeyStores"] == []
     kms.disconnect_custom_key_store(CustomKeyStoreId=setup.store_id)
     assert wait_state(kms, setup.store_id)["ConnectionState"] == "DISCONNECTED"
+    with pytest.raises(ClientError) as twice:
+        kms.disconnect_custom_key_store(CustomKeyStoreId=setup.store_id)
+    assert code(twice) == "CustomKeyStoreInvalidStateException"
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Unavailable"
     with pytest.raises(ClientError) as disconnected:
         kms.encrypt(KeyId=key_id, Plaintext=b"x")
