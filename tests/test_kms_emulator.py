@@ -288,6 +288,7 @@ def test_event_log_correlates_with_the_proxy_audit_log(tmp_path: Path) -> None:
             encrypted = kms.encrypt(KeyId=key_id, Plaintext=b"very secret words",
                                     EncryptionContext={"app": "audit"})  # fmt: skip
             data_key = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+            last = kms.get_key_last_usage(KeyId=key_id)["KeyLastUsage"]
             with pytest.raises(ClientError):
                 kms.describe_key(KeyId="alias/missing")
         finally:
@@ -302,6 +303,7 @@ def test_event_log_correlates_with_the_proxy_audit_log(tmp_path: Path) -> None:
     assert encrypt["additionalEventData"] == {"customKeyStoreId": store_id, "xksKeyId": KEY_BOTH}
     assert encrypt["requestID"] == encrypted["ResponseMetadata"]["RequestId"]
     assert by_name["DescribeKey"]["errorCode"] == "NotFoundException"
+    assert last["CloudTrailEventId"] == by_name["GenerateDataKey"]["eventID"]
     text = events.read_text()
     credential = deployment.config.key_stores[0].credentials[0]
     for secret in (b"very secret words", data_key["Plaintext"], data_key["CiphertextBlob"]):

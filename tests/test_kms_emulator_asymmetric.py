@@ -226,3 +226,32 @@ def test_data_key_pairs(kms: Any, pair_spec: str) -> None:
     with pytest.raises(ClientError) as not_symmetric:
         kms.generate_data_key_pair(KeyId=signing, KeyPairSpec=pair_spec)
     assert code(not_symmetric) == "InvalidKeyUsageException"
+
+
+def test_derive_shared_secret_agrees_with_the_peer(kms: Any) -> None:
+    key_id = new_key(kms, "ECC_NIST_P384", "KEY_AGREEMENT")
+    metadata = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert metadata["KeyAgreementAlgorithms"] == ["ECDH"] and "SigningAlgorithms" not in metadata
+    peer = ec.generate_private_key(ec.SECP384R1())
+    peer_public = peer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    derived = kms.derive_shared_secret(
+        KeyId=key_id, KeyAgreementAlgorithm="ECDH", PublicKey=peer_public
+    )
+    kms_public = serialization.load_der_public_key(kms.get_public_key(KeyId=key_id)["PublicKey"])
+    assert isinstance(kms_public, ec.EllipticCurvePublicKey)
+    assert derived["SharedSecret"] == peer.exchange(ec.ECDH(), kms_public)
+    assert derived["KeyOrigin"] == "AWS_KMS"
+    other_curve = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ClientError) as mismatch:
+        kms.derive_shared_secret(KeyId=key_id, KeyAgreementAlgorithm="ECDH", PublicKey=other_curve)
+    assert code(mismatch) == "InvalidKeyUsageException"
+    signing = new_key(kms, "ECC_NIST_P384", "SIGN_VERIFY")
+    with pytest.raises(ClientError) as not_agreement:
+        kms.derive_shared_secret(KeyId=signing, KeyAgreementAlgorithm="ECDH", PublicKey=peer_public)
+    assert code(not_agreement) == "InvalidKeyUsageException"

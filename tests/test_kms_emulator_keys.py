@@ -405,3 +405,19 @@ def test_no_operation_fails_internally_on_bad_input(emulator: Emulator) -> None:
             bad = wrong[model["shapes"][ref["shape"]]["type"]]
             status, answer = _raw_call(emulator, operation, {member: bad})
             assert 400 <= status < 500, (operation, member, answer)
+
+
+def test_key_last_usage(kms: Any) -> None:
+    key_id = new_key(kms)
+    fresh = kms.get_key_last_usage(KeyId=key_id)
+    assert fresh["KeyLastUsage"] == {} and fresh["TrackingStartDate"] == fresh["KeyCreationDate"]
+    kms.describe_key(KeyId=key_id)  # not a cryptographic operation
+    assert kms.get_key_last_usage(KeyId=key_id)["KeyLastUsage"] == {}
+    encrypted = kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    used = kms.get_key_last_usage(KeyId=key_id)["KeyLastUsage"]
+    assert used["Operation"] == "Encrypt"
+    assert used["KmsRequestId"] == encrypted["ResponseMetadata"]["RequestId"]
+    other = new_key(kms)
+    kms.re_encrypt(CiphertextBlob=encrypted["CiphertextBlob"], DestinationKeyId=other)
+    for key in (key_id, other):
+        assert kms.get_key_last_usage(KeyId=key)["KeyLastUsage"]["Operation"] == "ReEncrypt"

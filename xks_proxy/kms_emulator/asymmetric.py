@@ -1,5 +1,6 @@
 """Asymmetric and HMAC keys: Sign/Verify, GetPublicKey, GenerateMac/VerifyMac, RSA
-encryption, and GenerateDataKeyPair(WithoutPlaintext) under a symmetric key.
+encryption, DeriveSharedSecret (ECDH with a NIST-curve KEY_AGREEMENT key, the raw shared
+secret as AWS returns it), and GenerateDataKeyPair(WithoutPlaintext) under a symmetric key.
 
 As in AWS KMS: signatures are DER ECDSA or PKCS#1 v1.5 / PSS (salt length = digest length)
 over the message (RAW) or over a digest the caller made (DIGEST: its length must match); RSA
@@ -16,7 +17,7 @@ import hmac
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from xks_proxy.kms_emulator import errors
@@ -25,6 +26,7 @@ from xks_proxy.kms_emulator.errors import KmsError
 from xks_proxy.kms_emulator.key_specs import (
     ENCRYPT_DECRYPT,
     GENERATE_VERIFY_MAC,
+    KEY_AGREEMENT,
     SIGN_VERIFY,
     SPECS,
     SYMMETRIC_DEFAULT,
@@ -222,3 +224,32 @@ async def generate_data_key_pair_without_plaintext(
 ) -> dict[str, Any]:
     answer, _ = await _data_key_pair(core, params, ctx, "GenerateDataKeyPairWithoutPlaintext")
     return answer
+
+
+async def derive_shared_secret(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
+    key = core.key(params["KeyId"], ctx)
+    check_usage(key, KEY_AGREEMENT)
+    check_algorithm(key, params["KeyAgreementAlgorithm"], ("ECDH",))
+    if params.get("Recipient") is not None:
+        raise KmsError(
+            "UnsupportedOperationException",
+            "The emulator does not support Nitro Enclaves recipients.",
+        )
+    core.crypto_store(key)
+    private = private_key(_material(key))
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    try:
+        peer = serialization.load_der_public_key(base64.b64decode(params["PublicKey"]))
+    except ValueError:
+        raise errors.validation("PublicKey is not a DER-encoded SubjectPublicKeyInfo.") from None
+    if not isinstance(peer, ec.EllipticCurvePublicKey) or peer.curve.name != private.curve.name:
+        raise KmsError(
+            "InvalidKeyUsageException",
+            f"The public key is not on the curve of {key.arn} ({key.key_spec}).",
+        )
+    return {
+        "KeyId": key.arn,
+        "SharedSecret": b64(private.exchange(ec.ECDH(), peer)),
+        "KeyAgreementAlgorithm": "ECDH",
+        "KeyOrigin": key.origin.value,
+    }

@@ -66,6 +66,7 @@ class Context:
     request_id: str = ""
     source_ip: str = ""
     user_agent: str = ""
+    event_id: str = ""  # the CloudTrail eventID of this call (event log, GetKeyLastUsage)
 
     @property
     def principal_arn(self) -> str:

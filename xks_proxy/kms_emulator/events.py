@@ -94,7 +94,7 @@ class EventLog:
             "responseElements": _scrub(result, spec["output"]["shape"])
             if result and "output" in spec else None,
             "requestID": ctx.request_id,
-            "eventID": str(uuid.uuid4()),
+            "eventID": ctx.event_id or str(uuid.uuid4()),
             "readOnly": _read_only(operation),
             "eventType": "AwsApiCall",
             "managementEvent": True,

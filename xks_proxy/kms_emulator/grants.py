@@ -19,6 +19,7 @@ from xks_proxy.kms_emulator.errors import KmsError
 from xks_proxy.kms_emulator.key_specs import (
     ENCRYPT_DECRYPT,
     GENERATE_VERIFY_MAC,
+    KEY_AGREEMENT,
     SIGN_VERIFY,
     SYMMETRIC_DEFAULT,
 )
@@ -42,6 +43,7 @@ _BY_USAGE = {
     ENCRYPT_DECRYPT: _COMMON | _RE_ENCRYPT | {"GetPublicKey"},
     SIGN_VERIFY: _COMMON | {"Sign", "Verify", "GetPublicKey"},
     GENERATE_VERIFY_MAC: _COMMON | {"GenerateMac", "VerifyMac"},
+    KEY_AGREEMENT: _COMMON | {"DeriveSharedSecret", "GetPublicKey"},
 }
 
 

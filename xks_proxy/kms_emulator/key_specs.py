@@ -4,7 +4,8 @@ used (AWS KMS Developer Guide, "Key spec reference").
 - SYMMETRIC_DEFAULT: ENCRYPT_DECRYPT, AES-256-GCM (the emulator's inner layer).
 - RSA_2048/3072/4096: ENCRYPT_DECRYPT (RSAES_OAEP_SHA_1/256) or SIGN_VERIFY (RSASSA_PSS_* and
   RSASSA_PKCS1_V1_5_* with SHA-256/384/512; PSS salt length = digest length, as AWS uses).
-- ECC_NIST_P256/P384/P521, ECC_SECG_P256K1: SIGN_VERIFY with ECDSA (one digest per curve).
+- ECC_NIST_P256/P384/P521, ECC_SECG_P256K1: SIGN_VERIFY with ECDSA (one digest per curve);
+  the NIST curves also KEY_AGREEMENT (ECDH, DeriveSharedSecret).
 - HMAC_224/256/384/512: GENERATE_VERIFY_MAC, a key of that many bits.
 
 Asymmetric material is kept as PKCS#8 DER, HMAC material as raw bytes (both Base64).
@@ -22,6 +23,7 @@ SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
 SIGN_VERIFY = "SIGN_VERIFY"
 GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
+KEY_AGREEMENT = "KEY_AGREEMENT"
 
 _RSA_SIGNING = tuple(f"{scheme}_SHA_{bits}" for scheme in ("RSASSA_PSS", "RSASSA_PKCS1_V1_5")
                      for bits in (256, 384, 512))  # fmt: skip
@@ -52,6 +54,8 @@ class KeySpec:
             return {"EncryptionAlgorithms": list(self.encryption)}
         if usage == SIGN_VERIFY:
             return {"SigningAlgorithms": list(self.signing)}
+        if usage == KEY_AGREEMENT:
+            return {"KeyAgreementAlgorithms": ["ECDH"]}
         return {"MacAlgorithms": list(self.mac)}
 
     def generate(self) -> bytes:
@@ -71,7 +75,9 @@ class KeySpec:
 
 
 def _ecc(name: str, curve: type[ec.EllipticCurve], digest: int) -> KeySpec:
-    return KeySpec(name, (SIGN_VERIFY,), signing=(f"ECDSA_SHA_{digest}",), curve=curve)
+    # NIST curves also agree keys (ECDH); secp256k1 only signs (Key spec reference).
+    usages = (SIGN_VERIFY, KEY_AGREEMENT) if name.startswith("ECC_NIST") else (SIGN_VERIFY,)
+    return KeySpec(name, usages, signing=(f"ECDSA_SHA_{digest}",), curve=curve)
 
 
 def _rsa(bits: int) -> KeySpec:

@@ -78,6 +78,7 @@ async def handle(request: web.Request) -> web.Response:
         request_id=request_id,
         source_ip=request.remote or "",
         user_agent=request.headers.get("User-Agent", ""),
+        event_id=str(uuid.uuid4()),
     )
     try:
         raw = await request.read()

@@ -25,6 +25,7 @@ from xks_proxy.kms_emulator import (
     keys,
     policies,
     rotation,
+    usage,
 )
 from xks_proxy.kms_emulator.core import DEFAULT_XKS_RATE, Context, Core, Handler, Params
 from xks_proxy.kms_emulator.errors import KmsError
@@ -95,6 +96,8 @@ OPERATIONS: dict[str, Handler] = {
     "VerifyMac": asymmetric.verify_mac,
     "GenerateDataKeyPair": asymmetric.generate_data_key_pair,
     "GenerateDataKeyPairWithoutPlaintext": asymmetric.generate_data_key_pair_without_plaintext,
+    "DeriveSharedSecret": asymmetric.derive_shared_secret,
+    "GetKeyLastUsage": usage.get_key_last_usage,
 }
 # Checked by the handler itself: a local http:// endpoint is allowed unless --strict.
 _RELAXED_PATTERNS = frozenset({"XksProxyUriEndpointType"})
@@ -118,6 +121,7 @@ class KmsEmulator:
         self.account = account
         self._relaxed = frozenset() if strict else _RELAXED_PATTERNS
         self.events = EventLog(event_log) if event_log is not None else None
+        self._tracked = usage.tracked_operations()
 
     async def close(self) -> None:
         await self.core.close()
@@ -142,11 +146,16 @@ class KmsEmulator:
         metadata = result.get("KeyMetadata") or {}
         for reference in (metadata.get("KeyId"), result.get("KeyId"), params.get("KeyId"),
                           params.get("DestinationKeyId")):  # fmt: skip
-            if isinstance(reference, str):
-                try:
-                    return self.core.key(reference, ctx)
-                except KmsError:
-                    continue
+            if (key := self._key_named(reference, ctx)) is not None:
+                return key
+        return None
+
+    def _key_named(self, reference: Any, ctx: Context) -> Key | None:
+        if isinstance(reference, str):
+            try:
+                return self.core.key(reference, ctx)
+            except KmsError:
+                return None
         return None
 
     async def _call(self, operation: str, params: Params, ctx: Context) -> dict[str, Any]:
@@ -164,7 +173,13 @@ class KmsEmulator:
         rotation.rotate_due(self.core, now)
         imports.expire_due(self.core, now)
         self._authorize(operation, params, ctx)
-        return await handler(self.core, params, ctx)
+        result = await handler(self.core, params, ctx)
+        if operation in self._tracked:
+            used = [self._involved_key(params, result, ctx)]
+            if operation == "ReEncrypt":  # its source key was used too
+                used.append(self._key_named(result.get("SourceKeyId"), ctx))
+            usage.record(self.core, operation, [k for k in used if k is not None], ctx)
+        return result
 
     def _authorize(self, operation: str, params: Params, ctx: Context) -> None:
         """Explicit denies in the policies of the keys the parameters name (ciphertexts name

@@ -134,6 +134,8 @@ class Key:
     expiration_model: str | None = None
     valid_to: float | None = None
     grants: list[Grant] = field(default_factory=list)
+    # GetKeyLastUsage: Operation, Timestamp, KmsRequestId, CloudTrailEventId of the last use.
+    last_usage: dict[str, Any] | None = None
     material: str | None = field(default=None, repr=False)  # databases before rotation
 
     def __post_init__(self) -> None:
