@@ -191,16 +191,17 @@ async def connect(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
 
 
 async def _connect(core: Core, store: KeyStore, ctx: Context) -> None:
+    error_code = None
     try:
         await core.xks.health(core.proxy(store, ctx), "ConnectCustomKeyStore", ctx.request_id)
     except ProxyCallError as error:
-        store.state = ConnectionState.FAILED
-        store.error_code = errors.CONNECTION_ERROR_CODES.get(
-            error.failure, "XKS_PROXY_INVALID_RESPONSE"
-        )
-    else:
-        store.state = ConnectionState.CONNECTED
-    core.state.save_key_store(store)
+        error_code = errors.CONNECTION_ERROR_CODES.get(error.failure, "XKS_PROXY_INVALID_RESPONSE")
+    current = core.state.key_stores.get(store.id)
+    if current is None or current.state != ConnectionState.CONNECTING:
+        return  # disconnected or deleted while the proxy was being checked: that wins
+    current.state = ConnectionState.FAILED if error_code else ConnectionState.CONNECTED
+    current.error_code = error_code
+    core.state.save_key_store(current)
 
 
 async def disconnect(core: Core, params: Params, ctx: Context) -> dict[str, Any]:

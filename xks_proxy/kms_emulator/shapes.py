@@ -217,7 +217,7 @@ def page(
             start = int(base64.urlsafe_b64decode(params["Marker"]).decode().removeprefix("o:"))
         except (ValueError, UnicodeDecodeError):
             raise KmsError("InvalidMarkerException", "Invalid marker") from None
-        if not 0 < start <= len(items):
+        if start <= 0:  # past the end (items deleted meanwhile) is an empty last page
             raise KmsError("InvalidMarkerException", "Invalid marker")
     end = start + limit
     answer: dict[str, Any] = {"Truncated": end < len(items)}
