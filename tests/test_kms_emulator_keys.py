@@ -421,3 +421,36 @@ def test_key_last_usage(kms: Any) -> None:
     kms.re_encrypt(CiphertextBlob=encrypted["CiphertextBlob"], DestinationKeyId=other)
     for key in (key_id, other):
         assert kms.get_key_last_usage(KeyId=key)["KeyLastUsage"]["Operation"] == "ReEncrypt"
+
+
+def test_main_error_of_each_key_operation(kms: Any) -> None:
+    """The error each operation gives for its most common mistake, as AWS names it."""
+    pending = new_key(kms)
+    kms.schedule_key_deletion(KeyId=pending, PendingWindowInDays=7)
+    enabled = new_key(kms)
+    missing = "arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555"
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("enable_key", {"KeyId": pending}, "KMSInvalidStateException"),
+        ("disable_key", {"KeyId": pending}, "KMSInvalidStateException"),
+        ("cancel_key_deletion", {"KeyId": enabled}, "KMSInvalidStateException"),
+        ("disable_key_rotation", {"KeyId": missing}, "NotFoundException"),
+        ("list_key_rotations", {"KeyId": missing}, "NotFoundException"),
+        ("list_aliases", {"KeyId": missing}, "NotFoundException"),
+        ("delete_alias", {"AliasName": "alias/never-made"}, "NotFoundException"),
+        ("list_key_policies", {"KeyId": missing}, "NotFoundException"),
+        ("untag_resource", {"KeyId": pending, "TagKeys": ["a"]}, "KMSInvalidStateException"),
+        ("list_resource_tags", {"KeyId": "alias/anything"}, "NotFoundException"),
+        ("list_retirable_grants", {"RetiringPrincipal": "arn:aws:iam::1:root", "Marker": "!"},
+         "InvalidMarkerException"),
+        ("revoke_grant", {"KeyId": enabled, "GrantId": "0" * 64}, "NotFoundException"),
+        ("generate_random", {"NumberOfBytes": 0}, "ValidationException"),
+        ("get_key_last_usage", {"KeyId": missing}, "NotFoundException"),
+        ("create_alias", {"AliasName": "alias/late", "TargetKeyId": pending},
+         "KMSInvalidStateException"),
+        ("put_key_policy", {"KeyId": pending, "Policy": '{"Statement": []}'},
+         "KMSInvalidStateException"),
+    ]  # fmt: skip
+    for name, params, expected in cases:
+        with pytest.raises(ClientError) as refused:
+            getattr(kms, name)(**params)
+        assert code(refused) == expected, (name, message(refused))
