@@ -142,8 +142,9 @@ def message(error: pytest.ExceptionInfo[ClientError]) -> str:
     return str(error.value.response["Error"]["Message"])
 
 
-def module_emulator() -> Any:
-    """A fixture: one emulator (without a proxy) for the whole test module."""
+def module_emulator() -> tuple[Any, Any]:
+    """Two fixtures: one emulator (without a proxy) for the whole test module, and a boto3
+    client of it for each test."""
 
     @pytest.fixture(scope="module")
     def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
@@ -153,4 +154,12 @@ def module_emulator() -> Any:
         finally:
             stop(running)
 
-    return emulator
+    @pytest.fixture
+    def kms(emulator: Emulator) -> Any:
+        return emulator.client()
+
+    return emulator, kms
+
+
+def new_key(kms: Any, **params: Any) -> str:
+    return str(kms.create_key(**params)["KeyMetadata"]["KeyId"])

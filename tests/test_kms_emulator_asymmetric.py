@@ -13,14 +13,9 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.kms_emulator_helpers import Emulator, code, module_emulator
+from tests.kms_emulator_helpers import code, module_emulator
 
-emulator = module_emulator()
-
-
-@pytest.fixture
-def kms(emulator: Emulator) -> Any:
-    return emulator.client()
+emulator, kms = module_emulator()
 
 
 def new_key(kms: Any, spec: str, usage: str) -> str:

@@ -8,16 +8,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.kms_emulator_helpers import Emulator, code, module_emulator
+from tests.kms_emulator_helpers import code, module_emulator
 
-emulator = module_emulator()
+emulator, kms = module_emulator()
 GRANTEE = "arn:aws:iam::111122223333:role/app"
 RETIRER = "arn:aws:iam::111122223333:role/ops"
-
-
-@pytest.fixture
-def kms(emulator: Emulator) -> Any:
-    return emulator.client()
 
 
 def test_grant_lifecycle(kms: Any) -> None:

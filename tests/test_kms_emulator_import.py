@@ -13,14 +13,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.kms_emulator_helpers import Emulator, code, module_emulator
+from tests.kms_emulator_helpers import code, module_emulator
 
-emulator = module_emulator()
-
-
-@pytest.fixture
-def kms(emulator: Emulator) -> Any:
-    return emulator.client()
+emulator, kms = module_emulator()
 
 
 def openssl(*args: str) -> None:

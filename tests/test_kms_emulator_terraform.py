@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.kms_emulator_helpers import Emulator, module_emulator
 
-emulator = module_emulator()
+emulator, kms = module_emulator()
 ACCOUNT = "111122223333"
 
 
