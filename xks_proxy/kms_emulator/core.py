@@ -46,7 +46,14 @@ _REFUSED_STATES: dict[str, frozenset[KeyState]] = {
     )
 } | {
     operation: frozenset({KeyState.PENDING_DELETION, KeyState.PENDING_IMPORT})
-    for operation in ("EnableKey", "DisableKey", "EnableKeyRotation", "RotateKeyOnDemand")
+    for operation in (
+        "EnableKey",
+        "DisableKey",
+        "EnableKeyRotation",
+        "RotateKeyOnDemand",
+        "ReplicateKey",
+        "UpdatePrimaryRegion",
+    )
 }
 _STATE_PHRASES = {
     KeyState.PENDING_DELETION: "pending deletion",
@@ -150,16 +157,27 @@ class Core:
             raise KmsError("NotFoundException", f"Invalid arn {key_ref}")
         if not _KEY_ID.fullmatch(key_ref):
             raise errors.invalid_key_id(key_ref)
-        key = self.state.keys.get(key_ref)
-        if key is None or (key.region, key.account) != (ctx.region, ctx.account):
+        key = self.state.keys.get(ctx.arn(f"key/{key_ref}"))
+        if key is None:
             raise errors.key_not_found(ctx.arn(f"key/{key_ref}"))
         return key
 
     def _by_alias(self, name: str, ctx: Context) -> Key:
         alias = self.state.aliases.get((ctx.region, name))
-        if alias is None or alias.key_id not in self.state.keys:
+        key = self.state.keys.get(ctx.arn(f"key/{alias.key_id}")) if alias else None
+        if key is None:
             raise errors.alias_not_found(ctx.arn(name))
-        return self.state.keys[alias.key_id]
+        return key
+
+    def replicas(self, key: Key) -> list[Key]:
+        """The other keys of a multi-Region key (its primary and replicas in other regions)."""
+        if not key.multi_region:
+            return []
+        return [
+            k
+            for k in self.state.keys.values()
+            if k.id == key.id and k.account == key.account and k.arn != key.arn
+        ]
 
     @staticmethod
     def new_key_id(*, multi_region: bool) -> str:
@@ -244,10 +262,14 @@ class Core:
             "MultiRegion": key.multi_region,
         }
         if key.multi_region:
+            family = sorted([key, *self.replicas(key)], key=lambda k: k.region)
+            primary = next((k for k in family if k.primary), key)
             metadata["MultiRegionConfiguration"] = {
-                "MultiRegionKeyType": "PRIMARY",
-                "PrimaryKey": {"Arn": key.arn, "Region": key.region},
-                "ReplicaKeys": [],
+                "MultiRegionKeyType": "PRIMARY" if key.primary else "REPLICA",
+                "PrimaryKey": {"Arn": primary.arn, "Region": primary.region},
+                "ReplicaKeys": [
+                    {"Arn": k.arn, "Region": k.region} for k in family if k is not primary
+                ],
             }
         if key.key_store_id is not None:
             metadata["CustomKeyStoreId"] = key.key_store_id

@@ -207,6 +207,6 @@ def delete_expired(core: Core, now: float) -> None:
     for key in list(core.state.keys.values()):
         if key.state == KeyState.PENDING_DELETION and (key.deletion_date or now) < now:
             for (region, name), alias in list(core.state.aliases.items()):
-                if alias.key_id == key.id:
+                if (region, alias.key_id) == (key.region, key.id):
                     core.state.delete_alias(region, name)
-            core.state.delete_key(key.id)
+            core.state.delete_key(key.arn)

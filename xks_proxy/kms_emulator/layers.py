@@ -88,8 +88,10 @@ async def open_blob(
         blob = Blob.decode(raw)
     except BlobError:
         raise _invalid_ciphertext() from None
-    key = core.state.keys.get(blob.key_id)
-    if key is None or (key.region, key.account) != (ctx.region, ctx.account):
+    # The key of that id in the caller's region: a multi-Region key's replica decrypts what its
+    # primary (or another replica) encrypted, as in AWS.
+    key = core.state.keys.get(ctx.arn(f"key/{blob.key_id}"))
+    if key is None:
         raise _invalid_ciphertext()
     if key_ref is not None and core.key(key_ref, ctx).id != key.id:
         raise KmsError(

@@ -35,17 +35,25 @@ def _rotatable(core: Core, params: Params, ctx: Context, operation: str) -> Key:
             "UnsupportedOperationException",
             f"{key.arn} key spec is {key.key_spec}: only symmetric encryption keys rotate.",
         )
+    if not key.primary and operation not in ("GetKeyRotationStatus", "ListKeyRotations"):
+        raise KmsError(
+            "UnsupportedOperationException",
+            f"{key.arn} is a multi-Region replica key: manage its rotation on the primary key.",
+        )
     if operation in ("EnableKeyRotation", "RotateKeyOnDemand") and key.state == KeyState.DISABLED:
         raise KmsError("DisabledException", f"{key.arn} is disabled.")
     core.refuse_state(key, operation)
     return key
 
 
-def rotate(key: Key, kind: str, now: float) -> None:
+def rotate(core: Core, key: Key, kind: str, now: float) -> None:
+    """New current material for ``key`` and its multi-Region replicas, which share it."""
     material_id, material = new_material()
-    key.materials[material_id] = material
-    key.current_material = material_id
-    key.rotations.append(Rotation(material_id, now, kind))
+    for member in (key, *core.replicas(key)):
+        member.materials[material_id] = material
+        member.current_material = material_id
+        member.rotations.append(Rotation(material_id, now, kind))
+        core.state.save_key(member)
 
 
 def _next_rotation(key: Key) -> float:
@@ -55,19 +63,20 @@ def _next_rotation(key: Key) -> float:
 
 def rotate_due(core: Core, now: float) -> None:
     """Automatic rotation of every enabled key whose NextRotationDate has passed."""
-    for key in core.state.keys.values():
+    for key in list(core.state.keys.values()):
         if key.rotation_enabled and key.state == KeyState.ENABLED and _next_rotation(key) <= now:
-            rotate(key, "AUTOMATIC", now)
             key.rotation_start = now
-            core.state.save_key(key)
+            rotate(core, key, "AUTOMATIC", now)
 
 
 async def get_status(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
     key = _rotatable(core, params, ctx, "GetKeyRotationStatus")
-    answer: dict[str, Any] = {"KeyRotationEnabled": key.rotation_enabled, "KeyId": key.arn}
-    if key.rotation_enabled:
-        answer["RotationPeriodInDays"] = key.rotation_period_days
-        answer["NextRotationDate"] = _next_rotation(key)
+    # A replica reports its primary's rotation, which rotates them both.
+    source = next((k for k in core.replicas(key) if k.primary), key) if not key.primary else key
+    answer: dict[str, Any] = {"KeyRotationEnabled": source.rotation_enabled, "KeyId": key.arn}
+    if source.rotation_enabled:
+        answer["RotationPeriodInDays"] = source.rotation_period_days
+        answer["NextRotationDate"] = _next_rotation(source)
     return answer
 
 
@@ -95,8 +104,7 @@ async def rotate_on_demand(core: Core, params: Params, ctx: Context) -> dict[str
             "LimitExceededException",
             f"{key.arn} has reached the limit of {MAX_ON_DEMAND} on-demand rotations.",
         )
-    rotate(key, "ON_DEMAND", time.time())
-    core.state.save_key(key)
+    rotate(core, key, "ON_DEMAND", time.time())
     return {"KeyId": key.id}
 
 

@@ -4,9 +4,9 @@ A call is checked against the operation's input shape in botocore's service mode
 validation, in AWS's words: ``shapes``), the state's clocks are advanced (scheduled deletions,
 automatic rotations), then the operation's handler runs. Handlers are grouped by resource:
 ``key_stores``, ``keys``, ``rotation``, ``aliases``, ``policies`` (policies and tags),
-``grants``, ``crypto``, ``asymmetric``, ``imports``. An operation KMS has and the emulator does
-not answers UnsupportedOperationException naming it; a name KMS does not have,
-UnknownOperationException.
+``grants``, ``crypto``, ``asymmetric``, ``imports``, ``multi_region``, ``usage``. An
+operation KMS has and the emulator does not answers UnsupportedOperationException naming it; a
+name KMS does not have, UnknownOperationException.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from xks_proxy.kms_emulator import (
     imports,
     key_stores,
     keys,
+    multi_region,
     policies,
     rotation,
     usage,
@@ -53,6 +54,9 @@ OPERATIONS: dict[str, Handler] = {
     "UpdateKeyDescription": keys.update_description,
     "ScheduleKeyDeletion": keys.schedule_deletion,
     "CancelKeyDeletion": keys.cancel_deletion,
+    # multi-Region keys
+    "ReplicateKey": multi_region.replicate,
+    "UpdatePrimaryRegion": multi_region.update_primary_region,
     # imported key material
     "GetParametersForImport": imports.get_parameters,
     "ImportKeyMaterial": imports.import_material,

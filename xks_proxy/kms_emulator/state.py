@@ -18,7 +18,7 @@ from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS key_stores (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, doc TEXT NOT NULL); -- id: the key ARN
 CREATE TABLE IF NOT EXISTS regional_aliases (
     region TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (region, name));
 """
@@ -126,6 +126,7 @@ class Key:
     rotation_start: float | None = None  # when the rotation period started counting
     rotations: list[Rotation] = field(default_factory=list)
     multi_region: bool = False
+    primary: bool = True  # of a multi-Region key: the primary, or a replica
     tags: dict[str, str] = field(default_factory=dict)
     policy: str | None = None  # None: the default key policy
     # Origin EXTERNAL: pending import parameters by token id, and what was imported.
@@ -170,7 +171,8 @@ class State:
         self.key_stores: dict[str, KeyStore] = {
             row.id: row for row in self._load("key_stores", KeyStore)
         }
-        self.keys: dict[str, Key] = {row.id: row for row in self._load("keys", Key)}
+        # By ARN: the replicas of a multi-Region key share its id, one per region.
+        self.keys: dict[str, Key] = {row.arn: row for row in self._load("keys", Key)}
         self.aliases: dict[tuple[str, str], Alias] = {}
         for region, name, doc in self._db.execute(
             "SELECT region, name, doc FROM regional_aliases"
@@ -179,7 +181,12 @@ class State:
         self._upgrade()
 
     def _upgrade(self) -> None:
-        """Give resources from databases written before regions the region of their keys."""
+        """Give resources from databases written before regions the region of their keys, and
+        key rows stored under their key id (before multi-Region replicas) their ARN."""
+        for row_id, _ in self._db.execute("SELECT id, doc FROM keys").fetchall():
+            if not row_id.startswith("arn:"):
+                self._db.execute("DELETE FROM keys WHERE id = ?", (row_id,))
+                self.save_key(next(k for k in self.keys.values() if k.id == row_id))
         for store in self.key_stores.values():
             if not store.region:
                 regions = {k.region for k in self.keys.values() if k.key_store_id == store.id}
@@ -187,7 +194,7 @@ class State:
                 self.save_key_store(store)
         if self._db.execute(_LEGACY_ALIASES).fetchone():
             for name, key_id in self._db.execute("SELECT name, key_id FROM aliases").fetchall():
-                key = self.keys.get(key_id)
+                key = next((k for k in self.keys.values() if k.id == key_id), None)
                 self.save_alias(key.region if key else DEFAULT_REGION, Alias(name, key_id))
             self._db.execute("DROP TABLE aliases")
 
@@ -205,13 +212,13 @@ class State:
         self._db.execute("DELETE FROM key_stores WHERE id = ?", (store_id,))
 
     def save_key(self, key: Key) -> None:
-        self.keys[key.id] = key
+        self.keys[key.arn] = key
         self._db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?)",
-                         (key.id, json.dumps(asdict(key))))  # fmt: skip
+                         (key.arn, json.dumps(asdict(key))))  # fmt: skip
 
-    def delete_key(self, key_id: str) -> None:
-        self.keys.pop(key_id, None)
-        self._db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
+    def delete_key(self, arn: str) -> None:
+        self.keys.pop(arn, None)
+        self._db.execute("DELETE FROM keys WHERE id = ?", (arn,))
 
     def save_alias(self, region: str, alias: Alias) -> None:
         self.aliases[(region, alias.name)] = alias
