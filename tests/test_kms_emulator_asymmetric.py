@@ -250,3 +250,91 @@ def test_derive_shared_secret_agrees_with_the_peer(kms: Any) -> None:
     with pytest.raises(ClientError) as not_agreement:
         kms.derive_shared_secret(KeyId=signing, KeyAgreementAlgorithm="ECDH", PublicKey=peer_public)
     assert code(not_agreement) == "InvalidKeyUsageException"
+
+
+def test_ed25519_and_ml_dsa_signatures(kms: Any, tmp_path: Path) -> None:
+    ed = new_key(kms, "ECC_NIST_EDWARDS25519", "SIGN_VERIFY")
+    message = b"post-quantum is coming"
+    signature = kms.sign(KeyId=ed, Message=message, SigningAlgorithm="ED25519_SHA_512")["Signature"]
+    (tmp_path / "pub.der").write_bytes(kms.get_public_key(KeyId=ed)["PublicKey"])
+    (tmp_path / "message").write_bytes(message)
+    (tmp_path / "signature").write_bytes(signature)
+    verified = openssl(
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-keyform",
+        "DER",
+        "-inkey",
+        str(tmp_path / "pub.der"),
+        "-rawin",
+        "-in",
+        str(tmp_path / "message"),
+        "-sigfile",
+        str(tmp_path / "signature"),
+    )
+    assert verified.returncode == 0 and b"Signature Verified Successfully" in verified.stdout
+    with pytest.raises(ClientError) as digest:
+        kms.sign(
+            KeyId=ed,
+            Message=hashlib.sha512(message).digest(),
+            MessageType="DIGEST",
+            SigningAlgorithm="ED25519_SHA_512",
+        )
+    assert code(digest) == "ValidationException"
+    ml_dsa = new_key(kms, "ML_DSA_65", "SIGN_VERIFY")
+    assert kms.describe_key(KeyId=ml_dsa)["KeyMetadata"]["SigningAlgorithms"] == [
+        "ML_DSA_SHAKE_256"
+    ]
+    signed = kms.sign(KeyId=ml_dsa, Message=message, SigningAlgorithm="ML_DSA_SHAKE_256")
+    public = serialization.load_der_public_key(kms.get_public_key(KeyId=ml_dsa)["PublicKey"])
+    public.verify(signed["Signature"], message)  # type: ignore[union-attr,call-arg]  # raises if bad
+    with pytest.raises(ClientError) as tampered:
+        kms.verify(
+            KeyId=ml_dsa,
+            Message=message + b".",
+            Signature=signed["Signature"],
+            SigningAlgorithm="ML_DSA_SHAKE_256",
+        )
+    assert code(tampered) == "KMSInvalidSignatureException"
+    with pytest.raises(ClientError) as short_mu:
+        kms.sign(
+            KeyId=ml_dsa,
+            Message=b"m" * 32,
+            MessageType="EXTERNAL_MU",
+            SigningAlgorithm="ML_DSA_SHAKE_256",
+        )
+    assert code(short_mu) == "ValidationException"
+
+
+def test_ml_kem_encapsulation(kms: Any) -> None:
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+
+    key_id = new_key(kms, "ML_KEM_768", "ENCAPSULATE_DECAPSULATE")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["EncapsulationAlgorithms"] == ["ML_KEM"]
+    made = kms.encapsulate(KeyId=key_id, EncapsulationAlgorithm="ML_KEM")
+    opened = kms.decapsulate(
+        KeyId=key_id,
+        EncapsulationAlgorithm="ML_KEM",
+        SharedSecretCiphertextBlob=made["SharedSecretCiphertextBlob"],
+    )
+    assert opened["SharedSecret"] == made["SharedSecret"] and len(made["SharedSecret"]) == 32
+    public = serialization.load_der_public_key(kms.get_public_key(KeyId=key_id)["PublicKey"])
+    assert isinstance(public, mlkem.MLKEM768PublicKey)
+    secret, ciphertext = public.encapsulate()  # outside KMS, with the public key
+    assert (
+        kms.decapsulate(
+            KeyId=key_id, EncapsulationAlgorithm="ML_KEM", SharedSecretCiphertextBlob=ciphertext
+        )["SharedSecret"]
+        == secret
+    )
+    with pytest.raises(ClientError) as truncated:
+        kms.decapsulate(
+            KeyId=key_id,
+            EncapsulationAlgorithm="ML_KEM",
+            SharedSecretCiphertextBlob=ciphertext[:100],
+        )
+    assert code(truncated) == "InvalidCiphertextException"
+    with pytest.raises(ClientError) as unsupported:
+        kms.create_key(KeySpec="ML_KEM_512", KeyUsage="ENCAPSULATE_DECAPSULATE")
+    assert code(unsupported) == "UnsupportedOperationException"

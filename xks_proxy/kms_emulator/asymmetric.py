@@ -1,13 +1,12 @@
-"""Asymmetric and HMAC keys: Sign/Verify, GetPublicKey, GenerateMac/VerifyMac, RSA
-encryption, DeriveSharedSecret (ECDH with a NIST-curve KEY_AGREEMENT key, the raw shared
-secret as AWS returns it), and GenerateDataKeyPair(WithoutPlaintext) under a symmetric key.
+"""Asymmetric and HMAC keys: GetPublicKey, GenerateMac/VerifyMac, RSA encryption,
+DeriveSharedSecret (ECDH with a NIST-curve KEY_AGREEMENT key, the raw shared secret as AWS
+returns it), and GenerateDataKeyPair(WithoutPlaintext) under a symmetric key. Sign and Verify
+are in ``signing``, Encapsulate and Decapsulate in ``kem``.
 
-As in AWS KMS: signatures are DER ECDSA or PKCS#1 v1.5 / PSS (salt length = digest length)
-over the message (RAW) or over a digest the caller made (DIGEST: its length must match); RSA
-ciphertexts are the raw OAEP output, so Decrypt needs KeyId and EncryptionAlgorithm; a failed
-verification is KMSInvalidSignatureException / KMSInvalidMacException, not ``false``. Data key
-pairs are made fresh; the private key is sealed under the symmetric key exactly like a data key
-(so a key in an external key store works too) and returned as PKCS#8 DER.
+As in AWS KMS: RSA ciphertexts are the raw OAEP output, so Decrypt needs KeyId and
+EncryptionAlgorithm; a failed MAC verification is KMSInvalidMacException, not ``false``. Data
+key pairs are made fresh; the private key is sealed under the symmetric key exactly like a data
+key (so a key in an external key store works too) and returned as PKCS#8 DER.
 """
 
 from __future__ import annotations
@@ -16,9 +15,8 @@ import base64
 import hmac
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from xks_proxy.kms_emulator import errors
 from xks_proxy.kms_emulator.core import Context, Core, Params
@@ -27,10 +25,10 @@ from xks_proxy.kms_emulator.key_specs import (
     ENCRYPT_DECRYPT,
     GENERATE_VERIFY_MAC,
     KEY_AGREEMENT,
-    SIGN_VERIFY,
     SPECS,
     SYMMETRIC_DEFAULT,
     digest_of,
+    legacy_spec,
     private_key,
     public_der,
 )
@@ -55,7 +53,7 @@ def check_algorithm(key: Key, algorithm: str, allowed: tuple[str, ...]) -> None:
         )
 
 
-def _material(key: Key) -> bytes:
+def material(key: Key) -> bytes:
     assert key.current_material is not None
     return unb64(key.materials[key.current_material])
 
@@ -66,7 +64,7 @@ def _oaep(algorithm: str) -> padding.OAEP:
 
 
 def rsa_encrypt(key: Key, plaintext: bytes, algorithm: str) -> bytes:
-    private = private_key(_material(key))
+    private = private_key(material(key))
     assert isinstance(private, rsa.RSAPrivateKey)
     limit = private.key_size // 8 - 2 * digest_of(algorithm).digest_size - 2
     if len(plaintext) > limit:
@@ -77,59 +75,12 @@ def rsa_encrypt(key: Key, plaintext: bytes, algorithm: str) -> bytes:
 
 
 def rsa_decrypt(key: Key, ciphertext: bytes, algorithm: str) -> bytes:
-    private = private_key(_material(key))
+    private = private_key(material(key))
     assert isinstance(private, rsa.RSAPrivateKey)
     try:
         return private.decrypt(ciphertext, _oaep(algorithm))
     except ValueError:
         raise KmsError("InvalidCiphertextException", "") from None
-
-
-def _signing_key(core: Core, params: Params, ctx: Context) -> tuple[Key, str, bytes, Any]:
-    """The key, algorithm, message and the hash argument ``cryptography`` wants."""
-    key = core.key(params["KeyId"], ctx)
-    check_usage(key, SIGN_VERIFY)
-    algorithm = params["SigningAlgorithm"]
-    check_algorithm(key, algorithm, SPECS[key.key_spec].signing)
-    core.crypto_store(key)
-    message = base64.b64decode(params["Message"])
-    digest: hashes.HashAlgorithm = digest_of(algorithm)
-    if (params.get("MessageType") or "RAW") == "DIGEST":
-        if len(message) != digest.digest_size:
-            raise errors.validation(f"Digest is invalid length for algorithm {algorithm}.")
-        return key, algorithm, message, utils.Prehashed(digest)
-    return key, algorithm, message, digest
-
-
-def _rsa_padding(algorithm: str) -> padding.AsymmetricPadding:
-    if algorithm.startswith("RSASSA_PSS"):
-        digest = digest_of(algorithm)
-        return padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-    return padding.PKCS1v15()
-
-
-async def sign(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
-    key, algorithm, message, digest = _signing_key(core, params, ctx)
-    private = private_key(_material(key))
-    if isinstance(private, rsa.RSAPrivateKey):
-        signature = private.sign(message, _rsa_padding(algorithm), digest)
-    else:
-        signature = private.sign(message, ec.ECDSA(digest))
-    return {"KeyId": key.arn, "Signature": b64(signature), "SigningAlgorithm": algorithm}
-
-
-async def verify(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
-    key, algorithm, message, digest = _signing_key(core, params, ctx)
-    public = private_key(_material(key)).public_key()
-    signature = base64.b64decode(params["Signature"])
-    try:
-        if isinstance(public, rsa.RSAPublicKey):
-            public.verify(signature, message, _rsa_padding(algorithm), digest)
-        else:
-            public.verify(signature, message, ec.ECDSA(digest))
-    except InvalidSignature:
-        raise KmsError("KMSInvalidSignatureException", "") from None
-    return {"KeyId": key.arn, "SignatureValid": True, "SigningAlgorithm": algorithm}
 
 
 async def get_public_key(core: Core, params: Params, ctx: Context) -> dict[str, Any]:
@@ -143,8 +94,8 @@ async def get_public_key(core: Core, params: Params, ctx: Context) -> dict[str, 
     core.crypto_store(key)  # the key-state table treats GetPublicKey as a cryptographic call
     return {
         "KeyId": key.arn,
-        "PublicKey": b64(public_der(_material(key))),
-        "CustomerMasterKeySpec": key.key_spec,
+        "PublicKey": b64(public_der(material(key))),
+        **legacy_spec(key.key_spec),
         "KeySpec": key.key_spec,
         "KeyUsage": key.key_usage,
         **spec.algorithms(key.key_usage),
@@ -161,7 +112,7 @@ def _mac(core: Core, params: Params, ctx: Context) -> tuple[Key, str, bytes]:
     return (
         key,
         algorithm,
-        hmac.new(_material(key), base64.b64decode(params["Message"]), digest).digest(),
+        hmac.new(material(key), base64.b64decode(params["Message"]), digest).digest(),
     )
 
 
@@ -236,7 +187,7 @@ async def derive_shared_secret(core: Core, params: Params, ctx: Context) -> dict
             "The emulator does not support Nitro Enclaves recipients.",
         )
     core.crypto_store(key)
-    private = private_key(_material(key))
+    private = private_key(material(key))
     assert isinstance(private, ec.EllipticCurvePrivateKey)
     try:
         peer = serialization.load_der_public_key(base64.b64decode(params["PublicKey"]))

@@ -17,7 +17,7 @@ from typing import Any
 
 from xks_proxy.kms_emulator import errors
 from xks_proxy.kms_emulator.errors import KmsError
-from xks_proxy.kms_emulator.key_specs import SPECS, SYMMETRIC_DEFAULT
+from xks_proxy.kms_emulator.key_specs import SPECS, SYMMETRIC_DEFAULT, legacy_spec
 from xks_proxy.kms_emulator.policy_eval import explicit_deny
 from xks_proxy.kms_emulator.state import ConnectionState, Key, KeyState, KeyStore, Origin, State
 from xks_proxy.kms_emulator.xks_client import ProxyEndpoint, XksClient
@@ -256,7 +256,7 @@ class Core:
             "KeyState": state.value,
             "Origin": key.origin.value,
             "KeyManager": "CUSTOMER",
-            "CustomerMasterKeySpec": key.key_spec,
+            **legacy_spec(key.key_spec),
             "KeySpec": key.key_spec,
             **SPECS[key.key_spec].algorithms(key.key_usage),
             "MultiRegion": key.multi_region,

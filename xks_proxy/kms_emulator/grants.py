@@ -17,6 +17,7 @@ from xks_proxy.kms_emulator import errors
 from xks_proxy.kms_emulator.core import Context, Core, Params
 from xks_proxy.kms_emulator.errors import KmsError
 from xks_proxy.kms_emulator.key_specs import (
+    ENCAPSULATE_DECAPSULATE,
     ENCRYPT_DECRYPT,
     GENERATE_VERIFY_MAC,
     KEY_AGREEMENT,
@@ -44,6 +45,7 @@ _BY_USAGE = {
     SIGN_VERIFY: _COMMON | {"Sign", "Verify", "GetPublicKey"},
     GENERATE_VERIFY_MAC: _COMMON | {"GenerateMac", "VerifyMac"},
     KEY_AGREEMENT: _COMMON | {"DeriveSharedSecret", "GetPublicKey"},
+    ENCAPSULATE_DECAPSULATE: _COMMON | {"Encapsulate", "Decapsulate", "GetPublicKey"},
 }
 
 

@@ -4,7 +4,8 @@ A call is checked against the operation's input shape in botocore's service mode
 validation, in AWS's words: ``shapes``), the state's clocks are advanced (scheduled deletions,
 automatic rotations), then the operation's handler runs. Handlers are grouped by resource:
 ``key_stores``, ``keys``, ``rotation``, ``aliases``, ``policies`` (policies and tags),
-``grants``, ``crypto``, ``asymmetric``, ``imports``, ``multi_region``, ``usage``. An
+``grants``, ``crypto``, ``asymmetric``, ``signing``, ``kem``, ``imports``, ``multi_region``,
+``usage``. An
 operation KMS has and the emulator does not answers UnsupportedOperationException naming it; a
 name KMS does not have, UnknownOperationException.
 """
@@ -21,11 +22,13 @@ from xks_proxy.kms_emulator import (
     crypto,
     grants,
     imports,
+    kem,
     key_stores,
     keys,
     multi_region,
     policies,
     rotation,
+    signing,
     usage,
 )
 from xks_proxy.kms_emulator.core import DEFAULT_XKS_RATE, Context, Core, Handler, Params
@@ -93,8 +96,10 @@ OPERATIONS: dict[str, Handler] = {
     "GenerateDataKeyWithoutPlaintext": crypto.generate_data_key_without_plaintext,
     "GenerateRandom": crypto.generate_random,
     # asymmetric and HMAC keys
-    "Sign": asymmetric.sign,
-    "Verify": asymmetric.verify,
+    "Sign": signing.sign,
+    "Verify": signing.verify,
+    "Encapsulate": kem.encapsulate,
+    "Decapsulate": kem.decapsulate,
     "GetPublicKey": asymmetric.get_public_key,
     "GenerateMac": asymmetric.generate_mac,
     "VerifyMac": asymmetric.verify_mac,
