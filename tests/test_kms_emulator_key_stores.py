@@ -123,7 +123,12 @@ def test_key_store_updates_and_deletion(setup: Setup) -> None:
         kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
                                     XksProxyUriPath="/elsewhere/kms/xks/v1")  # fmt: skip
     assert code(untested) == "XksProxyInvalidConfigurationException"
-    # The endpoint only while DISCONNECTED.
+    # The endpoint only while DISCONNECTED (repeating the current one changes nothing).
+    current = kms.describe_custom_key_stores(CustomKeyStoreId=setup.store_id)["CustomKeyStores"][0]
+    kms.update_custom_key_store(
+        CustomKeyStoreId=setup.store_id, NewCustomKeyStoreName="renamed-again",
+        XksProxyUriEndpoint=current["XksProxyConfiguration"]["UriEndpoint"],
+        XksProxyConnectivity="PUBLIC_ENDPOINT")  # fmt: skip
     with pytest.raises(ClientError) as connected:
         kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
                                     XksProxyUriEndpoint="http://localhost:1")  # fmt: skip

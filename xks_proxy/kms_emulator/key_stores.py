@@ -219,7 +219,15 @@ async def disconnect(core: Core, params: Params, ctx: Context) -> dict[str, Any]
 
 
 def _check_update_state(store: KeyStore, params: Params) -> None:
-    changes = [name for name in params if name != "CustomKeyStoreId" and params[name] is not None]
+    # A parameter that repeats the current value changes nothing (tools resend whole configs).
+    current = {"XksProxyUriEndpoint": store.endpoint, "XksProxyConnectivity": store.connectivity}
+    changes = [
+        name
+        for name in params
+        if name != "CustomKeyStoreId"
+        and params[name] is not None
+        and params[name] != current.get(name)
+    ]
     needing_disconnect = [name for name in changes if name not in _CHANGES_WHILE_CONNECTED]
     allowed = (ConnectionState.CONNECTED, ConnectionState.DISCONNECTED)
     if (needing_disconnect and store.state != ConnectionState.DISCONNECTED) or (
