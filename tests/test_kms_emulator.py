@@ -7,153 +7,22 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.conftest import KEY_BOTH, KEY_DECRYPT_ONLY, KEY_DISABLED, Deployment, make_deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, free_port
+from tests.conftest import KEY_BOTH, KEY_DECRYPT_ONLY, KEY_DISABLED, make_deployment
+from tests.kms_emulator_helpers import REGION, code, start_emulator, stop
+from tests.kms_emulator_proxy import (
+    Setup,
+    connected_store,
+    proxy_setup,
+    xks_key,
+)
+from tests.proxy_process import XKS_PROXY, ProxyProcess
 
-REGION = "us-east-1"
-
-
-@dataclass
-class Emulator:
-    url: str
-    process: subprocess.Popen[str]
-
-    def client(self, retries: int = 3) -> Any:
-        return boto3.client(
-            "kms",
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id="AKIDEXAMPLEDEVELOPER",
-            aws_secret_access_key="x",
-            config=Config(retries={"total_max_attempts": retries}),
-        )
-
-
-def start_emulator(db: Path, *extra: str) -> Emulator:
-    port = free_port()
-    process = subprocess.Popen(
-        [XKS_PROXY, "kms-emulator", "--port", str(port), "--db", str(db), *extra],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    for line in process.stderr:
-        if "KMS emulator on" in line:
-            return Emulator(f"http://127.0.0.1:{port}", process)
-    raise AssertionError("the emulator did not start")
-
-
-def stop(emulator: Emulator) -> None:
-    emulator.process.terminate()
-    emulator.process.wait(timeout=30)
-    assert emulator.process.stderr is not None
-    emulator.process.stderr.close()
-
-
-@dataclass
-class Setup:
-    deployment: Deployment
-    proxy: ProxyProcess
-    emulator: Emulator
-    kms: Any
-    store_id: str
-
-
-def create_store(
-    kms: Any,
-    deployment: Deployment,
-    port: int,
-    name: str = "dev",
-    uri_path: str | None = None,
-    host: str = "127.0.0.1",
-) -> str:
-    store = deployment.config.key_stores[0]
-    credential = store.credentials[0]
-    return str(kms.create_custom_key_store(
-        CustomKeyStoreName=name, CustomKeyStoreType="EXTERNAL_KEY_STORE",
-        XksProxyUriEndpoint=f"http://{host}:{port}", XksProxyUriPath=uri_path or store.uri_path,
-        XksProxyAuthenticationCredential={"AccessKeyId": credential.access_key_id,
-                                          "RawSecretAccessKey": credential.secret_access_key},
-        XksProxyConnectivity="PUBLIC_ENDPOINT",
-    )["CustomKeyStoreId"])  # fmt: skip
-
-
-def wait_state(kms: Any, store_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
-    while True:
-        store = kms.describe_custom_key_stores(CustomKeyStoreId=store_id)["CustomKeyStores"][0]
-        if store["ConnectionState"] not in ("CONNECTING", "DISCONNECTING"):
-            return dict(store)
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
-def connected_store(kms: Any, deployment: Deployment, port: int) -> str:
-    store_id = create_store(kms, deployment, port)
-    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
-    assert wait_state(kms, store_id)["ConnectionState"] == "CONNECTED"
-    return store_id
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    deployment = make_deployment(tmp_path / "proxy")
-    with ProxyProcess(deployment.config_path) as proxy:
-        emulator = start_emulator(tmp_path / "kms.db")
-        try:
-            kms = emulator.client()
-            store_id = connected_store(kms, deployment, proxy.port)
-            yield Setup(deployment, proxy, emulator, kms, store_id)
-        finally:
-            stop(emulator)
-
-
-def xks_key(setup: Setup, xks_key_id: str = KEY_BOTH) -> str:
-    created = setup.kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=setup.store_id,
-                                   XksKeyId=xks_key_id, Description="xks")  # fmt: skip
-    return str(created["KeyMetadata"]["KeyId"])
-
-
-def code(error: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(error.value.response["Error"]["Code"])
-
-
-def test_key_store_lifecycle_and_key_metadata(setup: Setup) -> None:
-    kms = setup.kms
-    store = kms.describe_custom_key_stores(CustomKeyStoreName="dev")["CustomKeyStores"][0]
-    assert store["XksProxyConfiguration"]["UriPath"] == "/keystores/dev/kms/xks/v1"
-    assert store["CustomKeyStoreType"] == "EXTERNAL_KEY_STORE"
-    key_id = xks_key(setup)
-    metadata = kms.describe_key(KeyId=key_id)["KeyMetadata"]
-    assert metadata["Origin"] == "EXTERNAL_KEY_STORE"
-    assert metadata["XksKeyConfiguration"] == {"Id": KEY_BOTH}
-    assert metadata["KeyState"] == "Enabled" and metadata["KeySpec"] == "SYMMETRIC_DEFAULT"
-    assert key_id in [k["KeyId"] for k in kms.list_keys()["Keys"]]
-    with pytest.raises(ClientError) as same_key:
-        xks_key(setup)
-    assert code(same_key) == "XksKeyAlreadyInUseException"
-    with pytest.raises(ClientError) as in_use:
-        kms.delete_custom_key_store(CustomKeyStoreId=setup.store_id)
-    assert code(in_use) == "CustomKeyStoreInvalidStateException"
-    kms.disconnect_custom_key_store(CustomKeyStoreId=setup.store_id)
-    assert wait_state(kms, setup.store_id)["ConnectionState"] == "DISCONNECTED"
-    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Unavailable"
-    with pytest.raises(ClientError) as disconnected:
-        kms.encrypt(KeyId=key_id, Plaintext=b"x")
-    assert code(disconnected) == "KMSInvalidStateException"
-    assert "not connected" in disconnected.value.response["Error"]["Message"]
-    with pytest.raises(ClientError) as has_keys:
-        kms.delete_custom_key_store(CustomKeyStoreId=setup.store_id)
-    assert code(has_keys) == "CustomKeyStoreHasCMKsException"
+setup = proxy_setup()
 
 
 def test_crypto_operations_through_the_proxy(setup: Setup) -> None:
@@ -217,13 +86,23 @@ def test_key_states_deletion_and_rotation(setup: Setup) -> None:
     kms.disable_key(KeyId=key_id)
     with pytest.raises(ClientError) as disabled:
         kms.encrypt(KeyId=key_id, Plaintext=b"x")
-    assert code(disabled) == "KMSInvalidStateException"
+    # The Developer Guide's key-state table: DisabledException, XKS keys included.
+    assert code(disabled) == "DisabledException"
+    assert disabled.value.response["Error"]["Message"].endswith(f"key/{key_id} is disabled.")
     kms.enable_key(KeyId=key_id)
     scheduled = kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
     assert scheduled["KeyState"] == "PendingDeletion" and scheduled["PendingWindowInDays"] == 7
     with pytest.raises(ClientError) as window:
         kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=3)
-    assert code(window) in ("ValidationException", "KMSInvalidStateException")
+    assert code(window) == "ValidationException"
+    assert "Member must have value greater than or equal to 7" in str(window.value)
+    with pytest.raises(ClientError) as again:
+        kms.schedule_key_deletion(KeyId=key_id)
+    assert code(again) == "KMSInvalidStateException"
+    with pytest.raises(ClientError) as pending:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert code(pending) == "KMSInvalidStateException"
+    assert "is pending deletion" in pending.value.response["Error"]["Message"]
     kms.cancel_key_deletion(KeyId=key_id)
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Disabled"
     local = kms.create_key()["KeyMetadata"]["KeyId"]
@@ -268,55 +147,6 @@ def test_external_key_disabled_later_fails_encrypt(setup: Setup) -> None:
             break
         assert time.monotonic() < deadline, "the proxy never saw the key disabled"
         time.sleep(0.2)
-
-
-def test_wrong_credential_and_unreachable_proxy(setup: Setup, tmp_path: Path) -> None:
-    kms = setup.kms
-    with pytest.raises(ClientError) as wrong:
-        kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
-                                    XksProxyAuthenticationCredential={
-                                        "AccessKeyId": "ABCDEFGHIJKLMNOPQRST",
-                                        "RawSecretAccessKey": "s" * 44})  # fmt: skip
-    assert code(wrong) == "XksProxyIncorrectAuthenticationCredentialException"
-    kms.disconnect_custom_key_store(CustomKeyStoreId=setup.store_id)
-    setup.proxy.stop()
-    kms.connect_custom_key_store(CustomKeyStoreId=setup.store_id)
-    store = wait_state(kms, setup.store_id)
-    assert (store["ConnectionState"], store["ConnectionErrorCode"]) == (
-        "FAILED",
-        "XKS_PROXY_NOT_REACHABLE",
-    )
-    with pytest.raises(ClientError) as failed:
-        kms.connect_custom_key_store(CustomKeyStoreId=setup.store_id)
-    assert code(failed) == "CustomKeyStoreInvalidStateException"
-    with pytest.raises(ClientError) as unreachable:
-        create_store(kms, setup.deployment, setup.proxy.port, name="other",
-                     uri_path="/other/kms/xks/v1")  # fmt: skip
-    assert code(unreachable) == "XksProxyUriUnreachableException"
-
-
-def test_slow_proxy_takes_the_timeout_path(tmp_path: Path) -> None:
-    deployment = make_deployment(tmp_path / "proxy", **{
-        'kek = "file:kek.key"\n': 'kek = "file:kek.key"\nfault_delay_ms = 400\n',
-        "[server]\n": "[server]\nrequest_deadline_ms = 2000\n"})  # fmt: skip
-    with ProxyProcess(deployment.config_path) as proxy:
-        emulator = start_emulator(tmp_path / "kms.db")
-        try:
-            kms = emulator.client()
-            store_id = connected_store(kms, deployment, proxy.port)
-            with pytest.raises(ClientError) as slow:
-                kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
-                               XksKeyId=KEY_BOTH)  # fmt: skip
-            assert code(slow) == "CustomKeyStoreInvalidStateException"
-            assert "did not respond in time" in slow.value.response["Error"]["Message"]
-        finally:
-            stop(emulator)
-        assert proxy.stop() == 0  # SIGTERM: a graceful drain, not the context's kill
-    # Two attempts of 250 ms each: the proxy saw the metadata request twice, and its drain on
-    # SIGTERM let the second one finish although the emulator had given up on it.
-    audit = (deployment.directory / "audit.log").read_text().splitlines()
-    metadata_calls = [line for line in audit if '"xksOperation":"GetKeyMetadata"' in line]
-    assert len(metadata_calls) == 2, audit
 
 
 def test_restart_keeps_keys_and_ciphertexts(tmp_path: Path) -> None:
@@ -401,29 +231,6 @@ def test_seed_file_and_the_aws_cli(tmp_path: Path) -> None:
             stop(emulator)
 
 
-def test_key_store_updates_and_deletion(setup: Setup) -> None:
-    kms = setup.kms
-    kms.update_custom_key_store(CustomKeyStoreId=setup.store_id, NewCustomKeyStoreName="renamed")
-    assert kms.describe_custom_key_stores(CustomKeyStoreName="renamed")["CustomKeyStores"]
-    credential = setup.deployment.config.key_stores[0].credentials[0]
-    kms.update_custom_key_store(CustomKeyStoreId=setup.store_id, XksProxyAuthenticationCredential={
-        "AccessKeyId": credential.access_key_id,
-        "RawSecretAccessKey": credential.secret_access_key})  # fmt: skip
-    with pytest.raises(ClientError) as connected:
-        kms.update_custom_key_store(CustomKeyStoreId=setup.store_id,
-                                    XksProxyUriPath="/elsewhere/kms/xks/v1")  # fmt: skip
-    assert code(connected) == "CustomKeyStoreInvalidStateException"
-    # The same proxy under another endpoint name: a second store without keys can be deleted.
-    other = create_store(kms, setup.deployment, setup.proxy.port, name="spare", host="localhost")
-    with pytest.raises(ClientError) as duplicate:
-        create_store(kms, setup.deployment, setup.proxy.port, name="spare", host="localhost")
-    assert code(duplicate) == "CustomKeyStoreNameInUseException"
-    kms.delete_custom_key_store(CustomKeyStoreId=other)
-    with pytest.raises(ClientError) as gone:
-        kms.describe_custom_key_stores(CustomKeyStoreId=other)
-    assert code(gone) == "CustomKeyStoreNotFoundException"
-
-
 def test_key_store_quota_answers_throttling(tmp_path: Path) -> None:
     deployment = make_deployment(tmp_path / "proxy")
     with ProxyProcess(deployment.config_path) as proxy:
@@ -468,46 +275,72 @@ def test_loadtest_through_the_emulator(setup: Setup) -> None:
     assert '"kmsOperation":"GenerateDataKey"' in audit and '"kmsOperation":"Decrypt"' in audit
 
 
-def test_bad_input_gets_kms_errors(setup: Setup, tmp_path: Path) -> None:
-    import urllib.error
-    import urllib.request
+def test_event_log_correlates_with_the_proxy_audit_log(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path / "proxy")
+    events = tmp_path / "events.jsonl"
+    with ProxyProcess(deployment.config_path) as proxy:
+        emulator = start_emulator(tmp_path / "kms.db", "--event-log", str(events))
+        try:
+            kms = emulator.client()
+            store_id = connected_store(kms, deployment, proxy.port)
+            key_id = kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store_id,
+                                    XksKeyId=KEY_BOTH)["KeyMetadata"]["KeyId"]  # fmt: skip
+            encrypted = kms.encrypt(KeyId=key_id, Plaintext=b"very secret words",
+                                    EncryptionContext={"app": "audit"})  # fmt: skip
+            data_key = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+            last = kms.get_key_last_usage(KeyId=key_id)["KeyLastUsage"]
+            with pytest.raises(ClientError):
+                kms.describe_key(KeyId="alias/missing")
+        finally:
+            stop(emulator)
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    by_name = {r["eventName"]: r for r in records}
+    encrypt = by_name["Encrypt"]
+    assert encrypt["requestParameters"] == {
+        "keyId": key_id, "encryptionContext": {"app": "audit"}}  # fmt: skip
+    assert encrypt["userIdentity"]["accessKeyId"] == "AKIDEXAMPLEDEVELOPER"
+    assert encrypt["resources"][0]["ARN"].endswith(key_id)
+    assert encrypt["additionalEventData"] == {"customKeyStoreId": store_id, "xksKeyId": KEY_BOTH}
+    assert encrypt["requestID"] == encrypted["ResponseMetadata"]["RequestId"]
+    assert by_name["DescribeKey"]["errorCode"] == "NotFoundException"
+    assert last["CloudTrailEventId"] == by_name["GenerateDataKey"]["eventID"]
+    text = events.read_text()
+    credential = deployment.config.key_stores[0].credentials[0]
+    for secret in (b"very secret words", data_key["Plaintext"], data_key["CiphertextBlob"]):
+        assert base64.b64encode(secret).decode() not in text
+    assert "very secret words" not in text and credential.secret_access_key not in text
+    # The proxy's audit line for the same call carries the KMS request id.
+    audit = [json.loads(line) for line in
+             (deployment.directory / "audit.log").read_text().splitlines()]  # fmt: skip
+    ids = {(a.get("kmsRequestId"), a.get("kmsOperation")) for a in audit}
+    assert (encrypt["requestID"], "Encrypt") in ids
+    assert (by_name["GenerateDataKey"]["requestID"], "GenerateDataKey") in ids
 
-    kms = setup.kms
-    store = setup.deployment.config.key_stores[0]
-    good = {"AccessKeyId": store.credentials[0].access_key_id,
-            "RawSecretAccessKey": store.credentials[0].secret_access_key}  # fmt: skip
-    base = {"CustomKeyStoreName": "bad", "CustomKeyStoreType": "EXTERNAL_KEY_STORE",
-            "XksProxyUriEndpoint": f"http://127.0.0.1:{setup.proxy.port}",
-            "XksProxyUriPath": "/elsewhere/kms/xks/v1", "XksProxyAuthenticationCredential": good,
-            "XksProxyConnectivity": "PUBLIC_ENDPOINT"}  # fmt: skip
-    for change, expected in (
-        ({"XksProxyUriPath": "/no/suffix"}, "ValidationException"),
-        ({"XksProxyAuthenticationCredential": {**good, "RawSecretAccessKey": "!" * 44}},
-         "ValidationException"),
-        ({"XksProxyUriEndpoint": "ftp://127.0.0.1"}, "ValidationException"),
-        ({}, "XksProxyInvalidConfigurationException"),  # the proxy knows no such path
-    ):  # fmt: skip
-        with pytest.raises(ClientError) as refused:
-            kms.create_custom_key_store(**{**base, **change})
-        assert code(refused) == expected, change
-        assert good["RawSecretAccessKey"] not in str(refused.value.response)
-    for body, target, expected in (
-        (b"{", "TrentService.ListKeys", "SerializationException"),
-        (b"{}", "TrentService.Nope", "UnknownOperationException"),
-    ):
-        request = urllib.request.Request(
-            setup.emulator.url, data=body, method="POST",
-            headers={"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1",
-                     "Authorization": "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/"
-                                      "kms/aws4_request, SignedHeaders=host, Signature=0"},
-        )  # fmt: skip
-        with pytest.raises(urllib.error.HTTPError) as answer:
-            urllib.request.urlopen(request, timeout=10)
-        assert json.loads(answer.value.read())["__type"] == expected
-    strict = start_emulator(tmp_path / "strict.db", "--strict")
-    try:
-        with pytest.raises(ClientError) as refused_http:
-            strict.client().create_custom_key_store(**base)
-        assert code(refused_http) == "ValidationException"
-    finally:
-        stop(strict)
+
+def test_aws_encryption_sdk_round_trips_a_mebibyte(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aws_encryption_sdk
+    import botocore.session
+    from aws_encryption_sdk.identifiers import CommitmentPolicy
+
+    # botocore's service-specific endpoint variable: the SDK makes its own KMS clients.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", setup.emulator.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENCRYPTIONSDK")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    sdk = aws_encryption_sdk.EncryptionSDKClient(
+        commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
+    )
+    data = os.urandom(1024 * 1024)
+    xks_arn = setup.kms.describe_key(KeyId=xks_key(setup))["KeyMetadata"]["Arn"]
+    local_arn = setup.kms.create_key()["KeyMetadata"]["Arn"]
+    for arn in (xks_arn, local_arn):
+        provider = aws_encryption_sdk.StrictAwsKmsMasterKeyProvider(
+            key_ids=[arn], botocore_session=botocore.session.Session()
+        )
+        message, _ = sdk.encrypt(source=data, key_provider=provider,
+                                 encryption_context={"purpose": "esdk"})  # fmt: skip
+        plaintext, header = sdk.decrypt(source=message, key_provider=provider)
+        assert plaintext == data and header.encryption_context["purpose"] == "esdk"
+    audit = (setup.deployment.directory / "audit.log").read_text()
+    assert '"kmsOperation":"GenerateDataKey"' in audit and '"kmsOperation":"Decrypt"' in audit

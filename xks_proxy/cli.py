@@ -383,6 +383,7 @@ def cmd_kms_emulator(args: argparse.Namespace) -> int:
             State(Path(args.db) if args.db else None),
             XksClient(args.xks_timeout_ms / 1000, context),
             account=args.account_id, strict=args.strict, xks_rate=args.xks_rate,
+            event_log=Path(args.event_log) if args.event_log else None,
         )  # fmt: skip
         if args.seed:
             await apply_seed(emulator, Path(args.seed), args.region)
@@ -514,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests/s per external key store before ThrottlingException",
     )
     emulator.add_argument("--cacert", help="CA bundle for https:// proxies")
+    emulator.add_argument(
+        "--event-log", help="append one CloudTrail-format JSON record per KMS call to this file"
+    )
     emulator.set_defaults(func=cmd_kms_emulator)
 
     load = commands.add_parser(

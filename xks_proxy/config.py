@@ -32,20 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from xks_proxy import __version__
+from xks_proxy import __version__, validation
 from xks_proxy.errors import ConfigError
-from xks_proxy.model import DOT_SEGMENTS, key_id_problem
+from xks_proxy.model import key_id_problem
 from xks_proxy.sigv4 import Credential
+from xks_proxy.validation import (
+    DOT_SEGMENTS,
+    access_key_id_problem,
+    secret_problem,
+    uri_path_problem,
+)
 
-# XKS spec §2.1 and the KMS API's XksProxyUriPath pattern, restricted to API version 1.
-URI_PATH_PATTERN = re.compile(r"(/[A-Za-z0-9/_-]+)?/kms/xks/v1")
-MAX_URI_PATH = 128
-# XKS spec §6.2: access key ids are Base32 text, secrets 43-64 characters of Base64 text.
-ACCESS_KEY_ID_PATTERN = re.compile(r"[A-Z2-7]{20,30}")
-SECRET_PATTERN = re.compile(r"[A-Za-z0-9/+=]{43,64}")
+NAME_PATTERN = validation.NAME_PATTERN  # key store and backend names; the CLI's --name too
 REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 KEY_PATTERN_PATTERN = re.compile(r"[A-Za-z0-9._*?\[\]-]{1,128}")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Room for the spec's minimum sizes in one body: 5736 Base64 characters of plaintext, 10924 of
 # AAD, two 2048-character ARNs and the JSON around them (xks-spec §1, §4.2).
 MIN_BODY_BYTES = 32 * 1024
@@ -302,12 +302,10 @@ def parse_kek(text: str, where: str) -> bytes:
 
 
 def validate_credential(access_key_id: str, secret: str, where: str) -> Credential:
-    if not ACCESS_KEY_ID_PATTERN.fullmatch(access_key_id):
-        raise ConfigError(f"{where}.access_key_id: must be 20-30 characters of A-Z and 2-7")
-    if not SECRET_PATTERN.fullmatch(secret):
-        raise ConfigError(
-            f"{where}.secret_access_key: must be 43-64 characters of A-Z a-z 0-9 / + ="
-        )
+    if problem := access_key_id_problem(access_key_id):
+        raise ConfigError(f"{where}.access_key_id: must be {problem}")
+    if problem := secret_problem(secret):
+        raise ConfigError(f"{where}.secret_access_key: must be {problem}")
     return Credential(access_key_id, secret)
 
 
@@ -506,28 +504,10 @@ def _inline_credentials(
     return credentials
 
 
-def uri_path_problem(uri_path: str) -> str | None:
-    """Why clients could not reach ``uri_path`` as written, or None when they can."""
-    # Between the leading "/" and the last segment: a trailing "/" is the pattern's to refuse.
-    segments = uri_path.split("/")[1:-1]
-    if "" in segments or DOT_SEGMENTS.intersection(segments):
-        return (
-            f"{uri_path!r} could never be reached: clients that normalise URL paths "
-            "(botocore does) rewrite '//', '/./' and '/../'"
-        )
-    return None
-
-
 def require_uri_path(uri_path: str, where: str) -> str:
     """``uri_path`` if a key store may serve under it; else ConfigError."""
-    problem = uri_path_problem(uri_path)
-    if problem:
-        raise ConfigError(f"{where}: {problem}")
-    if len(uri_path) > MAX_URI_PATH or not URI_PATH_PATTERN.fullmatch(uri_path):
-        raise ConfigError(
-            f"{where}: {uri_path!r} must be [/prefix]/kms/xks/v1, at most 128 characters "
-            "of A-Z a-z 0-9 / - _"
-        )
+    if problem := uri_path_problem(uri_path):
+        raise ConfigError(f"{where}: {uri_path!r} {problem}")
     return uri_path
 
 

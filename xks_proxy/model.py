@@ -27,6 +27,7 @@ import orjson
 
 from xks_proxy.aad import MAX_CIPHERTEXT_METADATA_BYTES
 from xks_proxy.errors import ValidationError
+from xks_proxy.validation import DOT_SEGMENTS
 
 # XKS spec §2.3: at most 128 characters of A-Z a-z 0-9 - . _
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -92,7 +93,6 @@ class DecryptRequest:
 
 # Path segments that a client normalising URL paths rewrites (RFC 3986 §5.2.4, remove_dot_segments;
 # botocore does it), so an external key named like one could never be addressed.
-DOT_SEGMENTS = frozenset({".", ".."})
 
 
 def key_id_problem(key_id: str) -> str | None:

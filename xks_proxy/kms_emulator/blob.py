@@ -1,6 +1,7 @@
-"""The emulator's CiphertextBlob: which key, and everything needed to decrypt.
+"""The emulator's CiphertextBlob: which key and key material, and everything needed to decrypt.
 
-    "XKE1" || u8 kind || key id (36 ASCII) || body
+    "XKE2" || u8 kind || key id (36 ASCII) || key material id (32) || body
+    ("XKE1" blobs, written before rotation, have no material id: the key's first material.)
     kind 1 (AWS_KMS):            body = inner IV (12) || inner ciphertext and tag
     kind 2 (EXTERNAL_KEY_STORE): body = u8 len(IV) || IV || tag (16) || u8 len(md) || md
                                         || proxy ciphertext (of the inner IV, ciphertext, tag)
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 
 from xks_proxy.kms_emulator.xks_client import XksCiphertext
 
-MAGIC = b"XKE1"
+MAGIC = b"XKE2"
+LEGACY_MAGIC = b"XKE1"
 KIND_AWS_KMS = 1
 KIND_XKS = 2
-KEY_ID_LENGTH = 36
+KEY_ID_LENGTH = 36  # a UUID, or "mrk-" and 32 hex digits
+MATERIAL_ID_LENGTH = 32  # KeyMaterialId is 64 hex digits (BackingKeyIdType)
 _HEADER = len(MAGIC) + 1 + KEY_ID_LENGTH
 
 
@@ -28,11 +31,16 @@ class BlobError(ValueError):
 @dataclass(frozen=True)
 class Blob:
     key_id: str
+    material_id: str | None  # hex; None in legacy blobs
     inner: bytes | None = None  # AWS_KMS: IV || ciphertext || tag
     xks: XksCiphertext | None = None
 
     def encode(self) -> bytes:
-        header = MAGIC + bytes((KIND_XKS if self.xks else KIND_AWS_KMS,)) + self.key_id.encode()
+        assert self.material_id is not None
+        header = b"".join((
+            MAGIC, bytes((KIND_XKS if self.xks else KIND_AWS_KMS,)), self.key_id.encode(),
+            bytes.fromhex(self.material_id),
+        ))  # fmt: skip
         if self.xks is None:
             assert self.inner is not None
             return header + self.inner
@@ -44,13 +52,18 @@ class Blob:
 
     @classmethod
     def decode(cls, raw: bytes) -> Blob:
-        if len(raw) < _HEADER + 1 or not raw.startswith(MAGIC):
+        if len(raw) < _HEADER + 1 or raw[: len(MAGIC)] not in (MAGIC, LEGACY_MAGIC):
             raise BlobError("not a ciphertext blob")
         kind = raw[len(MAGIC)]
         key_id = raw[len(MAGIC) + 1 : _HEADER].decode("ascii", "replace")
         body = raw[_HEADER:]
+        material_id = None
+        if raw.startswith(MAGIC):
+            if len(body) < MATERIAL_ID_LENGTH:
+                raise BlobError("truncated blob")
+            material_id, body = body[:MATERIAL_ID_LENGTH].hex(), body[MATERIAL_ID_LENGTH:]
         if kind == KIND_AWS_KMS:
-            return cls(key_id, inner=body)
+            return cls(key_id, material_id, inner=body)
         if kind != KIND_XKS:
             raise BlobError("unknown blob kind")
         try:
@@ -64,4 +77,4 @@ class Blob:
             raise BlobError("truncated blob") from None
         if len(iv) != iv_length or len(tag) != 16 or len(metadata) != md_length:
             raise BlobError("truncated blob")
-        return cls(key_id, xks=XksCiphertext(ciphertext, iv, tag, metadata or None))
+        return cls(key_id, material_id, xks=XksCiphertext(ciphertext, iv, tag, metadata or None))

@@ -187,9 +187,32 @@ def for_crypto(error: ProxyCallError) -> KmsError:
     return KmsError("KMSInvalidStateException", MESSAGES[error.failure])
 
 
-def not_found(what: str) -> KmsError:
-    return KmsError("NotFoundException", f"{what} does not exist")
+def key_not_found(arn: str) -> KmsError:
+    return KmsError("NotFoundException", f"Key '{arn}' does not exist")
+
+
+def invalid_key_id(key_ref: str) -> KmsError:
+    return KmsError("NotFoundException", f"Invalid keyId '{key_ref}'")
+
+
+def alias_not_found(alias_arn: str) -> KmsError:
+    return KmsError("NotFoundException", f"Alias {alias_arn} is not found.")
+
+
+def key_store_not_found(store_id: str) -> KmsError:
+    return KmsError(
+        "CustomKeyStoreNotFoundException", f"Custom key store '{store_id}' does not exist."
+    )
 
 
 def validation(message: str) -> KmsError:
     return KmsError("ValidationException", message)
+
+
+def constraint(value: str | None, member: str, rule: str) -> KmsError:
+    """AWS's wording for one failed constraint; ``value`` None leaves it out (secrets)."""
+    shown = f" '{value}'" if value is not None else ""
+    return validation(
+        f"1 validation error detected: Value{shown} at '{member}' failed to satisfy "
+        f"constraint: Member must {rule}"
+    )

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ import orjson
 from aiohttp import web
 
 from xks_proxy.kms_emulator.errors import KmsError
-from xks_proxy.kms_emulator.service import EXTERNAL, Context, KmsEmulator
+from xks_proxy.kms_emulator.key_stores import EXTERNAL_KEY_STORE, PUBLIC_ENDPOINT
+from xks_proxy.kms_emulator.service import Context, KmsEmulator
+from xks_proxy.kms_emulator.state import ConnectionState
 
 log = logging.getLogger(__name__)
 EMULATOR_KEY = web.AppKey("kms_emulator", KmsEmulator)
@@ -37,38 +40,64 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 _SCOPE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([a-z0-9-]+)/")
 
 
-def _error(error: KmsError) -> web.Response:
-    body = orjson.dumps({"__type": error.code, "message": error.message})
-    return web.Response(body=body, status=error.status, content_type=CONTENT_TYPE)
+def _answer(document: Any, request_id: str, status: int = 200) -> web.Response:
+    # botocore reads the request id from this header (ResponseMetadata.RequestId).
+    return web.Response(
+        body=orjson.dumps(document),
+        status=status,
+        content_type=CONTENT_TYPE,
+        headers={"x-amzn-RequestId": request_id},
+    )
+
+
+def _error(error: KmsError, request_id: str) -> web.Response:
+    return _answer({"__type": error.code, "message": error.message}, request_id, error.status)
 
 
 async def handle(request: web.Request) -> web.Response:
     emulator = request.app[EMULATOR_KEY]
+    request_id = str(uuid.uuid4())
     target = request.headers.get("X-Amz-Target", "")
     service, _, operation = target.partition(".")
-    handler = emulator.operations.get(operation) if service == "TrentService" else None
-    if handler is None:
-        return _error(KmsError("UnknownOperationException", f"Unknown operation {target}"))
+    if service != "TrentService":
+        return _error(
+            KmsError("UnknownOperationException", f"Unknown operation {target}"), request_id
+        )
     scope = _SCOPE.search(request.headers.get("Authorization", ""))
     if scope is None:
-        return _error(KmsError("MissingAuthenticationTokenException",
-                               "Request is missing Authentication Token"))  # fmt: skip
-    context = Context(region=scope.group(2), account=emulator.account,
-                      access_key_id=scope.group(1))  # fmt: skip
+        return _error(
+            KmsError(
+                "MissingAuthenticationTokenException", "Request is missing Authentication Token"
+            ),
+            request_id,
+        )
+    context = Context(
+        region=scope.group(2),
+        account=emulator.account,
+        access_key_id=scope.group(1),
+        request_id=request_id,
+        source_ip=request.remote or "",
+        user_agent=request.headers.get("User-Agent", ""),
+        event_id=str(uuid.uuid4()),
+    )
     try:
         raw = await request.read()
         params = orjson.loads(raw) if raw else {}
         if not isinstance(params, dict):
             raise KmsError("SerializationException", "The request body must be a JSON object")
-        result = await handler(params, context)
+        result = await emulator.call(operation, params, context)
     except orjson.JSONDecodeError:
-        return _error(KmsError("SerializationException", "The request body is not valid JSON"))
+        return _error(
+            KmsError("SerializationException", "The request body is not valid JSON"), request_id
+        )
     except KmsError as error:
-        return _error(error)
+        return _error(error, request_id)
     except Exception:
         log.exception("%s failed", operation)
-        return _error(KmsError("KMSInternalException", "An internal error occurred.", 500))
-    return web.Response(body=orjson.dumps(result), content_type=CONTENT_TYPE)
+        return _error(
+            KmsError("KMSInternalException", "An internal error occurred.", 500), request_id
+        )
+    return _answer(result, request_id)
 
 
 def create_app(emulator: KmsEmulator) -> web.Application:
@@ -90,32 +119,45 @@ async def apply_seed(emulator: KmsEmulator, path: Path, region: str) -> None:
     """Create what the seed file describes and is not there yet."""
     seed = json.loads(path.read_text())
     context = Context(region=region, account=emulator.account, access_key_id="SEED")
-    names = {store.name: store.id for store in emulator.state.key_stores.values()}
+    names = {s.name: s.id for s in emulator.state.key_stores.values() if s.region == region}
     for entry in seed.get("custom_key_stores", []):
         if entry["name"] not in names:
-            created = await emulator.op_CreateCustomKeyStore({
-                "CustomKeyStoreName": entry["name"], "CustomKeyStoreType": EXTERNAL,
-                "XksProxyUriEndpoint": entry["endpoint"], "XksProxyUriPath": entry["uri_path"],
-                "XksProxyAuthenticationCredential": {
-                    "AccessKeyId": entry["access_key_id"],
-                    "RawSecretAccessKey": entry["secret_access_key"]},
-                "XksProxyConnectivity": "PUBLIC_ENDPOINT"}, context)  # fmt: skip
+            created = await emulator.call(
+                "CreateCustomKeyStore",
+                {
+                    "CustomKeyStoreName": entry["name"],
+                    "CustomKeyStoreType": EXTERNAL_KEY_STORE,
+                    "XksProxyUriEndpoint": entry["endpoint"],
+                    "XksProxyUriPath": entry["uri_path"],
+                    "XksProxyAuthenticationCredential": {
+                        "AccessKeyId": entry["access_key_id"],
+                        "RawSecretAccessKey": entry["secret_access_key"],
+                    },
+                    "XksProxyConnectivity": PUBLIC_ENDPOINT,
+                },
+                context,
+            )
             names[entry["name"]] = created["CustomKeyStoreId"]
-        store_id = names[entry["name"]]
-        if entry.get("connect") and emulator.state.key_stores[store_id].state == "DISCONNECTED":
-            await emulator.op_ConnectCustomKeyStore({"CustomKeyStoreId": store_id}, context)
-            while emulator.state.key_stores[store_id].state == "CONNECTING":
+        store = emulator.state.key_stores[names[entry["name"]]]
+        if entry.get("connect") and store.state == ConnectionState.DISCONNECTED:
+            await emulator.call("ConnectCustomKeyStore", {"CustomKeyStoreId": store.id}, context)
+            while emulator.state.key_stores[store.id].state == ConnectionState.CONNECTING:
                 await asyncio.sleep(0.02)
     for entry in seed.get("keys", []):
         alias = entry.get("alias")
-        if alias and alias in emulator.state.aliases:
+        if alias and (region, alias) in emulator.state.aliases:
             continue
         params: dict[str, Any] = {"Description": entry.get("description", "")}
         if entry.get("custom_key_store"):
-            params.update(Origin=EXTERNAL, CustomKeyStoreId=names[entry["custom_key_store"]],
-                          XksKeyId=entry["xks_key_id"])  # fmt: skip
-        created_key = await emulator.op_CreateKey(params, context)
+            params.update(
+                Origin=EXTERNAL_KEY_STORE,
+                XksKeyId=entry["xks_key_id"],
+                CustomKeyStoreId=names[entry["custom_key_store"]],
+            )
+        created_key = await emulator.call("CreateKey", params, context)
         if alias:
-            await emulator.op_CreateAlias(
-                {"AliasName": alias, "TargetKeyId": created_key["KeyMetadata"]["KeyId"]}, context
+            await emulator.call(
+                "CreateAlias",
+                {"AliasName": alias, "TargetKeyId": created_key["KeyMetadata"]["KeyId"]},
+                context,
             )

@@ -1,7 +1,8 @@
 """How the emulator calls an XKS proxy: as AWS KMS does (kms-emulator.md, xks-spec §9.1).
 
 Every call is SigV4-signed with the key store's credential (the shared ``sigv4`` module) for the
-region the client called, carries a fresh ``kmsRequestId`` UUID, has a 250 ms timeout and is
+region the client called, carries the KMS request's id as ``kmsRequestId`` (as AWS KMS does:
+the id a client sees as its RequestId, and the event log's requestID), has a 250 ms timeout and is
 retried once after a network timeout. Failures come back as ``ProxyCallError``.
 """
 
@@ -54,6 +55,9 @@ class Caller:
     principal_arn: str
     kms_operation: str
     key_arn: str | None = None
+    # The KMS request's id: the proxy's audit line carries it as kmsRequestId, so a developer
+    # can find the proxy call behind a KMS call. Empty: a fresh UUID.
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,16 +125,26 @@ class XksClient:
         metadata = {
             "awsPrincipalArn": caller.principal_arn,
             "kmsOperation": caller.kms_operation,
-            "kmsRequestId": str(uuid.uuid4()),
+            "kmsRequestId": caller.request_id or str(uuid.uuid4()),
         }
         if caller.key_arn is not None:
             metadata["kmsKeyArn"] = caller.key_arn
         return metadata
 
-    async def health(self, proxy: ProxyEndpoint, kms_operation: str) -> list[str]:
+    async def health(
+        self, proxy: ProxyEndpoint, kms_operation: str, request_id: str = ""
+    ) -> list[str]:
         """The EKM states; raises ProxyCallError(ALL_UNAVAILABLE) when every EKM is UNAVAILABLE."""
-        answer = await self._post(proxy, "/health", {"requestMetadata": {
-            "kmsRequestId": str(uuid.uuid4()), "kmsOperation": kms_operation}})  # fmt: skip
+        answer = await self._post(
+            proxy,
+            "/health",
+            {
+                "requestMetadata": {
+                    "kmsRequestId": request_id or str(uuid.uuid4()),
+                    "kmsOperation": kms_operation,
+                }
+            },
+        )
         try:
             states = [str(e["healthStatus"]) for e in answer["ekmFleetDetails"]]
         except (KeyError, TypeError):
@@ -140,13 +154,21 @@ class XksClient:
         return states
 
     async def key_metadata(self, proxy: ProxyEndpoint, key_id: str, caller: Caller) -> Any:
-        metadata = self._metadata(Caller(caller.principal_arn, caller.kms_operation))
+        metadata = self._metadata(
+            Caller(caller.principal_arn, caller.kms_operation, request_id=caller.request_id)
+        )
         return await self._post(proxy, f"/keys/{key_id}/metadata", {"requestMetadata": metadata})
 
     async def encrypt(
-        self, proxy: ProxyEndpoint, key_id: str, plaintext: bytes, aad: bytes, caller: Caller,
-        *, integrity: bool,
-    ) -> XksCiphertext:  # fmt: skip
+        self,
+        proxy: ProxyEndpoint,
+        key_id: str,
+        plaintext: bytes,
+        aad: bytes,
+        caller: Caller,
+        *,
+        integrity: bool,
+    ) -> XksCiphertext:
         document: dict[str, Any] = {
             "requestMetadata": self._metadata(caller),
             "plaintext": b64(plaintext),
@@ -161,9 +183,10 @@ class XksClient:
                 ciphertext=unb64(answer["ciphertext"]),
                 iv=unb64(answer["initializationVector"]),
                 tag=unb64(answer["authenticationTag"]),
-                metadata=unb64(answer["ciphertextMetadata"]) if "ciphertextMetadata" in answer
+                metadata=unb64(answer["ciphertextMetadata"])
+                if "ciphertextMetadata" in answer
                 else None,
-            )  # fmt: skip
+            )
         except (KeyError, TypeError):
             raise ProxyCallError(ProxyFailure.MALFORMED) from None
         if (
