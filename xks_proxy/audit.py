@@ -6,8 +6,8 @@ key material or secret; the access key id (never the secret) tells which credent
 
 Each line is one ``write(2)`` on a file opened with O_APPEND, so lines from several worker
 processes never interleave and nothing waits in a buffer when a process dies. If logrotate
-moves the file away, the next line (checked at most once a second) goes to a new file at the
-configured path.
+moves the file away, SIGUSR1 (``xks-proxy reopen-logs``) reopens it at once; without the
+signal, the proxy notices the move within a second (the next line goes to a new file).
 """
 
 from __future__ import annotations
@@ -92,6 +92,13 @@ class AuditLog:
         if not same:
             os.close(self._fd)
             self._fd = self._open()
+
+    def reopen(self) -> None:
+        """Open the configured path again (after rotation), then close the old file."""
+        if self._path is not None:
+            old, self._fd = self._fd, self._open()
+            os.close(old)
+            self._checked = time.monotonic()
 
     def write(self, record: AuditRecord) -> None:
         self._reopen_if_rotated()

@@ -103,6 +103,11 @@ class LiveRuntime:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1: logrotate has moved the audit log away; write to a new file at once."""
+        if self.current.audit is not None:
+            self.current.audit.reopen()
+
     @staticmethod
     async def _retire(old: ProxyRuntime, keep: frozenset[str], after: float) -> None:
         await old.health.stop()

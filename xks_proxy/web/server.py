@@ -12,10 +12,8 @@ backends (see ``web/connection.py`` for why aiohttp's own shutdown is not used f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -32,6 +30,14 @@ from xks_proxy.web.app import (
     create_ping_app,
 )
 from xks_proxy.web.connection import ConnectionRegistry, XksSite
+from xks_proxy.web.lifecycle import (
+    SignalPlan,
+    die_with_supervisor,
+    ignore_reopen_until_ready,
+    probe_ports,
+)
+from xks_proxy.web.pidfile import PidFile
+from xks_proxy.web.readiness import READINESS_KEY
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -106,8 +112,39 @@ async def start_runner(
 
 
 async def serve(config: Config, options: ServeOptions | None = None) -> None:
-    """Serve until SIGINT or SIGTERM."""
+    """Serve until SIGINT or SIGTERM (see ``web/lifecycle.py`` for the whole life cycle)."""
     options = options or ServeOptions()
+    ignore_reopen_until_ready()
+    if options.worker:
+        die_with_supervisor()
+        await _serve(config, options)
+        return
+    pid_file = PidFile(config.pid_path)
+    pid_file.acquire()
+    try:
+        probe_ports(listener_addresses(config, options))
+        await _serve(config, options)
+    finally:
+        pid_file.release()
+
+
+def listener_addresses(config: Config, options: ServeOptions) -> list[tuple[str, int]]:
+    """Every (host, port) a proxy binds; the metrics port is the supervisor's in a worker."""
+    server = config.server
+    addresses = [
+        (
+            options.host if options.host is not None else server.host,
+            options.port if options.port is not None else server.port,
+        )
+    ]
+    if server.ping_port is not None:
+        addresses.append((server.ping_host, server.ping_port))
+    if config.metrics.enabled and not options.worker:
+        addresses.append((config.metrics.host, config.metrics.port))
+    return addresses
+
+
+async def _serve(config: Config, options: ServeOptions) -> None:
     runtime = ProxyRuntime(config)
     tls = _TlsHolder(config, runtime.metrics)
     for store in config.key_stores:
@@ -115,14 +152,33 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
             log.warning("key store %s has no credentials: every request will fail", store.name)
     app = create_app(runtime)
     live = app[LIVE_RUNTIME_KEY]
+    readiness = app[READINESS_KEY]
+    registry = ConnectionRegistry(runtime.metrics.tls_handshake_failures.inc)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def schedule_reload() -> None:
+        task = asyncio.create_task(_reload(live, tls))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def stopping() -> None:
+        # /ping answers 503, and every answer from now on closes its connection, so clients
+        # reconnect through the balancer to another proxy during the shutdown delay.
+        readiness.stopping = True
+        registry.draining = True
+
+    signals = SignalPlan(
+        schedule_reload,
+        live.reopen_logs,
+        lambda: live.current.config.server.shutdown_delay_seconds,
+    )
     server = config.server
     runner = web.AppRunner(
         app, access_log=None, keepalive_timeout=server.idle_timeout_seconds, shutdown_timeout=1.0
     )
     await runner.setup()
     extra_runners: list[web.AppRunner] = []
-    registry = ConnectionRegistry(runtime.metrics.tls_handshake_failures.inc)
-    pid_path = None if options.worker else config.pid_path
+    signals.install()
     try:
         site = XksSite(
             runner,
@@ -137,7 +193,7 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         log.info("xks-proxy listening on %s (pid %d)", site.name, os.getpid())
         if server.ping_port is not None:
             ping = await start_runner(
-                create_ping_app(), server.ping_host, server.ping_port, options.worker
+                create_ping_app(readiness), server.ping_host, server.ping_port, options.worker
             )
             extra_runners.append(ping)
             log.info("load-balancer ping on http://%s:%d/ping", *ping.addresses[0][:2])
@@ -150,9 +206,8 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
             log.info("metrics on http://%s:%d/metrics", *metrics.addresses[0][:2])
         for store in config.key_stores:
             log.info("key store %s at %s (region %s)", store.name, store.uri_path, store.region)
-        if pid_path is not None:
-            pid_path.write_text(f"{os.getpid()}\n")
-        await _wait_for_signals(live, tls)
+        await signals.wait_for_stop(stopping)
+        await asyncio.gather(*reloads, return_exceptions=True)
         log.info("stopping: no new connections; draining for up to %.1f s", server.drain_seconds)
         await site.stop()
         endpoint = app[ENDPOINT_KEY]
@@ -164,29 +219,4 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         for each in extra_runners:
             await each.cleanup()
         await runner.cleanup()
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            asyncio.get_running_loop().remove_signal_handler(signum)
-        if pid_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                pid_path.unlink()
-
-
-async def _wait_for_signals(live: LiveRuntime, tls: _TlsHolder) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def schedule_reload() -> None:
-        task = asyncio.create_task(_reload(live, tls))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, schedule_reload)
-    await stop.wait()
-    # Further stop signals while draining must not kill the process (and lose requests).
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, log.info, "already stopping")
-    loop.remove_signal_handler(signal.SIGHUP)
-    await asyncio.gather(*reloads, return_exceptions=True)
+        signals.uninstall()
