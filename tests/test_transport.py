@@ -330,7 +330,7 @@ def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 def test_sigterm_lets_every_started_request_finish(tmp_path: Path) -> None:
     deployment = make_deployment(tmp_path)
-    config = configure(deployment, server={"drain_seconds": 20})
+    config = configure(deployment, server={"drain_seconds": 20, "shutdown_delay_seconds": 0})
     cred = credential(deployment)
     with ProxyProcess(config) as proxy:
         slow = []
