@@ -13,8 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import KEY_BOTH, make_deployment
 from tests.proxy_process import XKS_PROXY, ProxyProcess
 
@@ -46,9 +44,8 @@ def _audit_lines(directory: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in lines]
 
 
-@pytest.mark.skipif(LOGROTATE is None, reason="installed by scripts/install-system-deps.sh")
 def test_logrotate_with_compress_under_load_loses_no_audit_line(tmp_path: Path) -> None:
-    assert LOGROTATE is not None
+    assert LOGROTATE is not None, "make test installs it (scripts/install-system-deps.sh)"
     deployment = make_deployment(
         tmp_path / "proxy",
         **{"max_body_bytes = 65536": "max_body_bytes = 65536\nshutdown_delay_seconds = 0"},

@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import KEY_BOTH, make_deployment
 from tests.proxy_process import XKS_PROXY, ProxyProcess, free_port
 
@@ -56,11 +54,8 @@ def _haproxy_config(front: int, ports: list[int]) -> str:
     return HAPROXY_CONFIG.format(front=front, inter=CHECK_INTERVAL_MS, rise=RISE, servers=servers)
 
 
-@pytest.mark.skipif(
-    HAPROXY is None, reason="haproxy is installed by scripts/install-system-deps.sh"
-)
 def test_rolling_sigterm_restart_behind_haproxy_fails_no_request(tmp_path: Path) -> None:
-    assert HAPROXY is not None
+    assert HAPROXY is not None, "make test installs it (scripts/install-system-deps.sh)"
     deployment = make_deployment(
         tmp_path,
         **{

@@ -46,7 +46,8 @@ class ProxyRuntime:
         self.metrics = metrics or ProxyMetrics()
         given = backends or {}
         self.backends = {
-            name: given.get(name) or create_backend(b) for name, b in config.backends.items()
+            name: given.get(name) or create_backend(b, self.metrics.session_pool(name))
+            for name, b in config.backends.items()
         }
         self._owned = {name for name in self.backends if name not in given}
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)

@@ -67,7 +67,7 @@ class _TlsHolder:
         self.state = state
         if state is not None:
             state.warn_if_expiring()
-            self._metrics.tls_expiry_days.set(state.days_to_expiry())
+            self._metrics.set_tls_expiry(state.not_after.timestamp())
 
     def current(self) -> TlsState | None:
         return self.state
@@ -81,15 +81,15 @@ async def _reload(live: LiveRuntime, tls: _TlsHolder) -> None:
         new_tls = tls.load(config)
         await live.reload(config, retire_after=running.server.drain_seconds)
     except ConfigError as error:
-        metrics.config_reloads.labels("rejected").inc()
+        metrics.count_reload("rejected")
         log.error("reload rejected, the running configuration stays in force: %s", error)
         return
     except Exception:
-        metrics.config_reloads.labels("rejected").inc()
+        metrics.count_reload("rejected")
         log.exception("reload failed, the running configuration stays in force")
         return
     tls.update(new_tls)
-    metrics.config_reloads.labels("applied").inc()
+    metrics.count_reload("applied")
     for name in RESTART_ONLY:
         if getattr(config.server, name) != getattr(running.server, name):
             log.warning("server.%s changed: it takes effect at the next restart", name)

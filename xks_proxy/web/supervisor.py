@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from xks_proxy.config import Config
+from xks_proxy.metrics import WORKER_SLOT_ENV
 from xks_proxy.web.app import create_metrics_app
 from xks_proxy.web.lifecycle import (
     SUPERVISOR_PID_ENV,
@@ -67,6 +68,7 @@ class Supervisor:
     async def _spawn(self, slot: int) -> None:
         environment = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir)
         environment[SUPERVISOR_PID_ENV] = str(os.getpid())
+        environment[WORKER_SLOT_ENV] = str(slot)
         process = await asyncio.create_subprocess_exec(*self._command(), env=environment)
         self._processes[slot] = process
         log.info("worker %d started (pid %d)", slot, process.pid)
