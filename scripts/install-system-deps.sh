@@ -12,9 +12,10 @@ set -euo pipefail
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+# haproxy and logrotate live in /usr/sbin, outside a normal user's PATH.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 #   wrk, taskset   closed-loop load and core pinning for `make bench` (--bench)
 if [ "${1:-}" = "--bench" ]; then
     command -v wrk >/dev/null 2>&1 || need+=(wrk)

@@ -107,7 +107,11 @@ class LiveRuntime:
     def reopen_logs(self) -> None:
         """SIGUSR1: logrotate has moved the audit log away; write to a new file at once."""
         if self.current.audit is not None:
-            self.current.audit.reopen()
+            try:
+                self.current.audit.reopen()
+            except OSError as error:
+                # The old file stays in use: no line is lost, and the next signal tries again.
+                log.error("cannot reopen the audit log: %s", error)
 
     @staticmethod
     async def _retire(old: ProxyRuntime, keep: frozenset[str], after: float) -> None:

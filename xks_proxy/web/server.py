@@ -208,8 +208,8 @@ async def _serve(config: Config, options: ServeOptions) -> None:
             log.info("key store %s at %s (region %s)", store.name, store.uri_path, store.region)
         await signals.wait_for_stop(stopping)
         await asyncio.gather(*reloads, return_exceptions=True)
-        log.info("stopping: no new connections; draining for up to %.1f s", server.drain_seconds)
         await site.stop()
+        log.info("stopping: no new connections; draining for up to %.1f s", server.drain_seconds)
         endpoint = app[ENDPOINT_KEY]
         drained = await registry.drain(
             live.current.config.server.drain_seconds, lambda: endpoint.in_flight > 0
