@@ -5,8 +5,10 @@ Metrics never share the XKS port: the XKS port faces KMS, the metrics port faces
 Prometheus (loopback by default). In a worker of ``serve --workers N`` the supervisor serves the
 metrics of all workers instead, and every worker binds the XKS and ping ports with SO_REUSEPORT.
 
-Shutdown: stop accepting, let requests that have started finish (``drain_seconds``), then close
-backends (see ``web/connection.py`` for why aiohttp's own shutdown is not used for the drain).
+Start-up and signals follow ``web/lifecycle.py`` (pid file lock, port probe, SIGTERM's shutdown
+delay, SIGUSR1). Shutdown: stop accepting, let requests that have started finish
+(``drain_seconds``), then close backends (see ``web/connection.py`` for why aiohttp's own
+shutdown is not used for the drain).
 """
 
 from __future__ import annotations
