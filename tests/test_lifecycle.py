@@ -4,6 +4,7 @@ second start, a busy port, workers that die with their supervisor, the SIGTERM t
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import re
@@ -201,3 +202,21 @@ def test_sigint_skips_the_shutdown_delay(tmp_path: Path) -> None:
         proxy.send_signal(signal.SIGINT)
         assert proxy.process.wait(timeout=10) == 0
     assert "shutdown delay cut short" in proxy.log
+
+
+def test_workers_that_cannot_start_stop_the_supervisor_with_exit_2(
+    lifecycle_deployment: Deployment,
+) -> None:
+    config = lifecycle_deployment.config
+    # A well-formed but wrong key-encryption key: the configuration loads, the workers' key
+    # store does not open. Restarting them forever would help nobody.
+    (lifecycle_deployment.directory / "kek.key").write_text(base64.b64encode(b"k" * 32).decode())
+    result = subprocess.run(
+        [XKS_PROXY, "serve", "--config", str(config.path), "--workers", "2"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not decrypt under the configured key-encryption key" in result.stderr
+    assert result.stderr.endswith("xks-proxy: a worker could not start (see the line above)\n")
+    assert "restarting" not in result.stderr
+    assert not config.pid_path.exists()
