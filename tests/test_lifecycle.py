@@ -220,3 +220,18 @@ def test_workers_that_cannot_start_stop_the_supervisor_with_exit_2(
     assert result.stderr.endswith("xks-proxy: a worker could not start (see the line above)\n")
     assert "restarting" not in result.stderr
     assert not config.pid_path.exists()
+
+
+def test_sigusr1_while_workers_start_kills_none(lifecycle_deployment: Deployment) -> None:
+    config = lifecycle_deployment.config
+    with ProxyProcess(config.path, "--workers", "2", ready="metrics of all workers") as proxy:
+        # logrotate's reopen arriving while the workers are still starting up.
+        deadline = time.monotonic() + 30
+        while sum("key store" in line for line in proxy.lines) < 2:
+            assert proxy.process.poll() is None, proxy.log
+            assert time.monotonic() < deadline, proxy.log
+            proxy.send_signal(signal.SIGUSR1)
+            time.sleep(0.01)
+        assert "exited" not in proxy.log
+        assert len(worker_pids(proxy)) == 2
+        assert proxy.stop() == 0

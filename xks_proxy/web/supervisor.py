@@ -69,7 +69,17 @@ class Supervisor:
         environment = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir)
         environment[SUPERVISOR_PID_ENV] = str(os.getpid())
         environment[WORKER_SLOT_ENV] = str(slot)
-        process = await asyncio.create_subprocess_exec(*self._command(), env=environment)
+        # A worker inherits an ignored SIGUSR1 and ignores it until its own handler is in
+        # place, so a logrotate while it starts cannot kill it (SIGUSR1's default action).
+        # The fork happens before the first await; a reopen asked for in that instant is
+        # caught by the audit log's own rotation check.
+        loop = asyncio.get_running_loop()
+        loop.remove_signal_handler(signal.SIGUSR1)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        try:
+            process = await asyncio.create_subprocess_exec(*self._command(), env=environment)
+        finally:
+            loop.add_signal_handler(signal.SIGUSR1, self._signal_all, signal.SIGUSR1)
         self._processes[slot] = process
         log.info("worker %d started (pid %d)", slot, process.pid)
 
