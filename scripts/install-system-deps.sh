@@ -4,11 +4,18 @@
 #   curl           real `curl --aws-sigv4` as an independent SigV4 signer (curl >= 7.75)
 #   python3-venv   `python3 -m venv` on Debian's own Python
 #   softhsm2       a real PKCS#11 token (libsofthsm2.so, softhsm2-util) for the HSM backend tests
+#   haproxy        a real load balancer in front of three proxies for the rolling-restart test
+#   prometheus     `promtool check metrics` on a live scrape of the metrics port
+#   logrotate      real log rotation (with compress) of the audit log under load
 set -euo pipefail
 
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+# haproxy and logrotate live in /usr/sbin, outside a normal user's PATH.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 #   wrk, taskset   closed-loop load and core pinning for `make bench` (--bench)
 if [ "${1:-}" = "--bench" ]; then
     command -v wrk >/dev/null 2>&1 || need+=(wrk)

@@ -31,8 +31,10 @@ def free_port() -> int:
 class ProxyProcess:
     """``xks-proxy serve`` on a free port; collects its log lines."""
 
-    def __init__(self, config: Path, *extra: str, ready: str = "key store") -> None:
-        self.port = free_port()
+    def __init__(
+        self, config: Path, *extra: str, ready: str = "key store", port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.lines: list[str] = []
         self._terminated = False
         self._changed = threading.Condition()

@@ -6,8 +6,8 @@ key material or secret; the access key id (never the secret) tells which credent
 
 Each line is one ``write(2)`` on a file opened with O_APPEND, so lines from several worker
 processes never interleave and nothing waits in a buffer when a process dies. If logrotate
-moves the file away, the next line (checked at most once a second) goes to a new file at the
-configured path.
+moves the file away, SIGUSR1 (``xks-proxy reopen-logs``) reopens it at once; without the
+signal, the proxy notices the move within a second (the next line goes to a new file).
 
 A write that fails (ENOSPC on a full volume, EIO, a path that can no longer be opened: any
 ``OSError``) never escapes ``write``: it is counted (``xks_audit_write_failures_total``), logged
@@ -107,6 +107,20 @@ class AuditLog:
         if not same:
             self.close()
             self._fd = self._open()
+
+    def reopen(self) -> None:
+        """Open the configured path again (after rotation), then close the old file.
+
+        Raises OSError, keeping the old file, when the path cannot be opened.
+        """
+        if self._path is None:
+            return
+        new = self._open()
+        old, self._fd = self._fd, new
+        if old is not None:
+            os.close(old)
+        self._checked = time.monotonic()
+        self._torn = False  # a line cut short in the old file ends there
 
     def _append(self, line: bytes) -> None:
         if self._fd is None:

@@ -155,6 +155,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from xks_proxy.web.lifecycle import StartRefusedError
+    from xks_proxy.web.pidfile import AlreadyRunningError
     from xks_proxy.web.server import ServeOptions, serve
     from xks_proxy.web.supervisor import Supervisor
 
@@ -166,19 +168,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     options = ServeOptions(host=args.host, port=args.port, worker=args.worker)
     workers = args.workers or config.server.workers
-    if workers > 1 and not args.worker:
-        asyncio.run(Supervisor(config, options, workers).run())
-    else:
-        asyncio.run(serve(config, options))
+    try:
+        if workers > 1 and not args.worker:
+            asyncio.run(Supervisor(config, options, workers).run())
+        else:
+            asyncio.run(serve(config, options))
+    except (StartRefusedError, AlreadyRunningError) as refused:
+        print(f"xks-proxy: {refused}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_reopen_logs(args: argparse.Namespace) -> int:
+    from xks_proxy.web.lifecycle import reopen_logs
+    from xks_proxy.web.pidfile import NotRunningError
+
+    try:
+        pid = reopen_logs(load_config(Path(args.config), with_backends=False))
+    except NotRunningError as error:
+        raise CommandError(str(error)) from None
+    print(f"xks-proxy (pid {pid}) reopened its audit log")
     return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    from xks_proxy.web.pidfile import NotRunningError, running_pid
+
     config = load_config(Path(args.config), with_backends=False)
     try:
-        pid = int(config.pid_path.read_text().strip())
+        # Only a pid whose file is locked is a running proxy: never signal a stale one.
+        pid = running_pid(config.pid_path)
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as error:
+    except (OSError, NotRunningError) as error:
         raise CommandError(f"cannot signal the proxy through {config.pid_path}: {error}") from None
     print(f"asked xks-proxy (pid {pid}) to reload {config.path}; its log says how it went")
     return 0
@@ -454,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_arg(reload)
     reload.set_defaults(func=cmd_reload)
+
+    reopen = commands.add_parser(
+        "reopen-logs", help="make a running proxy reopen its audit log (sends SIGUSR1)"
+    )
+    config_arg(reopen)
+    reopen.set_defaults(func=cmd_reopen_logs)
 
     check = commands.add_parser("check-config", help="validate a configuration and its key stores")
     config_arg(check)

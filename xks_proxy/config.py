@@ -70,6 +70,9 @@ class ServerConfig:
     ping_host: str = "0.0.0.0"  # noqa: S104 - a load balancer probes from outside
     ping_port: int | None = None
     drain_seconds: float = 10.0
+    # On SIGTERM: /ping answers 503 and the proxy keeps serving this long before it stops
+    # accepting, so a load balancer moves traffic away first (SIGINT skips it).
+    shutdown_delay_seconds: float = 5.0
     # XKS spec §9.1: KMS gives up after 250 ms; answering before that lets KMS see the reason.
     request_deadline_ms: int = 200
     max_concurrent_requests: int = 1024
@@ -110,6 +113,8 @@ class HealthConfig:
     proxy_vendor: str = "xks-proxy"
     proxy_model: str = f"xks-proxy {__version__}"
     ekm_vendor: str | None = None
+    # /ping answers 503 while every EKM of every backend is UNAVAILABLE (see web/readiness.py).
+    ping_fails_when_ekms_unavailable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +327,9 @@ def _server(table: _Table) -> ServerConfig:
         ping_host=table.get("ping_host", str, default.ping_host),
         ping_port=table.optional_port("ping_port"),
         drain_seconds=table.seconds("drain_seconds", default.drain_seconds, 0, 600),
+        shutdown_delay_seconds=table.seconds(
+            "shutdown_delay_seconds", default.shutdown_delay_seconds, 0, 600
+        ),
         request_deadline_ms=table.ranged(
             "request_deadline_ms", default.request_deadline_ms, 1, 60_000
         ),
@@ -418,6 +426,9 @@ def _health(table: _Table) -> HealthConfig:
         proxy_vendor=table.get("proxy_vendor", str, HealthConfig.proxy_vendor),
         proxy_model=table.get("proxy_model", str, HealthConfig.proxy_model),
         ekm_vendor=ekm_vendor or None,
+        ping_fails_when_ekms_unavailable=table.get(
+            "ping_fails_when_ekms_unavailable", bool, HealthConfig.ping_fails_when_ekms_unavailable
+        ),
     )
     table.done()
     return config

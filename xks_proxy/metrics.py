@@ -10,12 +10,14 @@ workers, and each gauge declares how its per-process values combine.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from xks_proxy import __version__
 from xks_proxy.backends.base import HealthState
+from xks_proxy.backends.session_pool import SessionPoolObserver
 
 # Resolve the 1-250 ms band KMS cares about (xks-spec §9.1), plus the tail beyond it.
 LATENCY_BUCKETS = (
@@ -37,6 +39,8 @@ LATENCY_BUCKETS = (
     2.5,
 )
 SUCCESS = "success"
+# Set by the supervisor for each worker (0, 1, …); absent in a single-process proxy.
+WORKER_SLOT_ENV = "XKS_PROXY_WORKER_SLOT"
 
 
 class ProxyMetrics:
@@ -94,12 +98,6 @@ class ProxyMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
-        self.tls_expiry_days = Gauge(
-            "xks_tls_certificate_expiry_days",
-            "Days until the server certificate expires (KMS needs it valid, xks-spec 6.1).",
-            registry=self.registry,
-            multiprocess_mode="livemin",
-        )
         self.tls_handshake_failures = Counter(
             "xks_tls_handshake_failures",
             "TLS handshakes that failed or presented a client certificate not allowed.",
@@ -122,6 +120,64 @@ class ProxyMetrics:
             ["result"],
             registry=self.registry,
         )
+
+        self._lifecycle_instruments()
+
+    def _lifecycle_instruments(self) -> None:
+        """Certificate expiry, reload results and PKCS#11 session pools (issue 10)."""
+        # Every worker reloads the same file on SIGHUP; worker 0 counts for all of them, so a
+        # reload counts once however many workers there are.
+        self.counts_reloads = os.environ.get(WORKER_SLOT_ENV, "0") == "0"
+        self._tls_expiry: Gauge | None = None
+        self.pool_sessions = Gauge(
+            "xks_pkcs11_sessions",
+            "Sessions in each PKCS#11 token's pool.",
+            ["backend", "token"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_in_use = Gauge(
+            "xks_pkcs11_sessions_in_use",
+            "PKCS#11 sessions running a call; at xks_pkcs11_sessions the HSM is saturated.",
+            ["backend", "token"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_waiters = Gauge(
+            "xks_pkcs11_session_waiters",
+            "Requests waiting for a free PKCS#11 session.",
+            ["backend", "token"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_wait = Histogram(
+            "xks_pkcs11_session_wait_seconds",
+            "Time a request waited for a free PKCS#11 session (0 when one was free).",
+            ["backend", "token"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def set_tls_expiry(self, not_after_seconds: float) -> None:
+        """The server certificate's notAfter as a Unix time: valid at every scrape, so an alert
+        ``xks_tls_certificate_expiry_timestamp_seconds - time() < 10 * 86400`` fires on time.
+        Created on first use, so a proxy without TLS exports no misleading 0."""
+        if self._tls_expiry is None:
+            self._tls_expiry = Gauge(
+                "xks_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which the server certificate expires (KMS needs it valid, "
+                "xks-spec 6.1).",
+                registry=self.registry,
+                multiprocess_mode="livemin",
+            )
+        self._tls_expiry.set(not_after_seconds)
+
+    def count_reload(self, result: str) -> None:
+        if self.counts_reloads:
+            self.config_reloads.labels(result).inc()
+
+    def session_pool(self, backend: str) -> SessionPoolObserver:
+        return _PoolMetrics(self, backend)
 
     def observe_request(
         self, operation: str, key_store: str, outcome: str, retryable: bool, seconds: float
@@ -148,3 +204,23 @@ class ProxyMetrics:
             self.ekm_health.labels(backend, ekm_id, candidate.value).set(
                 1 if candidate is state else 0
             )
+
+
+class _PoolMetrics:
+    """A ``SessionPoolObserver`` writing one backend's pool into the metrics."""
+
+    def __init__(self, metrics: ProxyMetrics, backend: str) -> None:
+        self._metrics = metrics
+        self._backend = backend
+
+    def pool_size(self, token: str, sessions: int) -> None:
+        self._metrics.pool_sessions.labels(self._backend, token).set(sessions)
+
+    def waiting(self, token: str, change: int) -> None:
+        self._metrics.pool_waiters.labels(self._backend, token).inc(change)
+
+    def in_use(self, token: str, change: int) -> None:
+        self._metrics.pool_in_use.labels(self._backend, token).inc(change)
+
+    def waited(self, token: str, seconds: float) -> None:
+        self._metrics.pool_wait.labels(self._backend, token).observe(seconds)

@@ -47,7 +47,8 @@ class ProxyRuntime:
         self.metrics = metrics or ProxyMetrics()
         given = backends or {}
         self.backends = {
-            name: given.get(name) or create_backend(b) for name, b in config.backends.items()
+            name: given.get(name) or create_backend(b, self.metrics.session_pool(name))
+            for name, b in config.backends.items()
         }
         self._owned = {name for name in self.backends if name not in given}
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)
@@ -107,6 +108,15 @@ class LiveRuntime:
         task = asyncio.create_task(self._retire(old, frozenset(carried), retire_after))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: logrotate has moved the audit log away; write to a new file at once."""
+        if self.current.audit is not None:
+            try:
+                self.current.audit.reopen()
+            except OSError as error:
+                # The old file stays in use: no line is lost, and the next signal tries again.
+                log.error("cannot reopen the audit log: %s", error)
 
     @staticmethod
     async def _retire(old: ProxyRuntime, keep: frozenset[str], after: float) -> None:

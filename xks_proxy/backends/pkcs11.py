@@ -69,6 +69,7 @@ from xks_proxy.backends.pkcs11_errors import (
     TokenLostError,
     translate,
 )
+from xks_proxy.backends.session_pool import SessionPoolObserver, SilentObserver
 from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
 from xks_proxy.errors import (
     ConfigError,
@@ -166,9 +167,14 @@ def _within_dates(key: Any, today: date) -> bool:
 
 
 class Pkcs11Backend:
-    def __init__(self, config: Pkcs11BackendConfig) -> None:
+    def __init__(
+        self, config: Pkcs11BackendConfig, pool_observer: SessionPoolObserver | None = None
+    ) -> None:
         self._config = config
         self._tokens = [_Token(selector, config.sessions) for selector in config.tokens]
+        self._observer = pool_observer or SilentObserver()
+        for token in self._tokens:
+            self._observer.pool_size(token.ekm_id, config.sessions)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.sessions * len(self._tokens) + 1,
             thread_name_prefix=f"pkcs11-{config.name}",
@@ -240,16 +246,28 @@ class Pkcs11Backend:
         self, token: _Token, work: Callable[[_Session], T], *, decrypting: bool = False
     ) -> T:
         """Run ``work`` on a free session of ``token`` in the thread pool."""
+        observer, ekm_id = self._observer, token.ekm_id
         try:
             pooled = token.pool.get_nowait()  # the common case costs no timer
+            observer.waited(ekm_id, 0.0)
         except asyncio.QueueEmpty:
+            started = time.monotonic()
+            observer.waiting(ekm_id, 1)
             try:
                 pooled = await asyncio.wait_for(
                     token.pool.get(), self._config.session_wait_ms / 1000
                 )
             except TimeoutError:
                 raise DependencyTimeoutError("No HSM session became free in time.") from None
+            finally:
+                observer.waiting(ekm_id, -1)
+                observer.waited(ekm_id, time.monotonic() - started)
+        observer.in_use(ekm_id, 1)
         loop = asyncio.get_running_loop()
+
+        def give_back() -> None:
+            observer.in_use(ekm_id, -1)
+            token.pool.put_nowait(pooled)
 
         def run() -> T:
             try:
@@ -266,7 +284,7 @@ class Pkcs11Backend:
 
         future = self._executor.submit(run)
         # The session goes back when the thread is done with it, not when the request gives up.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(token.pool.put_nowait, pooled))
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(give_back))
         try:
             return await asyncio.wrap_future(future)
         except (p11.PKCS11Error, AttributeError, TokenLostError) as error:

@@ -13,20 +13,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
-from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.endpoint import XksEndpoint
+from xks_proxy.web.readiness import READINESS_KEY, Readiness, ping
 
 LIVE_RUNTIME_KEY = web.AppKey("live_runtime", LiveRuntime)
 ENDPOINT_KEY = web.AppKey("xks_endpoint", XksEndpoint)
 METRICS_REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
-
-
-async def ping(request: web.Request) -> web.Response:
-    """Unauthenticated liveness for load balancers (xks-spec §2.2)."""
-    connection = request_started(request)
-    response = web.Response(text="pong\n")
-    request_finished(connection, response)
-    return response
 
 
 async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -42,6 +34,7 @@ def create_app(runtime: ProxyRuntime) -> web.Application:
     app = web.Application()
     live = LiveRuntime(runtime)
     app[LIVE_RUNTIME_KEY] = live
+    app[READINESS_KEY] = Readiness(live)
     app.router.add_get("/ping", ping, allow_head=True)
     # Every other path goes to the XKS endpoint, which routes by configured URI path itself.
     endpoint = app[ENDPOINT_KEY] = XksEndpoint(live)
@@ -50,9 +43,10 @@ def create_app(runtime: ProxyRuntime) -> web.Application:
     return app
 
 
-def create_ping_app() -> web.Application:
+def create_ping_app(readiness: Readiness) -> web.Application:
     """The plain-HTTP load-balancer probe listener: GET /ping and nothing else."""
     app = web.Application()
+    app[READINESS_KEY] = readiness
     app.router.add_get("/ping", ping, allow_head=True)
     return app
 

@@ -5,17 +5,17 @@ Metrics never share the XKS port: the XKS port faces KMS, the metrics port faces
 Prometheus (loopback by default). In a worker of ``serve --workers N`` the supervisor serves the
 metrics of all workers instead, and every worker binds the XKS and ping ports with SO_REUSEPORT.
 
-Shutdown: stop accepting, let requests that have started finish (``drain_seconds``), then close
-backends (see ``web/connection.py`` for why aiohttp's own shutdown is not used for the drain).
+Start-up and signals follow ``web/lifecycle.py`` (pid file lock, port probe, SIGTERM's shutdown
+delay, SIGUSR1). Shutdown: stop accepting, let requests that have started finish
+(``drain_seconds``), then close backends (see ``web/connection.py`` for why aiohttp's own
+shutdown is not used for the drain).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,15 @@ from xks_proxy.web.app import (
     create_ping_app,
 )
 from xks_proxy.web.connection import ConnectionRegistry, XksSite
+from xks_proxy.web.lifecycle import (
+    SignalPlan,
+    die_with_supervisor,
+    ignore_reopen_until_ready,
+    probe_ports,
+)
+from xks_proxy.web.pidfile import PidFile
 from xks_proxy.web.protocol import LINGER_SECONDS
+from xks_proxy.web.readiness import READINESS_KEY
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -63,7 +71,7 @@ class _TlsHolder:
         self.state = state
         if state is not None:
             state.warn_if_expiring()
-            self._metrics.tls_expiry_days.set(state.days_to_expiry())
+            self._metrics.set_tls_expiry(state.not_after.timestamp())
 
     def current(self) -> TlsState | None:
         return self.state
@@ -77,15 +85,15 @@ async def _reload(live: LiveRuntime, tls: _TlsHolder) -> None:
         new_tls = tls.load(config)
         await live.reload(config, retire_after=running.server.drain_seconds)
     except ConfigError as error:
-        metrics.config_reloads.labels("rejected").inc()
+        metrics.count_reload("rejected")
         log.error("reload rejected, the running configuration stays in force: %s", error)
         return
     except Exception:
-        metrics.config_reloads.labels("rejected").inc()
+        metrics.count_reload("rejected")
         log.exception("reload failed, the running configuration stays in force")
         return
     tls.update(new_tls)
-    metrics.config_reloads.labels("applied").inc()
+    metrics.count_reload("applied")
     for name in RESTART_ONLY:
         if getattr(config.server, name) != getattr(running.server, name):
             log.warning("server.%s changed: it takes effect at the next restart", name)
@@ -108,15 +116,63 @@ async def start_runner(
 
 
 async def serve(config: Config, options: ServeOptions | None = None) -> None:
-    """Serve until SIGINT or SIGTERM."""
+    """Serve until SIGINT or SIGTERM (see ``web/lifecycle.py`` for the whole life cycle)."""
     options = options or ServeOptions()
+    ignore_reopen_until_ready()
+    if options.worker:
+        die_with_supervisor()
+        await _serve(config, options)
+        return
+    pid_file = PidFile(config.pid_path)
+    pid_file.acquire()
+    try:
+        probe_ports(listener_addresses(config, options))
+        await _serve(config, options)
+    finally:
+        pid_file.release()
+
+
+def listener_addresses(config: Config, options: ServeOptions) -> list[tuple[str, int]]:
+    """Every (host, port) a proxy binds; the metrics port is the supervisor's in a worker."""
+    server = config.server
+    addresses = [
+        (
+            options.host if options.host is not None else server.host,
+            options.port if options.port is not None else server.port,
+        )
+    ]
+    if server.ping_port is not None:
+        addresses.append((server.ping_host, server.ping_port))
+    if config.metrics.enabled and not options.worker:
+        addresses.append((config.metrics.host, config.metrics.port))
+    return addresses
+
+
+async def _serve(config: Config, options: ServeOptions) -> None:
     runtime = ProxyRuntime(config)
     tls = _TlsHolder(config, runtime.metrics)
-    for store in config.key_stores:
-        if not store.credentials:
-            log.warning("key store %s has no credentials: every request will fail", store.name)
     app = create_app(runtime)
     live = app[LIVE_RUNTIME_KEY]
+    readiness = app[READINESS_KEY]
+    registry = ConnectionRegistry(runtime.metrics.tls_handshake_failures.inc)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def schedule_reload() -> None:
+        task = asyncio.create_task(_reload(live, tls))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def stopping() -> None:
+        # /ping answers 503, and every answer from now on closes its connection, so clients
+        # reconnect through the balancer to another proxy during the shutdown delay.
+        readiness.stopping = True
+        registry.draining = True
+
+    signals = SignalPlan(
+        schedule_reload,
+        live.reopen_logs,
+        lambda: live.current.config.server.shutdown_delay_seconds,
+    )
     server = config.server
     handler_options: dict[str, Any] = {
         "access_log": None,
@@ -129,8 +185,7 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
     runner = web.AppRunner(app, shutdown_timeout=1.0, **handler_options)
     await runner.setup()
     extra_runners: list[web.AppRunner] = []
-    registry = ConnectionRegistry(runtime.metrics.tls_handshake_failures.inc)
-    pid_path = None if options.worker else config.pid_path
+    signals.install()
     try:
         site = XksSite(
             runner,
@@ -147,7 +202,7 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         log.info("xks-proxy listening on %s (pid %d)", site.name, os.getpid())
         if server.ping_port is not None:
             ping = await start_runner(
-                create_ping_app(), server.ping_host, server.ping_port, options.worker
+                create_ping_app(readiness), server.ping_host, server.ping_port, options.worker
             )
             extra_runners.append(ping)
             log.info("load-balancer ping on http://%s:%d/ping", *ping.addresses[0][:2])
@@ -160,9 +215,8 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
             log.info("metrics on http://%s:%d/metrics", *metrics.addresses[0][:2])
         for store in config.key_stores:
             log.info("key store %s at %s (region %s)", store.name, store.uri_path, store.region)
-        if pid_path is not None:
-            pid_path.write_text(f"{os.getpid()}\n")
-        await _wait_for_signals(live, tls)
+        await signals.wait_for_stop(stopping)
+        await asyncio.gather(*reloads, return_exceptions=True)
         await site.stop()
         # Logged once the listener is closed, so the line is true when it is read.
         log.info("stopped accepting connections; draining for up to %.1f s", server.drain_seconds)
@@ -175,29 +229,4 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
         for each in extra_runners:
             await each.cleanup()
         await runner.cleanup()
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            asyncio.get_running_loop().remove_signal_handler(signum)
-        if pid_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                pid_path.unlink()
-
-
-async def _wait_for_signals(live: LiveRuntime, tls: _TlsHolder) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def schedule_reload() -> None:
-        task = asyncio.create_task(_reload(live, tls))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, schedule_reload)
-    await stop.wait()
-    # Further stop signals while draining must not kill the process (and lose requests).
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, log.info, "already stopping")
-    loop.remove_signal_handler(signal.SIGHUP)
-    await asyncio.gather(*reloads, return_exceptions=True)
+        signals.uninstall()

@@ -1,0 +1,100 @@
+"""The shipped ``deploy/logrotate/xks-proxy`` policy, run by the real ``logrotate`` (with
+``compress`` and no ``delaycompress``) three times while ``xks-proxy loadtest`` drives a
+two-worker proxy: every request answered has its audit line, in the live file or in one of the
+compressed ones. Its ``postrotate`` runs ``xks-proxy reopen-logs`` (SIGUSR1, forwarded by the
+supervisor to every worker)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import KEY_BOTH, make_deployment
+from tests.proxy_process import XKS_PROXY, ProxyProcess
+
+LOGROTATE = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin:/sbin")
+POLICY = Path(__file__).resolve().parents[1] / "deploy" / "logrotate" / "xks-proxy"
+RATE = 100
+DURATION = 8
+ROTATIONS = 3
+
+
+def _policy_for(audit: Path, config: Path) -> str:
+    """The shipped policy with this deployment's audit file and configuration."""
+    text = POLICY.read_text()
+    for shipped, here in (
+        ("/var/log/xks-proxy/audit.log", str(audit)),
+        ("/usr/local/bin/xks-proxy", XKS_PROXY),
+        ("/etc/xks-proxy/xks-proxy.toml", str(config)),
+    ):
+        assert shipped in text
+        text = text.replace(shipped, here)
+    return text
+
+
+def _audit_lines(directory: Path) -> list[dict[str, object]]:
+    lines: list[str] = []
+    for path in directory.glob("audit.log*"):
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        lines += data.decode().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_logrotate_with_compress_under_load_loses_no_audit_line(tmp_path: Path) -> None:
+    assert LOGROTATE is not None, "make test installs it (scripts/install-system-deps.sh)"
+    deployment = make_deployment(
+        tmp_path / "proxy",
+        **{"max_body_bytes = 65536": "max_body_bytes = 65536\nshutdown_delay_seconds = 0"},
+    )
+    audit = Path(deployment.config.audit.path)
+    policy = tmp_path / "logrotate.conf"
+    policy.write_text(_policy_for(audit, deployment.config_path))
+    policy.chmod(0o644)
+    kms_config = tmp_path / "kms-config.json"
+    kms_config.write_text(
+        subprocess.run(
+            [XKS_PROXY, "kms-config", "--config", str(deployment.config_path)],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+    )  # fmt: skip
+    with ProxyProcess(deployment.config_path, "--workers", "2") as proxy:
+        proxy.wait_for("key store", count=2)
+        loadtest = subprocess.Popen(
+            [XKS_PROXY, "loadtest", "--url", f"http://127.0.0.1:{proxy.port}",
+             "--kms-config", str(kms_config), "--key-id", KEY_BOTH, "--rate", str(RATE),
+             "--duration", str(DURATION), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            for _ in range(ROTATIONS):
+                time.sleep(DURATION / (ROTATIONS + 1))
+                # logrotate skips an empty file (notifempty): wait for the load to reach it.
+                deadline = time.monotonic() + 30
+                while not (audit.exists() and audit.stat().st_size):
+                    assert time.monotonic() < deadline, proxy.log
+                    time.sleep(0.05)
+                rotated = subprocess.run(
+                    [LOGROTATE, "--force", "--state", str(tmp_path / "state"), str(policy)],
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                assert rotated.returncode == 0, rotated.stderr
+            out, err = loadtest.communicate(timeout=DURATION + 60)
+        finally:
+            if loadtest.poll() is None:
+                loadtest.kill()
+                loadtest.communicate()
+        assert loadtest.returncode == 0, err
+        assert proxy.stop() == 0
+    summary = json.loads(out)
+    assert summary["errors"] == {}
+    assert summary["completed"] == summary["scheduled"] == RATE * DURATION
+    compressed = sorted(audit.parent.glob("audit.log.*.gz"))
+    assert len(compressed) == ROTATIONS, compressed
+    records = _audit_lines(audit.parent)
+    assert len(records) == summary["completed"]
+    assert all(record["xksOperation"] == "Encrypt" for record in records)
+    assert "Traceback" not in proxy.log
