@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from xks_proxy.audit import AuditLog
+from xks_proxy.authz.load import load_authorizers
 from xks_proxy.backends import create_backend
 from xks_proxy.backends.base import Backend
 from xks_proxy.config import Config
@@ -53,8 +54,11 @@ class ProxyRuntime:
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)
         self.service = XksService(self.health, config.health, self.metrics)
         # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
+        # Parsed here, so a bad policy file stops start-up and rejects a reload (authz/load.py).
+        authorizers = load_authorizers(config)
         self.key_stores = {
-            ks.uri_path: KeyStore.build(ks, self.backends[ks.backend]) for ks in config.key_stores
+            ks.uri_path: KeyStore.build(ks, self.backends[ks.backend], authorizers[ks.name])
+            for ks in config.key_stores
         }
         self.audit = (
             AuditLog(config.audit.path, self.metrics.audit_write_failures.inc)

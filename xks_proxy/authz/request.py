@@ -1,0 +1,96 @@
+"""The Cedar entity model of an XKS request (documented in the README, "Secondary authorization").
+
+- principal: ``Aws::Principal::"<awsPrincipalArn>"``;
+- action: ``Kms::Action::"<kmsOperation>"``, a member of ``Xks::Action::"<XKS operation>"``
+  (``Encrypt``, ``Decrypt``, ``GetKeyMetadata``), so a policy names either the KMS operation
+  (``action == Kms::Action::"GenerateDataKey"``) or every KMS operation behind one XKS operation
+  (``action in Xks::Action::"Decrypt"``). A kmsOperation this proxy has never heard of is just
+  another action id (xks-spec §3.3: it must not be refused for being unknown); ReEncrypt calls
+  Decrypt and then Encrypt, each checked as its own request;
+- resource: ``Xks::Key::"<externalKeyId>"``;
+- context: the request metadata under the spec's own field names (§3.1) ``kmsKeyArn``,
+  ``kmsOperation``, ``xksOperation``, ``kmsViaService``, ``awsSourceVpc``, ``awsSourceVpce``, and
+  ``keyStore`` (the key store's name).
+
+Every context field is always present, the empty string when KMS did not send it: a policy that
+compares ``context.kmsViaService`` then never fails with a missing attribute (which in Cedar
+would silently skip a ``forbid``); ``context.kmsViaService == ""`` means "called directly".
+``kmsRequestId`` is left out on purpose: it differs on every request, and decisions are cached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import cedarpy
+
+from xks_proxy.model import RequestMetadata
+
+PRINCIPAL_TYPE = "Aws::Principal"
+ACTION_TYPE = "Kms::Action"
+XKS_ACTION_TYPE = "Xks::Action"
+RESOURCE_TYPE = "Xks::Key"
+# Distinct (kmsOperation, XKS operation) pairs whose action entities are kept parsed.
+ACTION_ENTITIES_CACHED = 256
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzInput:
+    """Everything a decision depends on; hashable, so it is also the decision cache's key."""
+
+    key_store: str
+    key_id: str
+    xks_operation: str
+    kms_operation: str
+    principal: str
+    kms_key_arn: str
+    kms_via_service: str
+    aws_source_vpc: str
+    aws_source_vpce: str
+
+    @classmethod
+    def of(
+        cls, key_store: str, key_id: str, xks_operation: str, metadata: RequestMetadata
+    ) -> AuthzInput:
+        return cls(
+            key_store=key_store,
+            key_id=key_id,
+            xks_operation=xks_operation,
+            kms_operation=metadata.kms_operation,
+            principal=metadata.aws_principal_arn or "",
+            kms_key_arn=metadata.kms_key_arn or "",
+            kms_via_service=metadata.kms_via_service or "",
+            aws_source_vpc=metadata.aws_source_vpc or "",
+            aws_source_vpce=metadata.aws_source_vpce or "",
+        )
+
+    def cedar_request(self) -> dict[str, Any]:
+        # The {type, id} form takes any id (ARNs, odd kmsOperation values) without quoting.
+        return {
+            "principal": {"type": PRINCIPAL_TYPE, "id": self.principal},
+            "action": {"type": ACTION_TYPE, "id": self.kms_operation},
+            "resource": {"type": RESOURCE_TYPE, "id": self.key_id},
+            "context": {
+                "kmsKeyArn": self.kms_key_arn,
+                "kmsOperation": self.kms_operation,
+                "xksOperation": self.xks_operation,
+                "kmsViaService": self.kms_via_service,
+                "awsSourceVpc": self.aws_source_vpc,
+                "awsSourceVpce": self.aws_source_vpce,
+                "keyStore": self.key_store,
+            },
+        }
+
+
+@lru_cache(maxsize=ACTION_ENTITIES_CACHED)
+def action_entities(kms_operation: str, xks_operation: str) -> cedarpy.Entities:
+    """The action hierarchy of one request: ``Kms::Action`` in ``Xks::Action``."""
+    parent = {"type": XKS_ACTION_TYPE, "id": xks_operation}
+    document = [
+        {"uid": {"type": ACTION_TYPE, "id": kms_operation}, "attrs": {}, "parents": [parent]},
+        {"uid": parent, "attrs": {}, "parents": []},
+    ]
+    return cedarpy.Entities.from_json_str(json.dumps(document))
