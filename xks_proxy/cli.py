@@ -44,6 +44,7 @@ from xks_proxy.keystore.store import (
     KeyStoreUnavailableError,
     UnknownKeyError,
 )
+from xks_proxy.policy_commands import add_policy_commands
 
 if TYPE_CHECKING:
     from xks_proxy.scaffold import Pkcs11Setup
@@ -489,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
 
     add_credential_commands(commands, config_arg)
+    add_policy_commands(commands, config_arg)
 
     emulator = commands.add_parser(
         "kms-emulator", help="run a local AWS KMS whose external key stores call XKS proxies"
