@@ -37,17 +37,29 @@ def decide(text: str, xks_operation: str, meta: RequestMetadata, key: str = "key
     return authorizer(text).evaluate(AuthzInput.of("dev", key, xks_operation, meta)).allowed
 
 
-@pytest.mark.parametrize(
-    ("text", "where"),
-    [
-        ("permit (principal, action, resource);\n\nforbid (principal, action resource);", "line 3, column 27: unexpected token `resource`"),
-        ('permit (principal, action, resource) when { context.x == "open };', "line 1, column 58: invalid token"),
-        ('permit (principal, action == Foo::"x", resource);', "line 1, column 1: expected an entity uid"),
-        ("permit (principal, action, resource)", "line 1, column 37: unexpected end of input"),
-        ("@id(\"a\")\npermit (principal, action, resource);\n@id(\"a\")\n"
-         "forbid (principal, action, resource);", "line 3: @id('a') is used twice"),
-    ],
-)  # fmt: skip
+BAD_POLICIES = [
+    (
+        "permit (principal, action, resource);\n\nforbid (principal, action resource);",
+        "line 3, column 27: unexpected token `resource`",
+    ),
+    (
+        'permit (principal, action, resource) when { context.x == "open };',
+        "line 1, column 58: invalid token",
+    ),
+    (
+        'permit (principal, action == Foo::"x", resource);',
+        "line 1, column 1: expected an entity uid",
+    ),
+    ("permit (principal, action, resource)", "line 1, column 37: unexpected end of input"),
+    (
+        '@id("a")\npermit (principal, action, resource);\n@id("a")\n'
+        "forbid (principal, action, resource);",
+        "line 3: @id('a') is used twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "where"), BAD_POLICIES)
 def test_a_bad_policy_is_refused_with_its_position(text: str, where: str) -> None:
     with pytest.raises(PolicyError) as raised:
         parse_policies(text, POLICY)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xks_proxy import __version__
+from xks_proxy.authz.load import load_authorizers
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import (
     NAME_PATTERN,
@@ -188,6 +189,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     config.check_serving()
+    load_authorizers(config)  # parses every key store's authorization_policy
     for backend in config.backends.values():
         if isinstance(backend, SoftwareBackendConfig):
             # Opening the store proves the KEK decrypts every key in it.
