@@ -157,3 +157,13 @@ def test_decisions_are_cached_by_their_inputs() -> None:
     checker.check("key-both", "Encrypt", metadata("Encrypt", kms_via_service=EBS))
     info = checker.decide.cache_info()
     assert (info.misses, info.hits) == (3, 5)
+
+
+def test_the_benchmark_tool_measures_and_reports() -> None:
+    from tools.authz_bench import measure, report
+
+    cost = measure(requests=500)
+    assert cost.requests == 500 and 0 < cost.distinct_inputs <= 500
+    assert 0 < cost.hit_rate < 1
+    text = report(cost)
+    assert "uncached" in text and "amortized" in text
