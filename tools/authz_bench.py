@@ -7,7 +7,8 @@ operations, via services, VPC endpoints and keys) with Zipf-like weights, as rea
 repeats a few callers and keys: the amortized cost is the time of ``Authorizer.check`` over all
 requests, misses included, divided by their number. ``measure`` returns the numbers and
 ``report`` a Markdown section, so ``tools/bench.py`` can add them to docs/benchmarks.md;
-``python -m tools.authz_bench`` prints it.
+``python -m tools.authz_bench [--append docs/benchmarks.md]`` prints it (``make bench``
+appends it).
 """
 
 from __future__ import annotations
@@ -156,7 +157,13 @@ def report(cost: AuthzCost) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=100_000)
-    print(report(measure(parser.parse_args().requests)))
+    parser.add_argument("--append", metavar="FILE", help="append the section to FILE")
+    args = parser.parse_args()
+    section = report(measure(args.requests))
+    print(section)
+    if args.append:
+        with Path(args.append).open("a", encoding="utf-8") as out:
+            out.write("\n" + section)
 
 
 if __name__ == "__main__":
