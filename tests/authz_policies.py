@@ -4,7 +4,7 @@ from __future__ import annotations
 
 ALICE = "arn:aws:iam::123456789012:user/Alice"
 BOB = "arn:aws:iam::123456789012:user/Bob"
-EBS = "ebs.us-east-1.amazonaws.com"
+EBS = "ebs"
 VPCE = "vpce-0123456789abcdef0"
 
 BASELINE = '@id("allow-the-rest")\npermit (principal, action, resource);\n'
@@ -15,7 +15,7 @@ ONLY_EBS = (
 // Only EBS may use key-both.
 @id("key-both-only-through-ebs")
 forbid (principal, action, resource == Xks::Key::"key-both")
-unless { context.kmsViaService == "ebs.us-east-1.amazonaws.com" };
+unless { context.kmsViaService == "ebs" };
 """
 )
 

@@ -116,7 +116,8 @@ def test_context_carries_the_metadata_and_the_key_store() -> None:
         "permit (principal, action, resource) when {"
         ' context.keyStore == "dev" && context.xksOperation == "Decrypt"'
         ' && context.kmsOperation == "ReEncrypt" && context.awsSourceVpc == "vpc-1"'
-        ' && context.kmsKeyArn like "arn:aws:kms:us-east-1:123456789012:*" };'
+        ' && context.kmsKeyArn like "arn:aws:kms:us-east-1:123456789012:*"'
+        ' && context.awsPrincipalArn like "arn:aws:iam::123456789012:*" };'
     )
     arn = "arn:aws:kms:us-east-1:123456789012:key/k"
     assert decide(text, "Decrypt", metadata("ReEncrypt", aws_source_vpc="vpc-1", kms_key_arn=arn))

@@ -32,7 +32,7 @@ permit (principal, action, resource);
 
 @id("key-0-only-through-ebs")
 forbid (principal, action, resource == Xks::Key::"key-0")
-unless { context.kmsViaService == "ebs.us-east-1.amazonaws.com" };
+unless { context.kmsViaService == "ebs" };
 
 @id("decrypt-only-from-vpce")
 forbid (principal, action in Xks::Action::"Decrypt", resource)
@@ -54,7 +54,7 @@ OPERATIONS = [
     ("Decrypt", "Decrypt"),
     ("ReEncrypt", "Decrypt"),
 ]
-VIA_SERVICES = ["", "ebs.us-east-1.amazonaws.com", "s3.us-east-1.amazonaws.com"]
+VIA_SERVICES = ["", "ebs", "s3"]
 VPC_ENDPOINTS = ["", "vpce-0123456789abcdef0"]
 KEYS = [f"key-{n}" for n in range(3)]
 STORE = "bench"

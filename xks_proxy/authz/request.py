@@ -5,12 +5,12 @@
   (``Encrypt``, ``Decrypt``, ``GetKeyMetadata``), so a policy names either the KMS operation
   (``action == Kms::Action::"GenerateDataKey"``) or every KMS operation behind one XKS operation
   (``action in Xks::Action::"Decrypt"``). A kmsOperation this proxy has never heard of is just
-  another action id (xks-spec §3.3: it must not be refused for being unknown); ReEncrypt calls
+  another action id (xks-spec §3.2: it must not be refused for being unknown); ReEncrypt calls
   Decrypt and then Encrypt, each checked as its own request;
 - resource: ``Xks::Key::"<externalKeyId>"``;
-- context: the request metadata under the spec's own field names (§3.1) ``kmsKeyArn``,
-  ``kmsOperation``, ``xksOperation``, ``kmsViaService``, ``awsSourceVpc``, ``awsSourceVpce``, and
-  ``keyStore`` (the key store's name).
+- context: the request metadata under the spec's own field names (§3.1) ``awsPrincipalArn``,
+  ``kmsKeyArn``, ``kmsOperation``, ``xksOperation``, ``kmsViaService``, ``awsSourceVpc``,
+  ``awsSourceVpce``, and ``keyStore`` (the key store's name).
 
 Every context field is always present, the empty string when KMS did not send it: a policy that
 compares ``context.kmsViaService`` then never fails with a missing attribute (which in Cedar
@@ -77,6 +77,9 @@ class AuthzInput(NamedTuple):
             "action": {"type": ACTION_TYPE, "id": self.kms_operation},
             "resource": {"type": RESOURCE_TYPE, "id": self.key_id},
             "context": {
+                # Also here: Cedar cannot read an entity id as a string, and the caller's
+                # account and region (§6.5) are only in the ARN (``like "arn:aws:iam::1111:*"``).
+                "awsPrincipalArn": self.principal,
                 "kmsKeyArn": self.kms_key_arn,
                 "kmsOperation": self.kms_operation,
                 "xksOperation": self.xks_operation,
