@@ -135,6 +135,20 @@ def test_a_policy_that_fails_to_evaluate_denies_and_is_named() -> None:
     assert decision.errors
 
 
+def test_a_request_the_engine_cannot_take_is_denied_not_raised() -> None:
+    # A lone surrogate: orjson refuses it in a body, but a policy-test file may hold it.
+    decision = authorizer(BASELINE).evaluate(
+        AuthzInput.of("dev", "k", "Decrypt", metadata(principal="\ud800"))
+    )
+    assert (decision.allowed, decision.policies) == (False, ("(policy engine error)",))
+
+
+def test_odd_characters_in_ids_are_just_ids() -> None:
+    text = 'permit (principal == Aws::Principal::"a\\"b\\nc", action, resource);'
+    assert decide(text, "Decrypt", metadata(principal='a"b\nc'), key="k.1_-")
+    assert not decide(text, "Decrypt", metadata(principal="a"))
+
+
 def test_a_deny_names_its_policies_for_the_audit_but_not_for_kms() -> None:
     with pytest.raises(PolicyDeniedError) as raised:
         authorizer(ALICE_ENCRYPTS_ONLY).check("key-both", "Decrypt", metadata())

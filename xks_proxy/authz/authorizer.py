@@ -10,11 +10,13 @@ Cedar semantics apply: with a policy file in force, a request is allowed only wh
 ``permit`` matches and no ``forbid`` does. Beyond Cedar, a policy that fails to evaluate for a
 request (an error, e.g. comparing a string with a number) denies it: Cedar would skip such a
 policy, which for a ``forbid`` means allowing what it was written to forbid. The audit line
-then names the failing policy.
+then names the failing policy. Should cedarpy refuse a request outright, that is a deny too
+(``(policy engine error)``), never a 500.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,8 +27,11 @@ from xks_proxy.authz.policy import PolicyFile, load_policy_file
 from xks_proxy.authz.request import AuthzInput, action_entities
 from xks_proxy.errors import AccessDeniedError
 from xks_proxy.model import RequestMetadata
+from xks_proxy.safelog import log_unexpected
 
+log = logging.getLogger(__name__)
 DECISION_CACHE_SIZE = 4096
+ENGINE_ERROR = "(policy engine error)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +72,17 @@ class Authorizer:
 
     def evaluate(self, request: AuthzInput) -> Decision:
         """The uncached decision."""
-        result = cedarpy.is_authorized(
-            request.cedar_request(),
-            self.policies.policy_set,
-            action_entities(request.kms_operation, request.xks_operation),
-        )
+        try:
+            result = cedarpy.is_authorized(
+                request.cedar_request(),
+                self.policies.policy_set,
+                action_entities(request.kms_operation, request.xks_operation),
+            )
+        except Exception as error:
+            # The engine refused the request itself (none is known over HTTP: the body parser
+            # already refuses what cedarpy cannot encode). Fail closed, never a 500.
+            log_unexpected(log, logging.ERROR, f"Cedar decision for {self.key_store}", error)
+            return Decision(allowed=False, policies=(ENGINE_ERROR,), errors=(ENGINE_ERROR,))
         diagnostics = result.diagnostics
         errors = tuple(diagnostics.errors)
         reasons = tuple(self.policies.name_of(cedar_id) for cedar_id in diagnostics.reasons)
