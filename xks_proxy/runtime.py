@@ -53,9 +53,9 @@ class ProxyRuntime:
         self._owned = {name for name in self.backends if name not in given}
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)
         self.service = XksService(self.health, config.health, self.metrics)
-        # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
         # Parsed here, so a bad policy file stops start-up and rejects a reload (authz/load.py).
         authorizers = load_authorizers(config)
+        # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
         self.key_stores = {
             ks.uri_path: KeyStore.build(ks, self.backends[ks.backend], authorizers[ks.name])
             for ks in config.key_stores
