@@ -182,3 +182,17 @@ def test_the_benchmark_tool_measures_and_reports() -> None:
     assert 0 < cost.hit_rate < 1
     text = report(cost)
     assert "uncached" in text and "amortized" in text
+
+
+def test_the_schema_check_warns_about_policies_that_cannot_work() -> None:
+    text = (
+        BASELINE
+        + '@id("typo")\nforbid (principal, action, resource) when { context.kmsViaServce == "" };'
+        + '\n@id("future")\npermit (principal, action == Kms::Action::"BulkEncrypt", resource);'
+    )
+    warnings = parse_policies(text, POLICY).warnings
+    assert any("policy typo (line 3)" in w and "kmsViaServce" in w for w in warnings)
+    assert any("policy future (line 5)" in w and "BulkEncrypt" in w for w in warnings)
+    assert not any("allow-the-rest" in w for w in warnings)
+    for example in (ONLY_EBS, DECRYPT_ONLY_FROM_VPCE, ALICE_ENCRYPTS_ONLY):
+        assert parse_policies(example, POLICY).warnings == ()

@@ -49,6 +49,14 @@ def test_a_bad_policy_stops_start_up_and_check_config(tmp_path: Path) -> None:
         assert "key_stores[0].authorization_policy" in result.stderr
         assert f"{POLICY_FILE}: {BAD_POSITION}" in result.stderr
         assert "Traceback" not in result.stderr
+    # A policy that parses but names an attribute the model lacks: a warning, not a refusal.
+    (tmp_path / POLICY_FILE).write_text(
+        BASELINE + 'forbid (principal, action, resource) when { context.viaService == "" };\n'
+    )
+    warned = run("check-config", "--config", config)
+    assert warned.returncode == 0, warned.stderr
+    assert "key_stores[0].authorization_policy" in warned.stderr
+    assert "policy policy1 (line 3)" in warned.stderr and "viaService" in warned.stderr
     (tmp_path / POLICY_FILE).unlink()
     missing = run("check-config", "--config", config)
     assert missing.returncode == 2 and "cannot read it" in missing.stderr

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import cedarpy
 
+from xks_proxy.authz.schema import schema_findings
+
 # Cedar's lexical grammar, as far as finding token and statement boundaries needs it.
 _TOKEN = re.compile(
     r"""
@@ -61,6 +63,8 @@ class PolicyFile:
     policy_set: cedarpy.PolicySet
     # cedarpy's id (policy0, policy1…) → the policy.
     policies: dict[str, Policy]
+    # What validation against the entity model's schema found (authz/schema.py).
+    warnings: tuple[str, ...] = ()
 
     def name_of(self, cedar_id: str) -> str:
         policy = self.policies.get(cedar_id)
@@ -144,7 +148,13 @@ def parse_policies(text: str, path: Path) -> PolicyFile:
         policies[cedar_id] = Policy(name=name, line=line, text=source)
     if len(policies) != len(policy_set):
         raise PolicyError(f"{path}: cannot tell its {len(policy_set)} policies apart")
-    return PolicyFile(path=path, policy_set=policy_set, policies=policies)
+    warnings = tuple(
+        f"policy {policies[cedar_id].name} (line {policies[cedar_id].line}): {message}"
+        if cedar_id in policies
+        else message
+        for cedar_id, message in schema_findings(text)
+    )
+    return PolicyFile(path=path, policy_set=policy_set, policies=policies, warnings=warnings)
 
 
 def load_policy_file(path: Path) -> PolicyFile:
