@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xks_proxy import __version__
-from xks_proxy.authz.load import load_authorizers
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import (
     NAME_PATTERN,
@@ -189,6 +188,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     config.check_serving()
+    from xks_proxy.authz.load import load_authorizers  # cedarpy: only for the commands using it
+
     load_authorizers(config)  # parses every key store's authorization_policy
     for backend in config.backends.values():
         if isinstance(backend, SoftwareBackendConfig):

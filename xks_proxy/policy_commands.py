@@ -17,13 +17,14 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from xks_proxy.authz.authorizer import Authorizer, Decision
-from xks_proxy.authz.load import load_authorizers
-from xks_proxy.authz.request import AuthzInput
 from xks_proxy.config import KeyStoreConfig, load_config
 from xks_proxy.errors import ConfigError
 from xks_proxy.model import RequestMetadata, audit_metadata
+
+if TYPE_CHECKING:
+    from xks_proxy.authz.authorizer import Authorizer, Decision
 
 ALLOW, DENY = 0, 1
 HEALTH = "GetHealthStatus"
@@ -73,6 +74,10 @@ def _print_decision(authorizer: Authorizer, decision: Decision) -> None:
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
+    # cedarpy takes a tenth of a second to import: only this command pays for it.
+    from xks_proxy.authz.load import load_authorizers
+    from xks_proxy.authz.request import AuthzInput
+
     # Never opens a backend: deciding needs the policies, not the keys.
     config = load_config(Path(args.config), with_backends=False)
     store: KeyStoreConfig = config.key_store(args.key_store)
