@@ -41,6 +41,7 @@ check: test
 bench: $(INSTALLED)
 	bash scripts/install-system-deps.sh --bench
 	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.authz_bench --append docs/benchmarks.md
 
 # The property-test targets (body parsing, SigV4 verification) at scale, for release checks:
 # `make fuzz FUZZ_SECONDS=600`. Prints the number of inputs run; fails on any exception that is

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from xks_proxy.authz.load import load_authorizers
 from xks_proxy.config import (
     Pkcs11BackendConfig,
     SoftwareBackendConfig,
@@ -25,6 +26,8 @@ KEK = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 def test_example_configuration_loads(tmp_path: Path) -> None:
     example = tmp_path / "xks-proxy.toml"
     example.write_text(EXAMPLE.read_text())
+    policy = EXAMPLE.parent / "authorization.example.cedar"
+    (tmp_path / policy.name).write_text(policy.read_text())
     (tmp_path / "kek.key").write_text(KEK + "\n")
     certificate, key = self_signed()
     (tmp_path / "tls").mkdir()
@@ -51,6 +54,17 @@ def test_example_configuration_loads(tmp_path: Path) -> None:
     assert isinstance(local, SoftwareBackendConfig) and local.kek == bytes(range(32))
     assert config.audit.path == str(tmp_path / "audit.log")
     assert SECRET not in repr(config) and KEK not in repr(config)
+    assert payments.authorization_policy == tmp_path / "authorization.example.cedar"
+    authorizers = load_authorizers(config)
+    assert authorizers["analytics"] is None
+    payments_authorizer = authorizers["payments"]
+    assert payments_authorizer is not None
+    assert [p.name for p in payments_authorizer.policies.policies.values()] == [
+        "allow-the-rest",
+        "payments-ebs-only-through-ebs",
+        "decrypt-only-from-vpce",
+        "ingest-may-not-decrypt",
+    ]
 
 
 def test_softhsm_example_configuration_loads(tmp_path: Path) -> None:

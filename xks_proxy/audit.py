@@ -50,6 +50,8 @@ class AuditRecord:
     metadata: RequestMetadata | None = None
     outcome: str = "success"
     status: int = 200
+    # The secondary-authorization policies that denied the request (xks-spec §6.5).
+    authz_policies: tuple[str, ...] = ()
     latency_ms: float = 0.0
 
 
@@ -73,6 +75,7 @@ def audit_line(record: AuditRecord, now: datetime) -> bytes:
         "awsSourceVpc": _clip(metadata.aws_source_vpc),
         "awsSourceVpce": _clip(metadata.aws_source_vpce),
         "outcome": record.outcome,
+        "authzPolicies": list(record.authz_policies) or None,
         "status": record.status,
         "latencyMs": round(record.latency_ms, 3),
     }

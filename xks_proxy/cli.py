@@ -44,6 +44,7 @@ from xks_proxy.keystore.store import (
     KeyStoreUnavailableError,
     UnknownKeyError,
 )
+from xks_proxy.policy_commands import add_policy_commands
 
 if TYPE_CHECKING:
     from xks_proxy.scaffold import Pkcs11Setup
@@ -208,6 +209,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     config.check_serving()
+    from xks_proxy.authz.load import load_authorizers  # cedarpy: only for the commands using it
+
+    load_authorizers(config)  # parses every key store's authorization_policy
     for backend in config.backends.values():
         if isinstance(backend, SoftwareBackendConfig):
             # Opening the store proves the KEK decrypts every key in it.
@@ -517,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
 
     add_credential_commands(commands, config_arg)
+    add_policy_commands(commands, config_arg)
 
     emulator = commands.add_parser(
         "kms-emulator", help="run a local AWS KMS whose external key stores call XKS proxies"

@@ -190,6 +190,9 @@ class KeyStoreConfig:
     burst: int | None = None
     # A kill switch that works for every backend: these keys report DISABLED and refuse crypto.
     disabled_keys: frozenset[str] = frozenset()
+    # xks-spec §6.5: a Cedar policy file (authz/); parsed when a runtime is built, so start-up,
+    # reload and check-config refuse a bad one. None: every authenticated request is allowed.
+    authorization_policy: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +571,7 @@ def _key_store(
     if not all(isinstance(k, str) and KEY_PATTERN_PATTERN.fullmatch(k) for k in disabled):
         raise ConfigError(f"{table.where('disabled_keys')}: a list of key ids")
     _refuse_dot_segments(disabled, table.where("disabled_keys"))
+    policy = table.get("authorization_policy", str, "")
     table.done()
     return KeyStoreConfig(
         name=name,
@@ -579,6 +583,7 @@ def _key_store(
         requests_per_second=rate or None,
         burst=burst if rate else None,
         disabled_keys=frozenset(disabled),
+        authorization_policy=base_dir / policy if policy else None,
     )
 
 

@@ -28,6 +28,8 @@ class XksError(Exception):
     # XKS spec §7.3: KMS treats only these as retryable (they lower its "reliability" graph).
     retryable: ClassVar[bool] = False
     default_message: ClassVar[str] = "The request failed."
+    # For the audit line only, never the answer: the policies behind a denial (authz/).
+    audit_policies: tuple[str, ...] = ()
 
     def __init__(self, message: str | None = None) -> None:
         self.message = sanitize_message(message or self.default_message)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from xks_proxy.audit import AuditLog
+from xks_proxy.authz.load import load_authorizers
 from xks_proxy.backends import create_backend
 from xks_proxy.backends.base import Backend
 from xks_proxy.config import Config
@@ -53,9 +54,12 @@ class ProxyRuntime:
         self._owned = {name for name in self.backends if name not in given}
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)
         self.service = XksService(self.health, config.health, self.metrics)
+        # Parsed here, so a bad policy file stops start-up and rejects a reload (authz/load.py).
+        authorizers = load_authorizers(config)
         # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
         self.key_stores = {
-            ks.uri_path: KeyStore.build(ks, self.backends[ks.backend]) for ks in config.key_stores
+            ks.uri_path: KeyStore.build(ks, self.backends[ks.backend], authorizers[ks.name])
+            for ks in config.key_stores
         }
         self.audit = (
             AuditLog(config.audit.path, self.metrics.audit_write_failures.inc)

@@ -1,7 +1,9 @@
 """The four XKS operations, between the parsed request and the key backend.
 
 Checks run in the order xks-spec §7.4 suggests, after the web layer has done routing, SigV4 and
-body validation: key exists (404) → implementation size limits (501) → key state (400
+body validation: key exists (404) → secondary authorization (403, only when the key store has
+an ``authorization_policy``; before any backend call, as in AWS's sample, so a denied caller
+learns nothing from the EKM) → implementation size limits (501) → key state (400
 InvalidStateException) → key usage (400 InvalidKeyUsageException) → crypto.
 
 Encrypt with a CDIV request follows §5.3: encrypt, compute the CDIV at once, then prove the
@@ -20,7 +22,7 @@ import re
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from xks_proxy.aad import MAX_AAD_BYTES, cdiv
 from xks_proxy.backends.base import AES_256, DECRYPT, ENCRYPT, Backend, KeyInfo, SealedData
@@ -37,10 +39,19 @@ from xks_proxy.errors import (
 )
 from xks_proxy.health import HealthMonitor
 from xks_proxy.metrics import SUCCESS, ProxyMetrics
-from xks_proxy.model import DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest
+from xks_proxy.model import (
+    DecryptRequest,
+    EncryptRequest,
+    HealthRequest,
+    KeyMetadataRequest,
+    RequestMetadata,
+)
 from xks_proxy.ratelimit import TokenBucket
 from xks_proxy.safelog import log_unexpected
 from xks_proxy.sigv4 import Credential
+
+if TYPE_CHECKING:
+    from xks_proxy.authz.authorizer import Authorizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,9 +73,12 @@ class KeyStore:
     credentials: Mapping[str, Credential]
     key_filter: re.Pattern[str]
     rate_limit: TokenBucket | None
+    authorizer: Authorizer | None = None
 
     @classmethod
-    def build(cls, config: KeyStoreConfig, backend: Backend) -> KeyStore:
+    def build(
+        cls, config: KeyStoreConfig, backend: Backend, authorizer: Authorizer | None = None
+    ) -> KeyStore:
         pattern = "|".join(f"(?:{fnmatch.translate(p)})" for p in config.key_patterns)
         rate_limit = None
         if config.requests_per_second and config.burst:
@@ -75,6 +89,7 @@ class KeyStore:
             credentials={c.access_key_id: c for c in config.credentials},
             key_filter=re.compile(pattern),
             rate_limit=rate_limit,
+            authorizer=authorizer,
         )
 
     def admit(self) -> None:
@@ -113,10 +128,14 @@ class XksService:
                 backend.name, call, outcome, time.perf_counter() - started
             )
 
-    async def _key(self, store: KeyStore, key_id: str) -> KeyInfo:
+    async def _key(
+        self, store: KeyStore, key_id: str, operation: str, metadata: RequestMetadata
+    ) -> KeyInfo:
         # A key the key store may not use is, for that key store, a key that does not exist.
         if not store.key_filter.fullmatch(key_id):
             raise KeyNotFoundError()
+        if store.authorizer is not None:
+            store.authorizer.check(key_id, operation, metadata)
         backend = store.backend
         info = await self._backend_call(backend, "describe_key", backend.describe_key(key_id))
         if key_id in store.config.disabled_keys:
@@ -138,7 +157,7 @@ class XksService:
     async def get_key_metadata(
         self, store: KeyStore, key_id: str, request: KeyMetadataRequest
     ) -> dict[str, Any]:
-        info = await self._key(store, key_id)
+        info = await self._key(store, key_id, "GetKeyMetadata", request.metadata)
         return {
             "keySpec": info.key_spec,
             "keyUsage": sorted(info.usage)[:MAX_KEY_USAGE_VALUES],
@@ -148,7 +167,7 @@ class XksService:
     async def encrypt(
         self, store: KeyStore, key_id: str, request: EncryptRequest
     ) -> dict[str, Any]:
-        info = await self._key(store, key_id)
+        info = await self._key(store, key_id, "Encrypt", request.metadata)
         self._check_usable(info, request.aad, ENCRYPT)
         if request.want_cdiv and DECRYPT not in info.usage:
             raise InvalidKeyUsageError(
@@ -195,7 +214,7 @@ class XksService:
     async def decrypt(
         self, store: KeyStore, key_id: str, request: DecryptRequest
     ) -> dict[str, Any]:
-        info = await self._key(store, key_id)
+        info = await self._key(store, key_id, "Decrypt", request.metadata)
         self._check_usable(info, request.aad, DECRYPT)
         backend = store.backend
         plaintext = await self._backend_call(

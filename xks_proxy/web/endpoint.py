@@ -182,6 +182,7 @@ class XksEndpoint:
             runtime.metrics.in_flight.dec()
         if error is not None:
             record.outcome = error.error_name
+            record.authz_policies = error.audit_policies
             response = error_response(error)
         record.status = response.status
         withheld = self._account(runtime, record, started, error)

@@ -1,0 +1,36 @@
+"""The authorizers of a configuration, one per key store that names an ``authorization_policy``.
+
+Called where a runtime is built, so start-up and every reload parse the policy files afresh (a
+reload on SIGHUP picks up an edited policy file even when the TOML did not change). A file that
+is missing or does not parse is a ``ConfigError`` naming the key, the file and the position:
+start-up stops, and a reload is rejected with the running configuration left in force. What
+the schema check finds (authz/schema.py) is logged as a warning and does not stop anything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from xks_proxy.authz.authorizer import Authorizer
+from xks_proxy.authz.policy import PolicyError
+from xks_proxy.config import Config
+from xks_proxy.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def load_authorizers(config: Config) -> dict[str, Authorizer | None]:
+    """Key store name → its authorizer, or None where no policy is configured."""
+    authorizers: dict[str, Authorizer | None] = {}
+    for index, store in enumerate(config.key_stores):
+        path = store.authorization_policy
+        where = f"key_stores[{index}].authorization_policy"
+        try:
+            authorizer = None if path is None else Authorizer.load(store.name, path)
+        except PolicyError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        if authorizer is not None:
+            for warning in authorizer.policies.warnings:
+                log.warning("%s: %s: %s", where, path, warning)
+        authorizers[store.name] = authorizer
+    return authorizers
