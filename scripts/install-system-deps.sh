@@ -4,11 +4,15 @@
 #   curl           real `curl --aws-sigv4` as an independent SigV4 signer (curl >= 7.75)
 #   python3-venv   `python3 -m venv` on Debian's own Python
 #   softhsm2       a real PKCS#11 token (libsofthsm2.so, softhsm2-util) for the HSM backend tests
+#   postgresql     initdb/pg_ctl/postgres for the shared key store tests, which start their own
+#                  server in a temporary directory (tests/postgres.py); Debian's default cluster
+#                  is neither created nor started for them
 set -euo pipefail
 
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 #   wrk, taskset   closed-loop load and core pinning for `make bench` (--bench)
 if [ "${1:-}" = "--bench" ]; then
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -25,5 +29,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${need[*]} " == *" postgresql "* ]]; then
+    # The tests run their own server as the postgres user; the package's own cluster would be a
+    # service nobody asked for. postgresql-common reads this directory when it would create it.
+    $sudo mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" |
+        $sudo tee /etc/postgresql-common/createcluster.d/xks-proxy-tests.conf >/dev/null
+fi
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"

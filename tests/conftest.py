@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from tests.postgres import PostgresServer
 from tests.softhsm import SoftHsm, make_softhsm, provision_conformance_token
 from tests.xks_client import XksClient
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
@@ -137,3 +139,34 @@ def xks(runtime_client: tuple[ProxyRuntime, TestClient[Any, Any]]) -> XksClient:
 async def json_of(response: ClientResponse) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(await response.read())
     return document
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session; each test gets a database of its own."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres_server.create_database(f"xks_test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A server of the test's own, for tests that stop and start it."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
