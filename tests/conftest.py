@@ -19,7 +19,7 @@ from tests.softhsm import SoftHsm, make_softhsm, provision_conformance_token
 from tests.xks_client import XksClient
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import Config, SoftwareBackendConfig, load_config
-from xks_proxy.keystore.store import KeyDatabase
+from xks_proxy.keystore.store import KeyDatabase, open_key_database
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.scaffold import scaffold
 from xks_proxy.web.app import create_app
@@ -46,7 +46,7 @@ def software_database(config: Config) -> KeyDatabase:
     """The key store file of a deployment's software backend."""
     backend = config.backends["local"]
     assert isinstance(backend, SoftwareBackendConfig)
-    return KeyDatabase(backend.path, backend.kek)
+    return open_key_database(backend)
 
 
 @dataclass

@@ -29,7 +29,12 @@ from xks_proxy.config import (
 )
 from xks_proxy.credentials import CredentialsFile, generate_credential
 from xks_proxy.errors import ConfigError
-from xks_proxy.keystore.store import KeyDatabase, KeyExistsError, UnknownKeyError
+from xks_proxy.keystore.store import (
+    KeyDatabase,
+    KeyExistsError,
+    UnknownKeyError,
+    open_key_database,
+)
 from xks_proxy.model import KEY_ID_PATTERN
 
 USAGES = {
@@ -64,7 +69,7 @@ def _software_backend(config: Config, name: str | None) -> SoftwareBackendConfig
 
 def _key_database(args: argparse.Namespace) -> KeyDatabase:
     backend = _software_backend(_config(args), args.backend)
-    return KeyDatabase(backend.path, backend.kek)
+    return open_key_database(backend)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -136,7 +141,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for backend in config.backends.values():
         if isinstance(backend, SoftwareBackendConfig):
             # Opening the store proves the KEK decrypts every key in it.
-            database = KeyDatabase(backend.path, backend.kek)
+            database = open_key_database(backend)
             try:
                 database.load()
             finally:

@@ -1,17 +1,20 @@
-"""The software backend: AES-256-GCM with ``cryptography`` over keys from the embedded store.
+"""The software backend: AES-256-GCM with ``cryptography`` over keys from the key store.
 
-Keys are loaded into memory at start and reloaded when the store file changes (another process
-or the CLI committed), polled once a second, so ``xks-proxy keys disable`` takes effect on a
-running proxy within about a second. AES-GCM on a few KiB takes microseconds, so it runs on the
-event loop; the store's SQLite reads run in a thread.
+The key store (SQLite or PostgreSQL) is never in the request path: every key's sealed rows are
+in memory, kept current by a ``StoreFollower`` (PostgreSQL NOTIFY, and a poll once a second), so
+``xks-proxy keys disable`` on any host takes effect on every running proxy within a second. A
+version is unsealed the first time a request needs it, into a bounded cache (``key_cache_size``).
+When the database cannot be read the proxy goes on serving the keys it has and its health check
+reports DEGRADED (the log says why) until the store is back. AES-GCM on a few KiB takes
+microseconds, so it runs on the event loop; database reads run in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -28,28 +31,30 @@ from xks_proxy.backends.base import (
     KeyInfo,
 )
 from xks_proxy.config import SoftwareBackendConfig
-from xks_proxy.errors import InvalidCiphertextError, KeyNotFoundError
-from xks_proxy.keystore.store import HEALTH_KEY_ID, KeyDatabase, StoredKey
+from xks_proxy.errors import ConfigError, InternalError, InvalidCiphertextError, KeyNotFoundError
+from xks_proxy.keystore.cache import UnsealedKeyCache
+from xks_proxy.keystore.follower import StoreFollower
+from xks_proxy.keystore.records import HEALTH_KEY_ID, KeyRecord, StoreChanges
+from xks_proxy.keystore.store import KeyDatabase, open_key_database
 
 log = logging.getLogger(__name__)
 IV_BYTES = 12
 TAG_BYTES = 16
-RELOAD_INTERVAL_SECONDS = 1.0
 _HEALTH_PLAINTEXT = b"xks-proxy health check"
 
 
 @dataclass(frozen=True, slots=True)
 class _LoadedKey:
     info: KeyInfo
+    record: KeyRecord
     newest_version: int
-    ciphers: dict[int, AESGCM]
 
     @classmethod
-    def from_stored(cls, stored: StoredKey) -> _LoadedKey:
+    def from_record(cls, record: KeyRecord) -> _LoadedKey:
         return cls(
-            info=KeyInfo(stored.key_id, AES_256, stored.usage, stored.enabled),
-            newest_version=stored.newest_version,
-            ciphers={version: AESGCM(material) for version, material in stored.versions.items()},
+            info=KeyInfo(record.key_id, AES_256, record.usage, record.enabled),
+            record=record,
+            newest_version=record.newest_version,
         )
 
 
@@ -59,10 +64,10 @@ class SoftwareBackend:
     def __init__(self, config: SoftwareBackendConfig) -> None:
         self._config = config
         self._db: KeyDatabase | None = None
+        self._follower: StoreFollower | None = None
+        self._cache: UnsealedKeyCache | None = None
         self._keys: dict[str, _LoadedKey] = {}
         self._health_key: _LoadedKey | None = None
-        self._seen_version = -1
-        self._reloader: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -72,39 +77,61 @@ class SoftwareBackend:
     def vendor(self) -> str:
         return "xks-proxy"
 
+    @property
+    def store_problem(self) -> str | None:
+        """Why the key store cannot be read now (health is DEGRADED), or None."""
+        return self._follower.problem if self._follower is not None else None
+
     async def open(self) -> None:
-        self._db = await asyncio.to_thread(KeyDatabase, self._config.path, self._config.kek)
-        await asyncio.to_thread(self._db.ensure_health_key)
-        await self._reload_if_changed()
-        self._reloader = asyncio.create_task(self._reload_forever())
+        self._db = await asyncio.to_thread(open_key_database, self._config)
+        self._cache = UnsealedKeyCache(self._db.sealer, self._config.key_cache_size)
+        try:
+            await asyncio.to_thread(self._db.ensure_health_key)
+            self._follower = StoreFollower(self._db, self._apply)
+            await self._follower.start()
+            if self._health_key is None:
+                raise ConfigError(f"key store {self._db.location.display}: no health key")
+            # Unsealing the health key proves the KEK before the proxy says it is ready.
+            self._cache.cipher(self._health_key.record, self._health_key.newest_version)
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "key store %s: %d keys (unsealed on first use, up to %d kept)",
+            self._db.location.display,
+            len(self._keys),
+            self._config.key_cache_size,
+        )
 
     async def close(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+        if self._follower is not None:
+            await self._follower.stop()
         if self._db is not None:
             self._db.close()
 
-    async def _reload_if_changed(self) -> None:
-        assert self._db is not None
-        version = await asyncio.to_thread(self._db.data_version)
-        if version == self._seen_version:
-            return
-        stored = await asyncio.to_thread(self._db.load)
-        self._keys = {k.key_id: _LoadedKey.from_stored(k) for k in stored if not k.internal}
-        health = [k for k in stored if k.internal and k.key_id == HEALTH_KEY_ID]
-        self._health_key = _LoadedKey.from_stored(health[0]) if health else None
-        self._seen_version = version
+    def _apply(self, changes: StoreChanges) -> None:
+        """Take in what the store says changed; called on the event loop."""
+        assert self._cache is not None
+        if changes.complete:
+            self._keys = {}
+            self._cache.clear()
+        else:
+            self._cache.forget(changes.keys)
+        for record in changes.keys:
+            loaded = _LoadedKey.from_record(record)
+            if not record.internal:
+                self._keys[record.key_id] = loaded
+            elif record.key_id == HEALTH_KEY_ID:
+                self._health_key = loaded
 
-    async def _reload_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
-            try:
-                await self._reload_if_changed()
-            except Exception:
-                # Keep serving the last good snapshot; the next poll tries again.
-                log.exception("reloading key store %s failed", self._config.path)
+    def _cipher(self, key: _LoadedKey, version: int) -> AESGCM:
+        assert self._cache is not None
+        try:
+            return self._cache.cipher(key.record, version)
+        except ConfigError:
+            # The row does not unseal under this KEK: the store was altered or the KEK is wrong.
+            log.exception("unsealing key %s version %d failed", key.info.key_id, version)
+            raise InternalError() from None
 
     def _key(self, key_id: str) -> _LoadedKey:
         key = self._keys.get(key_id)
@@ -115,8 +142,13 @@ class SoftwareBackend:
     async def describe_key(self, key_id: str) -> KeyInfo:
         return self._key(key_id).info
 
+    def _versions(self, key: _LoadedKey) -> Callable[[int], AESGCM]:
+        """The cipher of each version of ``key``; ``KeyError`` for a version it lacks."""
+        return lambda version: self._cipher(key, version)
+
     async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> EncryptResult:
-        return _encrypt(self._key(key_id), plaintext, aad)
+        key = self._key(key_id)
+        return _encrypt(self._versions(key), key.newest_version, plaintext, aad)
 
     async def decrypt(
         self,
@@ -127,17 +159,19 @@ class SoftwareBackend:
         aad: bytes | None,
         ciphertext_metadata: bytes | None,
     ) -> bytes:
-        return _decrypt(self._key(key_id), ciphertext, iv, tag, aad, ciphertext_metadata)
+        key = self._key(key_id)
+        return _decrypt(self._versions(key), ciphertext, iv, tag, aad, ciphertext_metadata)
 
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
         key = self._health_key
         if key is not None:
             try:
-                result = _encrypt(key, _HEALTH_PLAINTEXT, None)
+                versions = self._versions(key)
+                result = _encrypt(versions, key.newest_version, _HEALTH_PLAINTEXT, None)
                 if (
                     _decrypt(
-                        key,
+                        versions,
                         result.ciphertext,
                         result.iv,
                         result.tag,
@@ -146,24 +180,27 @@ class SoftwareBackend:
                     )
                     == _HEALTH_PLAINTEXT
                 ):
-                    state = HealthState.ACTIVE
+                    # Serving from memory works, but changes to the store do not arrive.
+                    state = HealthState.DEGRADED if self.store_problem else HealthState.ACTIVE
             except Exception:
                 log.exception("health check of backend %s failed", self.name)
         model = f"xks-proxy software key store {__version__}"
         return [EkmHealth(ekm_id=self.name, model=model, state=state)]
 
 
-def _encrypt(key: _LoadedKey, plaintext: bytes, aad: bytes | None) -> EncryptResult:
-    metadata = CiphertextMetadata(key_version=key.newest_version).encode()
+def _encrypt(
+    versions: Callable[[int], AESGCM], version: int, plaintext: bytes, aad: bytes | None
+) -> EncryptResult:
+    metadata = CiphertextMetadata(key_version=version).encode()
     iv = os.urandom(IV_BYTES)
-    sealed = key.ciphers[key.newest_version].encrypt(iv, plaintext, ekm_aad(aad, metadata))
+    sealed = versions(version).encrypt(iv, plaintext, ekm_aad(aad, metadata))
     return EncryptResult(
         ciphertext=sealed[:-TAG_BYTES], iv=iv, tag=sealed[-TAG_BYTES:], ciphertext_metadata=metadata
     )
 
 
 def _decrypt(
-    key: _LoadedKey,
+    versions: Callable[[int], AESGCM],
     ciphertext: bytes,
     iv: bytes,
     tag: bytes,
@@ -173,7 +210,7 @@ def _decrypt(
     # Every failure looks the same to the caller: no oracle for versions, metadata or tags.
     try:
         version = CiphertextMetadata.decode(ciphertext_metadata).key_version
-        cipher = key.ciphers[version]
+        cipher = versions(version)
         return cipher.decrypt(iv, ciphertext + tag, ekm_aad(aad, ciphertext_metadata))
     except (ValueError, KeyError, InvalidTag):
         raise InvalidCiphertextError() from None
