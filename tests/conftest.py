@@ -59,8 +59,11 @@ class Deployment:
         return self.config.path
 
 
-def make_deployment(directory: Path, **config_changes: str) -> Deployment:
-    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0)
+def make_deployment(
+    directory: Path, *, database_url: str | None = None, **config_changes: str
+) -> Deployment:
+    """A deployment by ``init`` with the test keys; ``database_url``: keys in PostgreSQL."""
+    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0, database_url=database_url)
     text = made.config_path.read_text().replace('keys = ["*"]', 'keys = ["key-*"]')
     for old, new in config_changes.items():
         text = text.replace(old, new)

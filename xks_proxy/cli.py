@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -26,12 +27,15 @@ from xks_proxy.config import (
     SoftwareBackendConfig,
     TokenSelector,
     load_config,
+    resolve_secret,
 )
 from xks_proxy.credentials import CredentialsFile, generate_credential
 from xks_proxy.errors import ConfigError
+from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.store import (
     KeyDatabase,
     KeyExistsError,
+    StoreUnavailableError,
     UnknownKeyError,
     open_key_database,
 )
@@ -72,6 +76,21 @@ def _key_database(args: argparse.Namespace) -> KeyDatabase:
     return open_key_database(backend)
 
 
+def _key_store_command(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A ``keys`` command: an unreachable store is exit status 1 with the store's reason."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except StoreUnavailableError as error:
+            raise CommandError(f"{error} (a shared store must be up for key management)") from None
+
+    return run
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from xks_proxy.scaffold import AlreadyInitialisedError, scaffold
 
@@ -91,12 +110,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             force=args.force,
             tls=args.tls,
+            database_url=args.database_url,
         )
-    except AlreadyInitialisedError as error:
+    except (AlreadyInitialisedError, StoreUnavailableError, KeyExistsError) as error:
         raise CommandError(str(error)) from None
     print(f"configuration      {made.config_path}")
     print(f"key-encryption key {made.kek_path} (0600)")
-    print(f"key store          {made.key_db_path}, key {made.key_id} (ENCRYPT, DECRYPT)")
+    print(f"key store          {made.key_store_location}, key {made.key_id} (ENCRYPT, DECRYPT)")
     print(f"credentials        {made.credentials_path} (0600), access key id {made.access_key_id}")
     print(f"XKS key store      {made.key_store} at URI path {made.uri_path}")
     if made.tls:
@@ -166,6 +186,7 @@ async def _open_and_close(config: Pkcs11BackendConfig) -> None:
     await backend.close()
 
 
+@_key_store_command
 def cmd_keys_create(args: argparse.Namespace) -> int:
     if not KEY_ID_PATTERN.fullmatch(args.key_id):
         raise ConfigError("--key-id: 1-128 characters of A-Z a-z 0-9 . _ -")
@@ -183,6 +204,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+@_key_store_command
 def cmd_keys_list(args: argparse.Namespace) -> int:
     database = _key_database(args)
     try:
@@ -221,6 +243,7 @@ def _change_key(args: argparse.Namespace, change: Callable[[KeyDatabase], str]) 
     return 0
 
 
+@_key_store_command
 def cmd_keys_enable(args: argparse.Namespace) -> int:
     def enable(db: KeyDatabase) -> str:
         db.set_enabled(args.key_id, True)
@@ -229,6 +252,7 @@ def cmd_keys_enable(args: argparse.Namespace) -> int:
     return _change_key(args, enable)
 
 
+@_key_store_command
 def cmd_keys_disable(args: argparse.Namespace) -> int:
     def disable(db: KeyDatabase) -> str:
         db.set_enabled(args.key_id, False)
@@ -237,11 +261,51 @@ def cmd_keys_disable(args: argparse.Namespace) -> int:
     return _change_key(args, disable)
 
 
+@_key_store_command
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     def rotate(db: KeyDatabase) -> str:
         return f"key {args.key_id} now encrypts with version {db.rotate_key(args.key_id)}"
 
     return _change_key(args, rotate)
+
+
+def _store_argument(value: str, option: str) -> StoreLocation:
+    """``sqlite:PATH`` or ``postgresql://…``, or ``env:NAME`` holding one (keeps passwords out
+    of argv)."""
+    try:
+        return StoreLocation.parse(resolve_secret(value, option, Path.cwd(), os.environ))
+    except ValueError:
+        raise ConfigError(f"{option}: give sqlite:PATH, postgresql://... or env:NAME") from None
+
+
+@_key_store_command
+def cmd_keys_migrate(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.migrate import migrate_keys
+
+    source_location = _store_argument(args.source, "--from")
+    destination_location = _store_argument(args.destination, "--to")
+    if source_location == destination_location:
+        raise ConfigError("--from and --to name the same store")
+    kek = _software_backend(_config(args), args.backend).kek if args.config else None
+    source = KeyDatabase(source_location, kek)
+    try:
+        destination = KeyDatabase(destination_location, kek)
+        try:
+            result = migrate_keys(source, destination, verify=kek is not None)
+        except KeyExistsError as error:
+            raise CommandError(
+                f"{destination_location.display} already has key {error}; nothing was copied"
+            ) from None
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    print(
+        f"copied {result.keys} keys ({result.versions} versions) from "
+        f"{source_location.display} to {destination_location.display}, sealed as they were"
+        + ("" if kek is not None else " (not verified: give --config to check the kek)")
+    )
+    return 0
 
 
 def _pkcs11_backend(config: Config, name: str | None) -> Pkcs11BackendConfig:
@@ -438,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--metrics-port", type=int, default=9464)
     init.add_argument("--force", action="store_true", help="overwrite an existing deployment")
     init.add_argument("--tls", action="store_true", help="add a self-signed dev certificate")
+    init.add_argument(
+        "--database-url",
+        help="keys in a shared PostgreSQL store: postgresql://... or env:NAME (default: keys.db)",
+    )
     init.set_defaults(func=cmd_init)
 
     serve = commands.add_parser("serve", help="run the proxy")
@@ -487,6 +555,19 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "list":
             sub.add_argument("--json", action="store_true")
         sub.set_defaults(func=func)
+
+    migrate = key_commands.add_parser(
+        "migrate", help="copy every key to another store (SQLite <-> PostgreSQL), same kek"
+    )
+    migrate.add_argument(
+        "--from", dest="source", required=True, help="sqlite:PATH | postgresql://... | env:NAME"
+    )
+    migrate.add_argument(
+        "--to", dest="destination", required=True, help="sqlite:PATH | postgresql://... | env:NAME"
+    )
+    migrate.add_argument("--config", help="check every version unseals under this config's kek")
+    migrate.add_argument("--backend", help="software backend name (default: the only one)")
+    migrate.set_defaults(func=cmd_keys_migrate)
 
     creds = commands.add_parser("credentials", help="manage SigV4 credentials of key stores")
     cred_commands = creds.add_subparsers(

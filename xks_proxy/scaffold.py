@@ -3,19 +3,27 @@
 It holds a configuration file, a key-encryption key (0600), an embedded key store with one
 ENCRYPT+DECRYPT key, and a credentials file (0600) with one fresh SigV4 credential for one key
 store whose URI path has a non-empty prefix, ``/keystores/<name>/kms/xks/v1``.
+
+With ``database_url`` the keys go to a shared PostgreSQL store instead of ``keys.db``, and the
+configuration names that URL exactly as given: pass ``env:NAME`` to keep a password out of the
+file (it is resolved now to create the keys, and by every proxy at start).
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import os
 import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.config import resolve_secret
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
 from xks_proxy.devcert import self_signed
+from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.store import KeyDatabase
 
 CONFIG_NAME = "xks-proxy.toml"
@@ -61,7 +69,7 @@ fleet_size = 1
 
 [backends.local]
 type = "software"
-path = "{key_db}"
+{key_store_line}
 # Key-encryption key: Base64 of 32 bytes, here read from a 0600 file.
 kek = "file:{kek}"
 
@@ -79,6 +87,7 @@ class Scaffold:
     config_path: Path
     kek_path: Path
     key_db_path: Path
+    key_store_location: str
     credentials_path: Path
     key_id: str
     key_store: str
@@ -101,6 +110,7 @@ def scaffold(
     metrics_port: int = 9464,
     force: bool = False,
     tls: bool = False,
+    database_url: str | None = None,
 ) -> Scaffold:
     paths = {n: directory / n for n in (CONFIG_NAME, KEK_NAME, KEY_DB_NAME, CREDENTIALS_NAME)}
     existing = [p for p in paths.values() if p.exists()]
@@ -113,7 +123,14 @@ def scaffold(
     kek = secrets.token_bytes(32)
     write_private_file(paths[KEK_NAME], base64.b64encode(kek).decode() + "\n")
     key_id = key_id or str(uuid.uuid4())
-    database = KeyDatabase(paths[KEY_DB_NAME], kek)
+    if database_url is None:
+        location = StoreLocation.parse(paths[KEY_DB_NAME])
+        key_store_line = f'path = "{KEY_DB_NAME}"'
+    else:
+        resolved = resolve_secret(database_url, "--database-url", directory, os.environ)
+        location = StoreLocation.parse(resolved)
+        key_store_line = f"database_url = {json.dumps(database_url)}"
+    database = KeyDatabase(location, kek)
     try:
         database.ensure_health_key()
         database.create_key(key_id, frozenset({ENCRYPT, DECRYPT}))
@@ -134,7 +151,7 @@ def scaffold(
             port=port,
             metrics_port=metrics_port,
             audit=AUDIT_NAME,
-            key_db=KEY_DB_NAME,
+            key_store_line=key_store_line,
             kek=KEK_NAME,
             name=name,
             region=region,
@@ -145,6 +162,7 @@ def scaffold(
         config_path=paths[CONFIG_NAME],
         kek_path=paths[KEK_NAME],
         key_db_path=paths[KEY_DB_NAME],
+        key_store_location=location.display,
         credentials_path=paths[CREDENTIALS_NAME],
         key_id=key_id,
         key_store=name,

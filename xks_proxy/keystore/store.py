@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from xks_proxy.config import SoftwareBackendConfig
+from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.connections import DuplicateRowError, Row, connect, transaction
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.records import (
@@ -90,11 +91,12 @@ class KeyDatabase:
     cannot be reached (now, or on any later call), ``ConfigError`` when it is not a key store.
     """
 
-    def __init__(self, location: Path | str | StoreLocation, kek: bytes) -> None:
+    def __init__(self, location: Path | str | StoreLocation, kek: bytes | None) -> None:
         self.location = (
             location if isinstance(location, StoreLocation) else StoreLocation.parse(location)
         )
-        self.sealer = KeySealer(kek, self.location.display)
+        # Without a KEK the store can still be read and copied sealed (``keys migrate``).
+        self._sealer = KeySealer(kek, self.location.display) if kek is not None else None
         self._db = connect(self.location)
         try:
             migrate(self._db)
@@ -104,6 +106,12 @@ class KeyDatabase:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def sealer(self) -> KeySealer:
+        if self._sealer is None:
+            raise ConfigError(f"key store {self.location.display}: opened without its kek")
+        return self._sealer
 
     def _write(self, change: Callable[[int], T]) -> T:
         """Run ``change(revision)`` in a write transaction that takes the next revision."""
