@@ -97,9 +97,10 @@ class SoftwareBackend:
             await self.close()
             raise
         log.info(
-            "key store %s: %d keys (unsealed on first use, up to %d kept)",
-            self._db.location.display,
+            "backend %s: %d keys from %s (unsealed on first use, up to %d kept)",
+            self.name,
             len(self._keys),
+            self._db.location.display,
             self._config.key_cache_size,
         )
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.location import POSTGRESQL, StoreLocation
@@ -136,6 +137,18 @@ class PostgresConnection:
         return self._db
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]:
+        # A connection idle across a server restart fails on its next use. Outside a
+        # transaction (every write here runs inside one) nothing was done, so one retry on a
+        # fresh connection is safe and spares the caller a spurious outage.
+        idle = self._db is not None and self._db.info.transaction_status is TransactionStatus.IDLE
+        try:
+            return self._execute(sql, params)
+        except StoreUnavailableError:
+            if not idle:
+                raise
+        return self._execute(sql, params)
+
+    def _execute(self, sql: str, params: tuple[object, ...]) -> list[Row]:
         try:
             cursor = self._connection().execute(sql.replace("?", "%s"), params)
             return cursor.fetchall() if cursor.description is not None else []
