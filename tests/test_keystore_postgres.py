@@ -158,6 +158,15 @@ async def test_changes_reach_a_running_backend_and_an_outage_degrades_it(
 # -- proxy processes -------------------------------------------------------------------------
 
 
+def both_see(deployment: Deployment, proxies: list[ProxyProcess], key_id: str, status: str) -> None:
+    """Every proxy reports ``status`` for the key within the bound, counted from now."""
+
+    def all_agree() -> bool:
+        return all(key_status(p.port, deployment, key_id) == status for p in proxies)
+
+    wait_until(all_agree, timeout=PROPAGATION_BOUND_SECONDS)
+
+
 def test_a_disable_on_one_proxy_host_is_seen_by_another_within_a_second(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -172,19 +181,11 @@ def test_a_disable_on_one_proxy_host_is_seen_by_another_within_a_second(
                 assert key_status(proxy.port, deployment, KEY_BOTH) == "ENABLED"
             disabled = run_cli("keys", "disable", "--config", config, "--key-id", KEY_BOTH)
             assert disabled.returncode == 0, disabled.stderr
-            for proxy in (one, two):
-                wait_until(
-                    lambda port=proxy.port: key_status(port, deployment, KEY_BOTH) == "DISABLED",
-                    timeout=PROPAGATION_BOUND_SECONDS,
-                )
-            # A key created on "another host" is served by both, and rotation too.
+            both_see(deployment, [one, two], KEY_BOTH, "DISABLED")
+            # A key created on "another host" is served by both.
             created = run_cli("keys", "create", "--config", config, "--key-id", "key-new")
             assert created.returncode == 0, created.stderr
-            for proxy in (one, two):
-                wait_until(
-                    lambda port=proxy.port: key_status(port, deployment, "key-new") == "ENABLED",
-                    timeout=PROPAGATION_BOUND_SECONDS,
-                )
+            both_see(deployment, [one, two], "key-new", "ENABLED")
     finally:
         close_all()
 
