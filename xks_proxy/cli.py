@@ -208,7 +208,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     database = _key_database(args)
     try:
-        keys = [k for k in database.load() if not k.internal]
+        keys = sorted((k for k in database.load() if not k.internal), key=lambda k: k.key_id)
     finally:
         database.close()
     rows = [

@@ -34,6 +34,7 @@ from xks_proxy.keystore.records import (
     StoredKey,
     StoreUnavailableError,
     UnknownKeyError,
+    gc_paused,
 )
 from xks_proxy.keystore.schema import migrate
 from xks_proxy.keystore.sealing import KEY_BYTES, KeySealer
@@ -202,16 +203,19 @@ class KeyDatabase:
             complete = seen < 0 or revision < seen
             since = -1 if complete else seen
             key_rows = self._db.query(
-                "SELECT key_id, usage, enabled, internal, created_at FROM keys "
-                "WHERE revision > ? ORDER BY key_id",
+                "SELECT key_id, usage, enabled, internal, created_at FROM keys WHERE revision > ?",
                 (since,),
             )
             version_rows = self._db.query(
-                "SELECT v.key_id, v.version, v.nonce, v.sealed FROM key_versions v "
+                # A full read (the start-up of a proxy over 100,000 keys) needs no join.
+                "SELECT key_id, version, nonce, sealed FROM key_versions"
+                if complete
+                else "SELECT v.key_id, v.version, v.nonce, v.sealed FROM key_versions v "
                 "JOIN keys k ON k.key_id = v.key_id WHERE k.revision > ?",
-                (since,),
+                () if complete else (since,),
             )
-        return StoreChanges(revision, _records(key_rows, version_rows), complete)
+        with gc_paused():
+            return StoreChanges(revision, _records(key_rows, version_rows), complete)
 
     def records(self) -> list[KeyRecord]:
         """Every key, sealed, in one consistent snapshot."""
@@ -264,17 +268,19 @@ class KeyDatabase:
 
 
 def _records(key_rows: list[Row], version_rows: list[Row]) -> list[KeyRecord]:
+    # Both drivers return BLOB/BYTEA as bytes and integers as int: no conversions needed.
     versions: dict[str, dict[int, SealedVersion]] = {}
     for key_id, version, nonce, sealed in version_rows:
-        versions.setdefault(key_id, {})[int(version)] = SealedVersion(bytes(nonce), bytes(sealed))
+        versions.setdefault(key_id, {})[version] = SealedVersion(nonce, sealed)
+    no_versions: dict[int, SealedVersion] = {}
     return [
         KeyRecord(
-            key_id=key_id,
-            usage=_usage(usage),
-            enabled=bool(enabled),
-            internal=bool(internal),
-            created_at=created_at,
-            versions=versions.get(key_id, {}),
+            key_id,
+            _USAGE_SETS.get(usage) or _usage(usage),
+            enabled == 1,
+            internal == 1,
+            created_at,
+            versions.get(key_id, no_versions),
         )
         for key_id, usage, enabled, internal, created_at in key_rows
     ]
