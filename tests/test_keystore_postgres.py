@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import KEY_BOTH, Deployment, make_deployment
 from tests.postgres import PostgresServer
-from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
+from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, free_port, post
 from tests.xks_client import HEALTH_BODY, METADATA_BODY, decrypt_body, encrypt_body, unb64
 from xks_proxy import sigv4
 from xks_proxy.backends.base import DECRYPT, ENCRYPT, HealthState
@@ -366,3 +366,21 @@ def test_keys_migrate_refuses_a_store_sealed_under_another_kek(
         assert database.records() == []  # nothing was written
     finally:
         database.close()
+
+
+def test_without_its_store_a_proxy_refuses_to_start_and_commands_say_why(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    deployment = make_deployment(tmp_path / "d", database_url=postgres_url)
+    config = deployment.config_path
+    gone = f"postgresql://postgres:pw-not-shown@127.0.0.1:{free_port()}/gone"
+    config.write_text(config.read_text().replace(postgres_url, gone))
+    for command in (
+        ["serve", "--config", str(config), "--port", "0"],
+        ["check-config", "--config", str(config)],
+        ["keys", "list", "--config", str(config)],
+    ):
+        result = run_cli(*command)
+        assert result.returncode in (1, 2), (command, result.stderr)
+        assert "is unreachable" in result.stderr, (command, result.stderr)
+        assert "Traceback" not in result.stderr and "pw-not-shown" not in result.stderr

@@ -156,6 +156,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+@_key_store_command
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     for backend in config.backends.values():

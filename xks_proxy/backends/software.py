@@ -34,7 +34,13 @@ from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import ConfigError, InternalError, InvalidCiphertextError, KeyNotFoundError
 from xks_proxy.keystore.cache import UnsealedKeyCache
 from xks_proxy.keystore.follower import StoreFollower
-from xks_proxy.keystore.records import HEALTH_KEY_ID, KeyRecord, StoreChanges, gc_paused
+from xks_proxy.keystore.records import (
+    HEALTH_KEY_ID,
+    KeyRecord,
+    StoreChanges,
+    StoreUnavailableError,
+    gc_paused,
+)
 from xks_proxy.keystore.store import KeyDatabase, open_key_database
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,13 @@ class SoftwareBackend:
         return self._follower.problem if self._follower is not None else None
 
     async def open(self) -> None:
+        try:
+            await self._open()
+        except StoreUnavailableError as error:
+            # A proxy cannot start without its keys; this is the reason to show.
+            raise ConfigError(f"backends.{self.name}: {error}") from None
+
+    async def _open(self) -> None:
         self._db = await asyncio.to_thread(open_key_database, self._config)
         self._cache = UnsealedKeyCache(self._db.sealer, self._config.key_cache_size)
         try:
