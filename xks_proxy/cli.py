@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from xks_proxy import __version__
@@ -31,10 +32,18 @@ from xks_proxy.config import (
 )
 from xks_proxy.credentials import CredentialsFile, generate_credential
 from xks_proxy.errors import ConfigError
+from xks_proxy.keymgmt.service import (
+    DEFAULT_DELETION_DAYS,
+    MAX_DELETION_DAYS,
+    MIN_DELETION_DAYS,
+    KeyManager,
+)
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.store import (
     KeyDatabase,
     KeyExistsError,
+    KeyRecord,
+    KeyStateError,
     StoreUnavailableError,
     UnknownKeyError,
     open_key_database,
@@ -69,11 +78,6 @@ def _software_backend(config: Config, name: str | None) -> SoftwareBackendConfig
             else "no such software backend in the configuration"
         )
     return backends[0]
-
-
-def _key_database(args: argparse.Namespace) -> KeyDatabase:
-    backend = _software_backend(_config(args), args.backend)
-    return open_key_database(backend)
 
 
 def _key_store_command(
@@ -187,6 +191,25 @@ async def _open_and_close(config: Pkcs11BackendConfig) -> None:
     await backend.close()
 
 
+@contextlib.contextmanager
+def _key_manager(args: argparse.Namespace) -> Iterator[KeyManager]:
+    """The key lifecycle service over the configured store; store refusals become exit 1."""
+    from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
+
+    config = _config(args)
+    database = open_key_database(_software_backend(config, args.backend))
+    try:
+        yield KeyManager(database, LifecycleAudit(config.audit), local_actor())
+    except UnknownKeyError:
+        raise CommandError(f"no key {args.key_id}") from None
+    except KeyExistsError:
+        raise CommandError(f"key {args.key_id} already exists") from None
+    except KeyStateError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        database.close()
+
+
 @_key_store_command
 def cmd_keys_create(args: argparse.Namespace) -> int:
     if not KEY_ID_PATTERN.fullmatch(args.key_id):
@@ -194,80 +217,89 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     usage = USAGES.get(args.usage.upper().replace(" ", ""))
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
-    database = _key_database(args)
-    try:
-        database.create_key(args.key_id, usage)
-    except KeyExistsError:
-        raise CommandError(f"key {args.key_id} already exists") from None
-    finally:
-        database.close()
+    with _key_manager(args) as keys:
+        keys.create(args.key_id, usage)
     print(f"created key {args.key_id} ({', '.join(sorted(usage)) or 'no usage'})")
     return 0
 
 
+def _key_status(record: KeyRecord) -> str:
+    if record.deletion_date is not None:
+        return "PENDING_DELETION"
+    return "ENABLED" if record.enabled else "DISABLED"
+
+
 @_key_store_command
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    database = _key_database(args)
-    try:
-        keys = sorted((k for k in database.load() if not k.internal), key=lambda k: k.key_id)
-    finally:
-        database.close()
+    with _key_manager(args) as keys:
+        records = keys.keys()
     rows = [
         {
             "keyId": k.key_id,
             "keyUsage": sorted(k.usage),
-            "keyStatus": "ENABLED" if k.enabled else "DISABLED",
+            "keyStatus": _key_status(k),
             "versions": len(k.versions),
             "createdAt": k.created_at,
+            "deletionDate": k.deletion_date,
         }
-        for k in keys
+        for k in records
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
         usage = ",".join(row["keyUsage"]) or "NONE"  # type: ignore[arg-type]
+        deletion = f"  deletion {row['deletionDate']}" if row["deletionDate"] else ""
         print(
-            f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  {row['createdAt']}"
+            f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  "
+            f"{row['createdAt']}{deletion}"
         )
-    return 0
-
-
-def _change_key(args: argparse.Namespace, change: Callable[[KeyDatabase], str]) -> int:
-    database = _key_database(args)
-    try:
-        print(change(database))
-    except UnknownKeyError:
-        raise CommandError(f"no key {args.key_id}") from None
-    finally:
-        database.close()
     return 0
 
 
 @_key_store_command
 def cmd_keys_enable(args: argparse.Namespace) -> int:
-    def enable(db: KeyDatabase) -> str:
-        db.set_enabled(args.key_id, True)
-        return f"enabled key {args.key_id}"
-
-    return _change_key(args, enable)
+    with _key_manager(args) as keys:
+        keys.enable(args.key_id)
+    print(f"enabled key {args.key_id}")
+    return 0
 
 
 @_key_store_command
 def cmd_keys_disable(args: argparse.Namespace) -> int:
-    def disable(db: KeyDatabase) -> str:
-        db.set_enabled(args.key_id, False)
-        return f"disabled key {args.key_id}"
-
-    return _change_key(args, disable)
+    with _key_manager(args) as keys:
+        keys.disable(args.key_id)
+    print(f"disabled key {args.key_id}")
+    return 0
 
 
 @_key_store_command
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    def rotate(db: KeyDatabase) -> str:
-        return f"key {args.key_id} now encrypts with version {db.rotate_key(args.key_id)}"
+    with _key_manager(args) as keys:
+        version = keys.rotate(args.key_id)
+    print(f"key {args.key_id} now encrypts with version {version}")
+    return 0
 
-    return _change_key(args, rotate)
+
+@_key_store_command
+def cmd_keys_schedule_deletion(args: argparse.Namespace) -> int:
+    if not MIN_DELETION_DAYS <= args.days <= MAX_DELETION_DAYS:
+        raise ConfigError(f"--days: {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS}")
+    with _key_manager(args) as keys:
+        when = keys.schedule_deletion(args.key_id, args.days)
+    print(
+        f"key {args.key_id} is DISABLED and will be deleted after "
+        f"{when.isoformat(timespec='seconds')}; `keys cancel-deletion` until then"
+    )
+    return 0
+
+
+@_key_store_command
+def cmd_keys_cancel_deletion(args: argparse.Namespace) -> int:
+    with _key_manager(args) as keys:
+        keys.cancel_deletion(args.key_id)
+    print(f"deletion of key {args.key_id} cancelled; it stays DISABLED until `keys enable`")
+    return 0
 
 
 def _store_argument(value: str, option: str) -> StoreLocation:
@@ -540,6 +572,18 @@ def build_parser() -> argparse.ArgumentParser:
             True,
         ),
         ("rotate", "add a key version; new encryptions use it", cmd_keys_rotate, True),
+        (
+            "schedule-deletion",
+            "disable a key now and delete it for good after 7-30 days",
+            cmd_keys_schedule_deletion,
+            True,
+        ),
+        (
+            "cancel-deletion",
+            "cancel a scheduled deletion (the key stays disabled)",
+            cmd_keys_cancel_deletion,
+            True,
+        ),
     ]
     for action, help_text, func, needs_key in key_actions:
         sub = key_commands.add_parser(action, help=help_text)
@@ -555,6 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if action == "list":
             sub.add_argument("--json", action="store_true")
+        if action == "schedule-deletion":
+            sub.add_argument(
+                "--days",
+                type=int,
+                default=DEFAULT_DELETION_DAYS,
+                help=f"waiting period, {MIN_DELETION_DAYS}-{MAX_DELETION_DAYS} days (default 30)",
+            )
         sub.set_defaults(func=func)
 
     migrate = key_commands.add_parser(

@@ -12,9 +12,11 @@ microseconds, so it runs on the event loop; database reads run in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 IV_BYTES = 12
 TAG_BYTES = 16
 _HEALTH_PLAINTEXT = b"xks-proxy health check"
+# Deletion dates are days apart (7 to 30); a minute late is on time.
+SWEEP_INTERVAL_SECONDS = 60.0
 
 
 class _LoadedKey(NamedTuple):
@@ -74,6 +78,7 @@ class SoftwareBackend:
         self._cache: UnsealedKeyCache | None = None
         self._keys: dict[str, _LoadedKey] = {}
         self._health_key: _LoadedKey | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -102,6 +107,7 @@ class SoftwareBackend:
             await asyncio.to_thread(self._db.ensure_health_key)
             self._follower = StoreFollower(self._db, self._apply)
             await self._follower.start()
+            self._sweeper = asyncio.create_task(self._sweep_forever())
             if self._health_key is None:
                 raise ConfigError(f"key store {self._db.location.display}: no health key")
             # Unsealing the health key proves the KEK before the proxy says it is ready.
@@ -118,6 +124,10 @@ class SoftwareBackend:
         )
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._follower is not None:
             await self._follower.stop()
         if self._db is not None:
@@ -130,6 +140,10 @@ class SoftwareBackend:
             self._keys = {}
             self._cache.clear()
         else:
+            for key_id in changes.deleted:
+                purged = self._keys.pop(key_id, None)
+                if purged is not None:
+                    self._cache.forget([purged.record])
             self._cache.forget(changes.keys)
         with gc_paused():
             for record in changes.keys:
@@ -138,6 +152,22 @@ class SoftwareBackend:
                     self._keys[record.key_id] = loaded
                 elif record.key_id == HEALTH_KEY_ID:
                     self._health_key = loaded
+
+    async def _sweep_forever(self) -> None:
+        """Purge keys whose scheduled deletion date has passed; every proxy sweeps, and the
+        store makes sure each key is purged once (``KeyDatabase.purge_due``)."""
+        assert self._db is not None
+        while True:
+            try:
+                purged = await asyncio.to_thread(self._db.purge_due, datetime.now(UTC))
+            except StoreUnavailableError:
+                purged = []  # the follower reports the outage; sweep again later
+            except Exception:
+                log.exception("sweeping key store %s failed", self._db.location.display)
+                purged = []
+            for key_id in purged:
+                log.warning("purged key %s: its scheduled deletion date has passed", key_id)
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
     def _cipher(self, key: _LoadedKey, version: int) -> AESGCM:
         assert self._cache is not None

@@ -35,6 +35,8 @@ class KeyRecord(NamedTuple):
     internal: bool
     created_at: str
     versions: Mapping[int, SealedVersion]
+    # When the sweeper purges the key (ISO 8601, UTC); None unless deletion is scheduled.
+    deletion_date: str | None = None
 
     @property
     def newest_version(self) -> int:
@@ -51,6 +53,7 @@ class StoredKey:
     internal: bool
     created_at: str
     versions: dict[int, bytes] = field(repr=False)
+    deletion_date: str | None = None
 
     @property
     def newest_version(self) -> int:
@@ -62,11 +65,13 @@ class StoreChanges:
     """Keys written since a revision, and the store's revision they bring a reader to.
 
     ``complete``: these are all the keys there are; a reader drops any it has beyond them.
+    ``deleted``: keys purged since (apply before ``keys``: a key may be made again after).
     """
 
     revision: int
     keys: list[KeyRecord]
     complete: bool
+    deleted: list[str] = field(default_factory=list)
 
 
 class KeyExistsError(Exception):
@@ -75,6 +80,10 @@ class KeyExistsError(Exception):
 
 class UnknownKeyError(Exception):
     pass
+
+
+class KeyStateError(Exception):
+    """The key exists, but its state forbids the change (e.g. it is pending deletion)."""
 
 
 class StoreUnavailableError(Exception):

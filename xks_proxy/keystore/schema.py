@@ -16,7 +16,7 @@ from __future__ import annotations
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.connections import StoreConnection, transaction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migrations(blob: str) -> list[list[str]]:
@@ -34,6 +34,14 @@ def _migrations(blob: str) -> list[list[str]]:
         [
             "ALTER TABLE keys ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",
             "CREATE INDEX keys_by_revision ON keys (revision)",
+        ],
+        [
+            # Scheduled deletion: the date (ISO 8601, UTC) after which the sweeper purges the
+            # key, and a tombstone per purged key so every proxy learns of the purge.
+            "ALTER TABLE keys ADD COLUMN deletion_date TEXT",
+            "CREATE TABLE deleted_keys ("
+            " key_id TEXT PRIMARY KEY, revision BIGINT NOT NULL, deleted_at TEXT NOT NULL)",
+            "CREATE INDEX deleted_keys_by_revision ON deleted_keys (revision)",
         ],
     ]
 

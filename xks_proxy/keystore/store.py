@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import ConfigError
@@ -29,6 +30,7 @@ from xks_proxy.keystore.records import (
     VALID_USAGES,
     KeyExistsError,
     KeyRecord,
+    KeyStateError,
     SealedVersion,
     StoreChanges,
     StoredKey,
@@ -46,6 +48,7 @@ __all__ = [
     "KeyDatabase",
     "KeyExistsError",
     "KeyRecord",
+    "KeyStateError",
     "StoreLocation",
     "StoreUnavailableError",
     "StoredKey",
@@ -55,8 +58,8 @@ __all__ = [
 
 T = TypeVar("T")
 _INSERT_KEY = (
-    "INSERT INTO keys (key_id, usage, enabled, internal, created_at, revision) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO keys (key_id, usage, enabled, internal, created_at, deletion_date, revision) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 # A store holds a handful of distinct usage sets; sharing them saves memory at 100,000 keys.
 _USAGE_SETS: dict[str, frozenset[str]] = {}
@@ -99,6 +102,9 @@ class KeyDatabase:
         # Without a KEK the store can still be read and copied sealed (``keys migrate``).
         self._sealer = KeySealer(kek, self.location.display) if kek is not None else None
         self._db = connect(self.location)
+        # One connection runs one transaction at a time, whichever thread asks (a proxy's
+        # follower and sweeper share it).
+        self._lock = threading.RLock()
         try:
             migrate(self._db)
         except BaseException:
@@ -116,7 +122,7 @@ class KeyDatabase:
 
     def _write(self, change: Callable[[int], T]) -> T:
         """Run ``change(revision)`` in a write transaction that takes the next revision."""
-        with transaction(self._db, self._db.begin_write):
+        with self._lock, transaction(self._db, self._db.begin_write):
             rows = self._db.query(
                 "UPDATE store_meta SET revision = revision + 1 RETURNING revision"
             )
@@ -127,7 +133,8 @@ class KeyDatabase:
 
     def revision(self) -> int:
         """The store's current revision: cheap enough to poll every second."""
-        return int(self._db.query("SELECT revision FROM store_meta")[0][0])
+        with self._lock:
+            return int(self._db.query("SELECT revision FROM store_meta")[0][0])
 
     def create_key(self, key_id: str, usage: frozenset[str], *, internal: bool = False) -> None:
         if not usage <= VALID_USAGES:
@@ -135,9 +142,12 @@ class KeyDatabase:
         sealed = self.sealer.seal(key_id, 1, os.urandom(KEY_BYTES))
 
         def create(revision: int) -> None:
+            if self._db.query("SELECT 1 FROM deleted_keys WHERE key_id = ?", (key_id,)):
+                # A ciphertext under the deleted key must never meet a new key of that name.
+                raise KeyStateError(f"key {key_id} was deleted; key ids are never reused")
             self._db.query(
                 _INSERT_KEY,
-                (key_id, ",".join(sorted(usage)), 1, int(internal), _now(), revision),
+                (key_id, ",".join(sorted(usage)), 1, int(internal), _now(), None, revision),
             )
             self._insert_version(key_id, 1, sealed)
 
@@ -158,11 +168,12 @@ class KeyDatabase:
 
         def rotate(revision: int) -> int:
             touched = self._db.query(
-                "UPDATE keys SET revision = ? WHERE key_id = ? AND internal = 0 RETURNING key_id",
+                "UPDATE keys SET revision = ? WHERE key_id = ? AND internal = 0 "
+                "AND deletion_date IS NULL RETURNING key_id",
                 (revision, key_id),
             )
             if not touched:
-                raise UnknownKeyError(key_id)
+                self._refuse(key_id, pending=False)
             rows = self._db.query(
                 "SELECT MAX(version) FROM key_versions WHERE key_id = ?", (key_id,)
             )
@@ -175,16 +186,73 @@ class KeyDatabase:
         return self._write(rotate)
 
     def set_enabled(self, key_id: str, enabled: bool) -> None:
+        self._update_key(key_id, "enabled = ?", (int(enabled),), pending=False)
+
+    def schedule_deletion(self, key_id: str, deletion_date: datetime) -> None:
+        """The key is DISABLED now and purged by the sweeper after ``deletion_date``."""
+        when = deletion_date.astimezone(UTC).isoformat(timespec="seconds")
+        self._update_key(key_id, "enabled = 0, deletion_date = ?", (when,), pending=False)
+
+    def cancel_deletion(self, key_id: str) -> None:
+        """The key stays DISABLED (as in KMS); ``keys enable`` makes it usable again."""
+        self._update_key(key_id, "deletion_date = NULL", (), pending=True)
+
+    def _update_key(
+        self, key_id: str, assignments: str, params: tuple[object, ...], *, pending: bool
+    ) -> None:
+        """Change a customer key whose deletion is (``pending``) or is not scheduled."""
+        condition = "deletion_date IS NOT NULL" if pending else "deletion_date IS NULL"
+        # Both fragments are constants of this module; values are bound parameters.
+        sql = (
+            f"UPDATE keys SET {assignments}, revision = ? "  # noqa: S608
+            f"WHERE key_id = ? AND internal = 0 AND {condition} RETURNING key_id"
+        )
+
         def update(revision: int) -> None:
-            touched = self._db.query(
-                "UPDATE keys SET enabled = ?, revision = ? WHERE key_id = ? AND internal = 0 "
-                "RETURNING key_id",
-                (int(enabled), revision, key_id),
-            )
-            if not touched:
-                raise UnknownKeyError(key_id)
+            if not self._db.query(sql, (*params, revision, key_id)):
+                self._refuse(key_id, pending=pending)
 
         self._write(update)
+
+    def _refuse(self, key_id: str, *, pending: bool) -> NoReturn:
+        rows = self._db.query(
+            "SELECT deletion_date FROM keys WHERE key_id = ? AND internal = 0", (key_id,)
+        )
+        if not rows:
+            raise UnknownKeyError(key_id)
+        if pending:
+            raise KeyStateError(f"key {key_id} is not pending deletion")
+        raise KeyStateError(
+            f"key {key_id} is pending deletion on {rows[0][0]}; cancel the deletion first"
+        )
+
+    def purge_due(self, now: datetime) -> list[str]:
+        """Delete, for good, the keys whose deletion date has passed; returns their ids.
+
+        Safe with several proxies sweeping at once: the purge runs in a write transaction
+        (writers serialise), so a key is purged once and the others find nothing to do.
+        """
+        when = now.astimezone(UTC).isoformat(timespec="seconds")
+        due_sql = (
+            "SELECT key_id FROM keys WHERE internal = 0 "
+            "AND deletion_date IS NOT NULL AND deletion_date <= ?"
+        )
+        with self._lock:
+            if not self._db.query(due_sql, (when,)):
+                return []  # the common case costs one read, and no revision
+
+        def purge(revision: int) -> list[str]:
+            due = [row[0] for row in self._db.query(due_sql, (when,))]
+            for key_id in due:
+                self._db.query("DELETE FROM key_versions WHERE key_id = ?", (key_id,))
+                self._db.query("DELETE FROM keys WHERE key_id = ?", (key_id,))
+                self._db.query(
+                    "INSERT INTO deleted_keys (key_id, revision, deleted_at) VALUES (?, ?, ?)",
+                    (key_id, revision, _now()),
+                )
+            return due
+
+        return self._write(purge)
 
     def ensure_health_key(self) -> None:
         with contextlib.suppress(KeyExistsError):
@@ -196,15 +264,26 @@ class KeyDatabase:
         ``seen`` < 0, or a store whose revision went backwards (replaced by another database),
         gives every key with ``complete`` set: the reader replaces what it has.
         """
-        with transaction(self._db, self._db.begin_read):
+        with self._lock, transaction(self._db, self._db.begin_read):
             revision = int(self._db.query("SELECT revision FROM store_meta")[0][0])
             if revision == seen:
                 return None
             complete = seen < 0 or revision < seen
             since = -1 if complete else seen
             key_rows = self._db.query(
-                "SELECT key_id, usage, enabled, internal, created_at FROM keys WHERE revision > ?",
+                "SELECT key_id, usage, enabled, internal, created_at, deletion_date FROM keys "
+                "WHERE revision > ?",
                 (since,),
+            )
+            deleted = (
+                []
+                if complete
+                else [
+                    row[0]
+                    for row in self._db.query(
+                        "SELECT key_id FROM deleted_keys WHERE revision > ?", (since,)
+                    )
+                ]
             )
             version_rows = self._db.query(
                 # A full read (the start-up of a proxy over 100,000 keys) needs no join.
@@ -215,7 +294,7 @@ class KeyDatabase:
                 () if complete else (since,),
             )
         with gc_paused():
-            return StoreChanges(revision, _records(key_rows, version_rows), complete)
+            return StoreChanges(revision, _records(key_rows, version_rows), complete, deleted)
 
     def records(self) -> list[KeyRecord]:
         """Every key, sealed, in one consistent snapshot."""
@@ -233,6 +312,7 @@ class KeyDatabase:
                 internal=r.internal,
                 created_at=r.created_at,
                 versions={v: self.sealer.unseal(r.key_id, v, s) for v, s in r.versions.items()},
+                deletion_date=r.deletion_date,
             )
             for r in self.records()
         ]
@@ -255,6 +335,7 @@ class KeyDatabase:
                             int(record.enabled),
                             int(record.internal),
                             record.created_at,
+                            record.deletion_date,
                             revision,
                         ),
                     )
@@ -281,6 +362,7 @@ def _records(key_rows: list[Row], version_rows: list[Row]) -> list[KeyRecord]:
             internal == 1,
             created_at,
             versions.get(key_id, no_versions),
+            deletion_date,
         )
-        for key_id, usage, enabled, internal, created_at in key_rows
+        for key_id, usage, enabled, internal, created_at, deletion_date in key_rows
     ]
