@@ -15,6 +15,7 @@ from tests.proxy_process import free_port
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import parse_config
 from xks_proxy.errors import ConfigError
+from xks_proxy.keystore.connections import connect_postgres
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.records import SealedVersion
 from xks_proxy.keystore.schema import SCHEMA_VERSION
@@ -22,7 +23,7 @@ from xks_proxy.keystore.sealing import KeySealer
 from xks_proxy.keystore.store import (
     KeyDatabase,
     KeyExistsError,
-    StoreUnavailableError,
+    KeyStoreUnavailableError,
     UnknownKeyError,
 )
 
@@ -197,7 +198,7 @@ def test_concurrent_writers_on_postgresql_never_collide(postgres_url: str) -> No
 def test_an_unreachable_postgresql_is_a_clear_error_without_the_password() -> None:
     port = free_port()
     url = f"postgresql://xks:hunter2secret@127.0.0.1:{port}/keys"
-    with pytest.raises(StoreUnavailableError) as raised:
+    with pytest.raises(KeyStoreUnavailableError) as raised:
         KeyDatabase(url, os.urandom(32))
     message = str(raised.value)
     assert "is unreachable" in message
@@ -268,3 +269,15 @@ def test_sealed_rows_copy_between_kinds_unchanged(tmp_path: Path, postgres_url: 
     finally:
         sqlite_store.close()
         postgres_store.close()
+
+
+def test_a_silent_network_failure_is_bounded_by_tcp_settings(postgres_url: str) -> None:
+    """Keepalives and a TCP user timeout, so a partition fails a query within seconds."""
+    connection = connect_postgres(StoreLocation.parse(postgres_url + "?keepalives_idle=7200"))
+    try:
+        parameters = connection.info.get_parameters()
+    finally:
+        connection.close()
+    assert parameters["keepalives_idle"] == "5"
+    assert parameters["tcp_user_timeout"] == "10000"
+    assert parameters["connect_timeout"] == "5"

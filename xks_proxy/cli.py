@@ -44,7 +44,7 @@ from xks_proxy.keystore.store import (
     KeyExistsError,
     KeyRecord,
     KeyStateError,
-    StoreUnavailableError,
+    KeyStoreUnavailableError,
     UnknownKeyError,
     open_key_database,
 )
@@ -89,7 +89,7 @@ def _key_store_command(
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except StoreUnavailableError as error:
+        except KeyStoreUnavailableError as error:
             raise CommandError(f"{error} (a shared store must be up for key management)") from None
 
     return run
@@ -116,7 +116,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             tls=args.tls,
             database_url=args.database_url,
         )
-    except (AlreadyInitialisedError, StoreUnavailableError, KeyExistsError) as error:
+    except (AlreadyInitialisedError, KeyStoreUnavailableError, KeyExistsError) as error:
         raise CommandError(str(error)) from None
     print(f"configuration      {made.config_path}")
     print(f"key-encryption key {made.kek_path} (0600)")

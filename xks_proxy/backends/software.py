@@ -39,8 +39,8 @@ from xks_proxy.keystore.follower import StoreFollower
 from xks_proxy.keystore.records import (
     HEALTH_KEY_ID,
     KeyRecord,
+    KeyStoreUnavailableError,
     StoreChanges,
-    StoreUnavailableError,
     gc_paused,
 )
 from xks_proxy.keystore.store import KeyDatabase, open_key_database
@@ -96,9 +96,9 @@ class SoftwareBackend:
     async def open(self) -> None:
         try:
             await self._open()
-        except StoreUnavailableError as error:
+        except KeyStoreUnavailableError as error:
             # A proxy cannot start without its keys; this is the reason to show.
-            raise ConfigError(f"backends.{self.name}: {error}") from None
+            raise KeyStoreUnavailableError(f"backends.{self.name}: {error}") from None
 
     async def _open(self) -> None:
         self._db = await asyncio.to_thread(open_key_database, self._config)
@@ -160,7 +160,7 @@ class SoftwareBackend:
         while True:
             try:
                 purged = await asyncio.to_thread(self._db.purge_due, datetime.now(UTC))
-            except StoreUnavailableError:
+            except KeyStoreUnavailableError:
                 purged = []  # the follower reports the outage; sweep again later
             except Exception:
                 log.exception("sweeping key store %s failed", self._db.location.display)

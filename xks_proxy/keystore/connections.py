@@ -3,7 +3,7 @@
 The stores' SQL is written once, with ``?`` placeholders and portable types; each connection
 supplies what differs (placeholders, BLOB or BYTEA, how a writer takes the store's lock, change
 notification) and translates its driver's errors at this edge: a unique-key violation becomes
-``DuplicateRowError``, a database that cannot be reached ``StoreUnavailableError`` naming the
+``DuplicateRowError``, a database that cannot be reached ``KeyStoreUnavailableError`` naming the
 store (never its password). PostgreSQL is reached with psycopg 3; a broken connection is dropped
 and the next call connects again, so a store that comes back is used again without a restart.
 """
@@ -18,16 +18,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.location import POSTGRESQL, StoreLocation
-from xks_proxy.keystore.records import StoreUnavailableError
+from xks_proxy.keystore.records import KeyStoreUnavailableError
 
 # Every write transaction ends with a NOTIFY on this channel; proxies LISTEN to it.
 NOTIFY_CHANNEL = "xks_proxy_keys"
 # Seconds to wait for PostgreSQL to accept a connection before calling it unreachable.
 CONNECT_TIMEOUT_SECONDS = 5
+# A database that vanishes without closing the connection (a partition, a dead host) must fail
+# a query within seconds, not after the kernel's two-hour keepalive: libpq's TCP settings.
+TCP_SETTINGS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds
+}
 # pg_advisory_xact_lock key serialising schema migrations of one database ("xks" in ASCII).
 _MIGRATION_LOCK = 0x786B73
 
@@ -92,6 +102,9 @@ class SqliteConnection:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.OperationalError as error:
+            # Full disk, read-only volume, I/O error, lock: the machine, not the configuration.
+            raise KeyStoreUnavailableError(f"key store {path}: {error}") from None
         except sqlite3.DatabaseError as error:
             raise ConfigError(f"key store {path}: {error}") from None
 
@@ -101,7 +114,7 @@ class SqliteConnection:
         except sqlite3.IntegrityError:
             raise DuplicateRowError() from None
         except sqlite3.OperationalError as error:
-            raise StoreUnavailableError(f"key store {self.location.display}: {error}") from None
+            raise KeyStoreUnavailableError(f"key store {self.location.display}: {error}") from None
         except sqlite3.DatabaseError as error:
             raise ConfigError(f"key store {self.location.display}: {error}") from None
 
@@ -143,7 +156,7 @@ class PostgresConnection:
         idle = self._db is not None and self._db.info.transaction_status is TransactionStatus.IDLE
         try:
             return self._execute(sql, params)
-        except StoreUnavailableError:
+        except KeyStoreUnavailableError:
             if not idle:
                 raise
         return self._execute(sql, params)
@@ -176,19 +189,25 @@ class PostgresConnection:
 
 def connect_postgres(location: StoreLocation) -> psycopg.Connection[Row]:
     try:
-        return psycopg.connect(
-            location.target,
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            application_name="xks-proxy",
-        )
+        return psycopg.connect(conninfo(location, "xks-proxy"), autocommit=True)
     except psycopg.OperationalError as error:
         raise unavailable(location, error) from None
     except psycopg.ProgrammingError as error:
         raise ConfigError(f"key store {location.display}: {error}") from None
 
 
-def unavailable(location: StoreLocation, error: Exception) -> StoreUnavailableError:
+def conninfo(location: StoreLocation, application_name: str) -> str:
+    """The store's URL plus the settings that make an outage visible within seconds (they
+    override the same keys given in the URL)."""
+    return make_conninfo(
+        location.target,
+        application_name=application_name,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        **TCP_SETTINGS,
+    )
+
+
+def unavailable(location: StoreLocation, error: Exception) -> KeyStoreUnavailableError:
     # psycopg's messages name host and port, never the password; keep the first line.
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return StoreUnavailableError(f"key store {location.display} is unreachable: {reason}")
+    return KeyStoreUnavailableError(f"key store {location.display} is unreachable: {reason}")

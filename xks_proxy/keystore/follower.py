@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import psycopg
 
-from xks_proxy.keystore.connections import CONNECT_TIMEOUT_SECONDS, NOTIFY_CHANNEL
+from xks_proxy.keystore.connections import NOTIFY_CHANNEL, conninfo
 from xks_proxy.keystore.location import POSTGRESQL
-from xks_proxy.keystore.records import StoreChanges, StoreUnavailableError
+from xks_proxy.keystore.records import KeyStoreUnavailableError, StoreChanges
 from xks_proxy.keystore.store import KeyDatabase
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class StoreFollower:
         """Read and apply what changed since the last read; record why when that fails."""
         try:
             changes = await asyncio.to_thread(self._database.changes_since, self._seen)
-        except StoreUnavailableError as error:
+        except KeyStoreUnavailableError as error:
             self._set_problem(str(error))
             return
         except Exception:
@@ -98,14 +98,10 @@ class StoreFollower:
             await self.sync()
 
     async def _listen_forever(self) -> None:
-        target = self._database.location.target
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    target,
-                    autocommit=True,
-                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                    application_name="xks-proxy listener",
+                    conninfo(self._database.location, "xks-proxy listener"), autocommit=True
                 ) as connection:
                     await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     # Whatever was written while nobody listened is read now, not at the poll.

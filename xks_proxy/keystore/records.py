@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.errors import ConfigError
 
 HEALTH_KEY_ID = "xks-proxy-internal-health-key"
 VALID_USAGES = frozenset({ENCRYPT, DECRYPT})
@@ -86,8 +87,12 @@ class KeyStateError(Exception):
     """The key exists, but its state forbids the change (e.g. it is pending deletion)."""
 
 
-class StoreUnavailableError(Exception):
-    """The store's database cannot be reached now; the message says which and why."""
+class KeyStoreUnavailableError(ConfigError):
+    """The store's database cannot be reached or used now; the message says which and why.
+
+    A ConfigError, so a proxy refuses to start without its keys; the CLI tells it apart (exit
+    1, not 2): the configuration is right, the database or the machine is not.
+    """
 
 
 @contextlib.contextmanager

@@ -31,10 +31,10 @@ from xks_proxy.keystore.records import (
     KeyExistsError,
     KeyRecord,
     KeyStateError,
+    KeyStoreUnavailableError,
     SealedVersion,
     StoreChanges,
     StoredKey,
-    StoreUnavailableError,
     UnknownKeyError,
     gc_paused,
 )
@@ -50,7 +50,7 @@ __all__ = [
     "KeyRecord",
     "KeyStateError",
     "StoreLocation",
-    "StoreUnavailableError",
+    "KeyStoreUnavailableError",
     "StoredKey",
     "UnknownKeyError",
     "open_key_database",
@@ -91,7 +91,7 @@ def open_key_database(config: SoftwareBackendConfig) -> KeyDatabase:
 class KeyDatabase:
     """A key store at ``location``: a ``Path`` or ``sqlite:PATH`` (SQLite), or a PostgreSQL URL.
 
-    Opening it creates or migrates the schema. Raises ``StoreUnavailableError`` when the database
+    Opening it creates or migrates the schema. Raises ``KeyStoreUnavailableError`` when the database
     cannot be reached (now, or on any later call), ``ConfigError`` when it is not a key store.
     """
 
