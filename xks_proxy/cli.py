@@ -302,6 +302,53 @@ def cmd_keys_cancel_deletion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passphrase(args: argparse.Namespace) -> str:
+    """From the environment variable named by --passphrase-env: never argv, never a file."""
+    passphrase = os.environ.get(args.passphrase_env)
+    if not passphrase:
+        raise ConfigError(
+            f"--passphrase-env: environment variable {args.passphrase_env} is not set"
+        )
+    return passphrase
+
+
+@_key_store_command
+def cmd_keys_backup(args: argparse.Namespace) -> int:
+    from xks_proxy.credentials import write_private_file
+    from xks_proxy.keymgmt.backup import BackupError
+
+    passphrase = _passphrase(args)
+    try:
+        with _key_manager(args) as keys:
+            document, count = keys.backup(passphrase)
+    except BackupError as error:
+        raise CommandError(str(error)) from None
+    write_private_file(Path(args.out), document)
+    print(f"backed up {count} keys to {args.out} (0600); keep the passphrase apart from it")
+    return 0
+
+
+@_key_store_command
+def cmd_keys_restore(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.backup import BackupError
+
+    passphrase = _passphrase(args)
+    try:
+        document = Path(args.input).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"cannot read {args.input}: {error}") from None
+    try:
+        with _key_manager(args) as keys:
+            result = keys.restore(document, passphrase)
+    except BackupError as error:
+        raise CommandError(str(error)) from None
+    print(
+        f"restored {len(result.restored)} keys; {len(result.already_present)} were already "
+        "in the store with the same material"
+    )
+    return 0
+
+
 def _store_argument(value: str, option: str) -> StoreLocation:
     """``sqlite:PATH`` or ``postgresql://…``, or ``env:NAME`` holding one (keeps passwords out
     of argv)."""
@@ -607,6 +654,23 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"waiting period, {MIN_DELETION_DAYS}-{MAX_DELETION_DAYS} days (default 30)",
             )
         sub.set_defaults(func=func)
+
+    backup = key_commands.add_parser(
+        "backup", help="write every key, sealed under a passphrase (scrypt, AES-256-GCM)"
+    )
+    restore = key_commands.add_parser(
+        "restore", help="restore keys from a backup into an empty or the same store"
+    )
+    for sub in (backup, restore):
+        config_arg(sub)
+        sub.add_argument("--backend", help="software backend name (default: the only one)")
+        sub.add_argument(
+            "--passphrase-env", required=True, help="environment variable holding the passphrase"
+        )
+    backup.add_argument("--out", required=True, help="the backup file to write (0600)")
+    backup.set_defaults(func=cmd_keys_backup, key_id=None)
+    restore.add_argument("--in", dest="input", required=True, help="the backup file")
+    restore.set_defaults(func=cmd_keys_restore, key_id=None)
 
     migrate = key_commands.add_parser(
         "migrate", help="copy every key to another store (SQLite <-> PostgreSQL), same kek"

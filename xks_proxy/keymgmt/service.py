@@ -17,6 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from xks_proxy.keymgmt.audit import LifecycleAudit
+from xks_proxy.keymgmt.backup import (
+    BackupError,
+    RestoreResult,
+    read_backup,
+    restore_keys,
+    write_backup,
+)
 from xks_proxy.keystore.records import (
     KeyExistsError,
     KeyRecord,
@@ -32,7 +39,7 @@ DEFAULT_DELETION_DAYS = 30
 
 T = TypeVar("T")
 # Asked for something the store's state does not allow: the audit says "refused", not "failed".
-REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError)
+REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError, BackupError)
 
 
 class KeyManager:
@@ -97,6 +104,21 @@ class KeyManager:
             "cancel-deletion", key_id, lambda: self._database.cancel_deletion(key_id),
             "the key stays DISABLED",
         )  # fmt: skip
+
+    def backup(self, passphrase: str) -> tuple[str, int]:
+        """A backup document of every customer key (see ``backup``) and how many keys it holds."""
+
+        def back_up() -> tuple[str, int]:
+            keys = [k for k in self._database.load() if not k.internal]
+            return write_backup(keys, passphrase), len(keys)
+
+        return self._audited("backup", None, back_up, "every customer key, all versions")
+
+    def restore(self, document: str, passphrase: str) -> RestoreResult:
+        def restore() -> RestoreResult:
+            return restore_keys(self._database, read_backup(document, passphrase))
+
+        return self._audited("restore", None, restore, "from a passphrase-sealed backup")
 
     def purge_due(self, now: datetime | None = None) -> list[str]:
         """Purge the keys whose deletion date has passed (what every proxy's sweeper does)."""
