@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.conftest import KEY_BOTH, Deployment, make_deployment
@@ -384,3 +385,28 @@ def test_without_its_store_a_proxy_refuses_to_start_and_commands_say_why(
         assert result.returncode in (1, 2), (command, result.stderr)
         assert "is unreachable" in result.stderr, (command, result.stderr)
         assert "Traceback" not in result.stderr and "pw-not-shown" not in result.stderr
+
+
+async def test_a_change_without_a_notification_is_found_by_the_poll(postgres_url: str) -> None:
+    """The fallback: a write whose NOTIFY never arrives still reaches the proxy within ~1 s."""
+    kek = os.urandom(32)
+    writer = KeyDatabase(postgres_url, kek)
+    writer.create_key("quiet", BOTH)
+    backend = SoftwareBackend(SoftwareBackendConfig("local", None, kek, database_url=postgres_url))
+    await backend.open()
+    try:
+        # A write behind the store's back: revision bumped, no pg_notify.
+        with psycopg.connect(postgres_url, autocommit=True) as raw:
+            raw.execute(
+                "WITH next AS (UPDATE store_meta SET revision = revision + 1 RETURNING revision) "
+                "UPDATE keys SET enabled = 0, revision = (SELECT revision FROM next) "
+                "WHERE key_id = 'quiet'"
+            )
+        started = time.monotonic()
+        while (await backend.describe_key("quiet")).enabled:
+            # One poll interval, plus the margin of a busy machine.
+            assert time.monotonic() - started < 3, "the poll never found the change"
+            await asyncio.sleep(0.05)
+    finally:
+        writer.close()
+        await backend.close()
