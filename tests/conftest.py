@@ -110,11 +110,13 @@ def make_pkcs11_deployment(directory: Path, hsm: SoftHsm, **settings: object) ->
     return Deployment(directory, load_config(made.config_path))
 
 
-@pytest.fixture(params=["software", "pkcs11"])
+@pytest.fixture(params=["software", "software-postgresql", "pkcs11"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Deployment:
-    """The shared conformance suite runs once per backend."""
+    """The shared conformance suite runs once per backend, and once per software store."""
     if request.param == "pkcs11":
         return make_pkcs11_deployment(tmp_path, request.getfixturevalue("softhsm"))
+    if request.param == "software-postgresql":
+        return make_deployment(tmp_path, database_url=request.getfixturevalue("postgres_url"))
     return make_deployment(tmp_path)
 
 

@@ -143,8 +143,13 @@ class PostgresConnection:
     def __init__(self, location: StoreLocation) -> None:
         self.location = location
         self._db: psycopg.Connection[Row] | None = None
+        self._closed = False
 
     def _connection(self) -> psycopg.Connection[Row]:
+        if self._closed:
+            # A query still running in a thread when its owner closed the store must not open
+            # a new connection that nobody would close.
+            raise KeyStoreUnavailableError(f"key store {self.location.display}: closed")
         if self._db is None or self._db.closed or self._db.broken:
             self._db = connect_postgres(self.location)
         return self._db
@@ -183,6 +188,7 @@ class PostgresConnection:
         self.query("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, str(revision)))
 
     def close(self) -> None:
+        self._closed = True
         if self._db is not None:
             self._db.close()
 
