@@ -7,6 +7,9 @@
 #   haproxy        a real load balancer in front of three proxies for the rolling-restart test
 #   prometheus     `promtool check metrics` on a live scrape of the metrics port
 #   logrotate      real log rotation (with compress) of the audit log under load
+#   postgresql     initdb/pg_ctl/postgres for the shared key store tests, which start their own
+#                  server in a temporary directory (tests/postgres.py); Debian's default cluster
+#                  is neither created nor started for them
 set -euo pipefail
 
 need=()
@@ -16,6 +19,7 @@ command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 #   wrk, taskset   closed-loop load and core pinning for `make bench` (--bench)
 if [ "${1:-}" = "--bench" ]; then
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -32,5 +36,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${need[*]} " == *" postgresql "* ]]; then
+    # The tests run their own server as the postgres user; the package's own cluster would be a
+    # service nobody asked for. postgresql-common reads this directory when it would create it.
+    $sudo mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" |
+        $sudo tee /etc/postgresql-common/createcluster.d/xks-proxy-tests.conf >/dev/null
+fi
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"

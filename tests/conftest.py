@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from tests.postgres import PostgresServer
 from tests.softhsm import SoftHsm, make_softhsm, provision_conformance_token
 from tests.xks_client import XksClient
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import Config, SoftwareBackendConfig, load_config
-from xks_proxy.keystore.store import KeyDatabase
+from xks_proxy.keystore.store import KeyDatabase, open_key_database
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.scaffold import scaffold
 from xks_proxy.web.app import create_app
@@ -44,7 +46,7 @@ def software_database(config: Config) -> KeyDatabase:
     """The key store file of a deployment's software backend."""
     backend = config.backends["local"]
     assert isinstance(backend, SoftwareBackendConfig)
-    return KeyDatabase(backend.path, backend.kek)
+    return open_key_database(backend)
 
 
 @dataclass
@@ -57,8 +59,11 @@ class Deployment:
         return self.config.path
 
 
-def make_deployment(directory: Path, **config_changes: str) -> Deployment:
-    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0)
+def make_deployment(
+    directory: Path, *, database_url: str | None = None, **config_changes: str
+) -> Deployment:
+    """A deployment by ``init`` with the test keys; ``database_url``: keys in PostgreSQL."""
+    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0, database_url=database_url)
     text = made.config_path.read_text().replace('keys = ["*"]', 'keys = ["key-*"]')
     for old, new in config_changes.items():
         text = text.replace(old, new)
@@ -105,11 +110,13 @@ def make_pkcs11_deployment(directory: Path, hsm: SoftHsm, **settings: object) ->
     return Deployment(directory, load_config(made.config_path))
 
 
-@pytest.fixture(params=["software", "pkcs11"])
+@pytest.fixture(params=["software", "software-postgresql", "pkcs11"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Deployment:
-    """The shared conformance suite runs once per backend."""
+    """The shared conformance suite runs once per backend, and once per software store."""
     if request.param == "pkcs11":
         return make_pkcs11_deployment(tmp_path, request.getfixturevalue("softhsm"))
+    if request.param == "software-postgresql":
+        return make_deployment(tmp_path, database_url=request.getfixturevalue("postgres_url"))
     return make_deployment(tmp_path)
 
 
@@ -137,3 +144,34 @@ def xks(runtime_client: tuple[ProxyRuntime, TestClient[Any, Any]]) -> XksClient:
 async def json_of(response: ClientResponse) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(await response.read())
     return document
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session; each test gets a database of its own."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres_server.create_database(f"xks_test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A server of the test's own, for tests that stop and start it."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()

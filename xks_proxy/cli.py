@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -20,7 +22,7 @@ import re
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,14 +37,25 @@ from xks_proxy.config import (
     TokenSelector,
     load_config,
     require_key_id,
+    resolve_secret,
 )
 from xks_proxy.credential_commands import add_credential_commands
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.keymgmt.service import (
+    DEFAULT_DELETION_DAYS,
+    MAX_DELETION_DAYS,
+    MIN_DELETION_DAYS,
+    KeyManager,
+)
+from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.store import (
     KeyDatabase,
     KeyExistsError,
+    KeyRecord,
+    KeyStateError,
     KeyStoreUnavailableError,
     UnknownKeyError,
+    open_key_database,
 )
 from xks_proxy.policy_commands import add_policy_commands
 
@@ -98,9 +111,19 @@ def _software_backend(config: Config, name: str | None) -> SoftwareBackendConfig
     raise ConfigError("no such software backend in the configuration")
 
 
-def _key_database(args: argparse.Namespace) -> KeyDatabase:
-    backend = _software_backend(_config(args), args.backend)
-    return KeyDatabase(backend.path, backend.kek)
+def _key_store_command(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A ``keys`` command: an unreachable store is exit status 1 with the store's reason."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except KeyStoreUnavailableError as error:
+            raise CommandError(f"{error} (a shared store must be up for key management)") from None
+
+    return run
 
 
 def _pkcs11_setup(args: argparse.Namespace) -> Pkcs11Setup | None:
@@ -113,6 +136,10 @@ def _pkcs11_setup(args: argparse.Namespace) -> Pkcs11Setup | None:
         if given:
             raise ConfigError(f"{given[0]}: only with --backend pkcs11")
         return None
+    if args.database_url:
+        raise ConfigError(
+            "--database-url: only with --backend software (HSM keys stay on the token)"
+        )
     missing = [option for option, value in hsm_options.items() if not value]
     if missing:
         raise ConfigError(f"--backend pkcs11 needs {', '.join(missing)}")
@@ -141,8 +168,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             force=args.force,
             tls=args.tls,
             hsm=_pkcs11_setup(args),
+            database_url=args.database_url,
         )
-    except AlreadyInitialisedError as error:
+    except (AlreadyInitialisedError, KeyStoreUnavailableError, KeyExistsError) as error:
         raise CommandError(str(error)) from None
     print(f"configuration      {made.config_path}")
     print(f"keys               {made.key_location}, key {made.key_id} (ENCRYPT, DECRYPT)")
@@ -206,6 +234,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+@_key_store_command
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     config.check_serving()
@@ -215,7 +244,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for backend in config.backends.values():
         if isinstance(backend, SoftwareBackendConfig):
             # Opening the store proves the KEK decrypts every key in it.
-            database = KeyDatabase(backend.path, backend.kek)
+            database = open_key_database(backend)
             try:
                 database.load()
             finally:
@@ -240,82 +269,201 @@ async def _open_and_close(config: Pkcs11BackendConfig) -> None:
     await backend.close()
 
 
+@contextlib.contextmanager
+def _key_manager(args: argparse.Namespace) -> Iterator[KeyManager]:
+    """The key lifecycle service over the configured store; store refusals become exit 1."""
+    from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
+
+    config = _config(args)
+    database = open_key_database(_software_backend(config, args.backend))
+    try:
+        yield KeyManager(database, LifecycleAudit(config.audit), local_actor())
+    except UnknownKeyError:
+        hint = f" ({HSM_KEYS_HINT})" if _has_hsm_backend(config) else ""
+        raise CommandError(f"no key {args.key_id} in the software key store{hint}") from None
+    except KeyExistsError:
+        raise CommandError(f"key {args.key_id} already exists") from None
+    except KeyStateError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        database.close()
+
+
+@_key_store_command
 def cmd_keys_create(args: argparse.Namespace) -> int:
     require_key_id(args.key_id, "--key-id")
     usage = USAGES.get(args.usage.upper().replace(" ", ""))
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
-    database = _key_database(args)
-    try:
-        database.create_key(args.key_id, usage)
-    except KeyExistsError:
-        raise CommandError(f"key {args.key_id} already exists") from None
-    finally:
-        database.close()
+    with _key_manager(args) as keys:
+        keys.create(args.key_id, usage)
     print(f"created key {args.key_id} ({', '.join(sorted(usage)) or 'no usage'})")
     return 0
 
 
+def _key_status(record: KeyRecord) -> str:
+    if record.deletion_date is not None:
+        return "PENDING_DELETION"
+    return "ENABLED" if record.enabled else "DISABLED"
+
+
+@_key_store_command
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    database = _key_database(args)
-    try:
-        keys = [k for k in database.load() if not k.internal]
-    finally:
-        database.close()
+    with _key_manager(args) as keys:
+        records = keys.keys()
     rows = [
         {
             "keyId": k.key_id,
             "keyUsage": sorted(k.usage),
-            "keyStatus": "ENABLED" if k.enabled else "DISABLED",
+            "keyStatus": _key_status(k),
             "versions": len(k.versions),
             "createdAt": k.created_at,
+            "deletionDate": k.deletion_date,
         }
-        for k in keys
+        for k in records
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
         usage = ",".join(row["keyUsage"]) or "NONE"  # type: ignore[arg-type]
+        deletion = f"  deletion {row['deletionDate']}" if row["deletionDate"] else ""
         print(
-            f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  {row['createdAt']}"
+            f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  "
+            f"{row['createdAt']}{deletion}"
         )
     return 0
 
 
-def _change_key(args: argparse.Namespace, change: Callable[[KeyDatabase], str]) -> int:
-    database = _key_database(args)
-    try:
-        print(change(database))
-    except UnknownKeyError:
-        hint = f" ({HSM_KEYS_HINT})" if _has_hsm_backend(_config(args)) else ""
-        raise CommandError(f"no key {args.key_id} in the software key store{hint}") from None
-    finally:
-        database.close()
+@_key_store_command
+def cmd_keys_enable(args: argparse.Namespace) -> int:
+    with _key_manager(args) as keys:
+        keys.enable(args.key_id)
+    print(f"enabled key {args.key_id}")
     return 0
 
 
-def cmd_keys_enable(args: argparse.Namespace) -> int:
-    def enable(db: KeyDatabase) -> str:
-        db.set_enabled(args.key_id, True)
-        return f"enabled key {args.key_id}"
-
-    return _change_key(args, enable)
-
-
+@_key_store_command
 def cmd_keys_disable(args: argparse.Namespace) -> int:
-    def disable(db: KeyDatabase) -> str:
-        db.set_enabled(args.key_id, False)
-        return f"disabled key {args.key_id}"
+    with _key_manager(args) as keys:
+        keys.disable(args.key_id)
+    print(f"disabled key {args.key_id}")
+    return 0
 
-    return _change_key(args, disable)
 
-
+@_key_store_command
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    def rotate(db: KeyDatabase) -> str:
-        return f"key {args.key_id} now encrypts with version {db.rotate_key(args.key_id)}"
+    with _key_manager(args) as keys:
+        version = keys.rotate(args.key_id)
+    print(f"key {args.key_id} now encrypts with version {version}")
+    return 0
 
-    return _change_key(args, rotate)
+
+@_key_store_command
+def cmd_keys_schedule_deletion(args: argparse.Namespace) -> int:
+    if not MIN_DELETION_DAYS <= args.days <= MAX_DELETION_DAYS:
+        raise ConfigError(f"--days: {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS}")
+    with _key_manager(args) as keys:
+        when = keys.schedule_deletion(args.key_id, args.days)
+    print(
+        f"key {args.key_id} is DISABLED and will be deleted after "
+        f"{when.isoformat(timespec='seconds')}; `keys cancel-deletion` until then"
+    )
+    return 0
+
+
+@_key_store_command
+def cmd_keys_cancel_deletion(args: argparse.Namespace) -> int:
+    with _key_manager(args) as keys:
+        keys.cancel_deletion(args.key_id)
+    print(f"deletion of key {args.key_id} cancelled; it stays DISABLED until `keys enable`")
+    return 0
+
+
+def _passphrase(args: argparse.Namespace) -> str:
+    """From the environment variable named by --passphrase-env: never argv, never a file."""
+    passphrase = os.environ.get(args.passphrase_env)
+    if not passphrase:
+        raise ConfigError(
+            f"--passphrase-env: environment variable {args.passphrase_env} is not set"
+        )
+    return passphrase
+
+
+@_key_store_command
+def cmd_keys_backup(args: argparse.Namespace) -> int:
+    from xks_proxy.credentials import write_private_file
+    from xks_proxy.keymgmt.backup import BackupError
+
+    passphrase = _passphrase(args)
+    try:
+        with _key_manager(args) as keys:
+            document, count = keys.backup(passphrase)
+    except BackupError as error:
+        raise CommandError(str(error)) from None
+    write_private_file(Path(args.out), document)
+    print(f"backed up {count} keys to {args.out} (0600); keep the passphrase apart from it")
+    return 0
+
+
+@_key_store_command
+def cmd_keys_restore(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.backup import BackupError
+
+    passphrase = _passphrase(args)
+    try:
+        document = Path(args.input).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"cannot read {args.input}: {error}") from None
+    try:
+        with _key_manager(args) as keys:
+            result = keys.restore(document, passphrase)
+    except BackupError as error:
+        raise CommandError(str(error)) from None
+    print(
+        f"restored {len(result.restored)} keys; {len(result.already_present)} were already "
+        "in the store with the same material"
+    )
+    return 0
+
+
+def _store_argument(value: str, option: str) -> StoreLocation:
+    """``sqlite:PATH`` or ``postgresql://…``, or ``env:NAME`` holding one (keeps passwords out
+    of argv)."""
+    try:
+        return StoreLocation.parse(resolve_secret(value, option, Path.cwd(), os.environ))
+    except ValueError:
+        raise ConfigError(f"{option}: give sqlite:PATH, postgresql://... or env:NAME") from None
+
+
+@_key_store_command
+def cmd_keys_migrate(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.migrate import migrate_keys
+
+    source_location = _store_argument(args.source, "--from")
+    destination_location = _store_argument(args.destination, "--to")
+    if source_location == destination_location:
+        raise ConfigError("--from and --to name the same store")
+    kek = _software_backend(_config(args), args.backend).kek if args.config else None
+    source = KeyDatabase(source_location, kek)
+    try:
+        destination = KeyDatabase(destination_location, kek)
+        try:
+            result = migrate_keys(source, destination, verify=kek is not None)
+        except KeyExistsError as error:
+            raise CommandError(
+                f"{destination_location.display} already has key {error}; nothing was copied"
+            ) from None
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    print(
+        f"copied {result.keys} keys ({result.versions} versions) from "
+        f"{source_location.display} to {destination_location.display}, sealed as they were"
+        + ("" if kek is not None else " (not verified: give --config to check the kek)")
+    )
+    return 0
 
 
 def _pkcs11_backend(config: Config, name: str | None) -> Pkcs11BackendConfig:
@@ -464,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--module", help="pkcs11: the PKCS#11 library (.so)")
     init.add_argument("--token-label", help="pkcs11: the token's label")
     init.add_argument("--pin-env", help="pkcs11: environment variable holding the user PIN")
+    init.add_argument(
+        "--database-url",
+        help="keys in a shared PostgreSQL store: postgresql://... or env:NAME (default: keys.db)",
+    )
     init.set_defaults(func=cmd_init)
 
     serve = commands.add_parser("serve", help="run the proxy")
@@ -503,6 +655,18 @@ def build_parser() -> argparse.ArgumentParser:
             True,
         ),
         ("rotate", "add a key version; new encryptions use it", cmd_keys_rotate, True),
+        (
+            "schedule-deletion",
+            "disable a key now and delete it for good after 7-30 days",
+            cmd_keys_schedule_deletion,
+            True,
+        ),
+        (
+            "cancel-deletion",
+            "cancel a scheduled deletion (the key stays disabled)",
+            cmd_keys_cancel_deletion,
+            True,
+        ),
     ]
     for action, help_text, func, needs_key in key_actions:
         sub = key_commands.add_parser(action, help=help_text)
@@ -518,7 +682,44 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if action == "list":
             sub.add_argument("--json", action="store_true")
+        if action == "schedule-deletion":
+            sub.add_argument(
+                "--days",
+                type=int,
+                default=DEFAULT_DELETION_DAYS,
+                help=f"waiting period, {MIN_DELETION_DAYS}-{MAX_DELETION_DAYS} days (default 30)",
+            )
         sub.set_defaults(func=func)
+
+    backup = key_commands.add_parser(
+        "backup", help="write every key, sealed under a passphrase (scrypt, AES-256-GCM)"
+    )
+    restore = key_commands.add_parser(
+        "restore", help="restore keys from a backup into an empty or the same store"
+    )
+    for sub in (backup, restore):
+        config_arg(sub)
+        sub.add_argument("--backend", help="software backend name (default: the only one)")
+        sub.add_argument(
+            "--passphrase-env", required=True, help="environment variable holding the passphrase"
+        )
+    backup.add_argument("--out", required=True, help="the backup file to write (0600)")
+    backup.set_defaults(func=cmd_keys_backup, key_id=None)
+    restore.add_argument("--in", dest="input", required=True, help="the backup file")
+    restore.set_defaults(func=cmd_keys_restore, key_id=None)
+
+    migrate = key_commands.add_parser(
+        "migrate", help="copy every key to another store (SQLite <-> PostgreSQL), same kek"
+    )
+    migrate.add_argument(
+        "--from", dest="source", required=True, help="sqlite:PATH | postgresql://... | env:NAME"
+    )
+    migrate.add_argument(
+        "--to", dest="destination", required=True, help="sqlite:PATH | postgresql://... | env:NAME"
+    )
+    migrate.add_argument("--config", help="check every version unseals under this config's kek")
+    migrate.add_argument("--backend", help="software backend name (default: the only one)")
+    migrate.set_defaults(func=cmd_keys_migrate)
 
     add_credential_commands(commands, config_arg)
     add_policy_commands(commands, config_arg)

@@ -136,8 +136,12 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class SoftwareBackendConfig:
     name: str
-    path: Path
+    # Exactly one of the two: an SQLite file, or a PostgreSQL URL (which may hold a password).
+    path: Path | None
     kek: bytes = field(repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    # Unsealed key versions kept ready (about 2.5 KiB each); the rest stay sealed in memory.
+    key_cache_size: int = 10_000
     type: str = "software"
     # Added latency on every key operation, for drills of deadlines and alarms; 0 in production.
     fault_delay_ms: int = 0
@@ -447,14 +451,33 @@ def _backend(name: str, table: _Table, base_dir: Path, environ: Mapping[str, str
         raise ConfigError(f"{table.where('type')}: unknown backend type {kind!r}")
     kek_where = table.where("kek")
     kek = parse_kek(resolve_secret(table.require("kek"), kek_where, base_dir, environ), kek_where)
+    path, database_url = _software_store(table, base_dir, environ)
     config = SoftwareBackendConfig(
         name=name,
-        path=base_dir / table.require("path"),
+        path=path,
         kek=kek,
+        database_url=database_url,
+        key_cache_size=table.ranged("key_cache_size", 10_000, 16, 10_000_000),
         fault_delay_ms=table.ranged("fault_delay_ms", 0, 0, 60_000),
     )
     table.done()
     return config
+
+
+def _software_store(
+    table: _Table, base_dir: Path, environ: Mapping[str, str]
+) -> tuple[Path | None, str | None]:
+    """``path`` (an SQLite file) or ``database_url`` (PostgreSQL, secret reference allowed)."""
+    if ("path" in table.data) == ("database_url" in table.data):
+        raise ConfigError(f"{table.path}: give exactly one of path or database_url")
+    if "path" in table.data:
+        return base_dir / table.require("path"), None
+    where = table.where("database_url")
+    url = resolve_secret(table.require("database_url"), where, base_dir, environ)
+    if not url.startswith(("postgresql://", "postgres://")):
+        # Never echo the value: it may carry a password.
+        raise ConfigError(f"{where}: must be a postgresql:// URL")
+    return None, url
 
 
 def _token_selectors(table: _Table) -> tuple[TokenSelector, ...]:

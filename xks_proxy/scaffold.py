@@ -6,6 +6,9 @@ backend with one ENCRYPT+DECRYPT key and the internal health-check key:
 
 - the default, an embedded software key store (``keys.db``) under a key-encryption key in a
   0600 file (``kek.key``);
+- with ``database_url``, the same software keys in a shared PostgreSQL store instead of
+  ``keys.db``; the configuration names that URL exactly as given: pass ``env:NAME`` to keep a
+  password out of the file (it is resolved now to create the keys, and by every proxy at start);
 - ``--backend pkcs11`` (``Pkcs11Setup``): a PKCS#11 token named by module and token label,
   whose user PIN the proxy reads from an environment variable (``user_pin = "env:NAME"``, so
   the PIN is never written to disk by init). Init logs in with that PIN, so the deployment is
@@ -15,6 +18,7 @@ backend with one ENCRYPT+DECRYPT key and the internal health-check key:
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import uuid
@@ -23,10 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
-from xks_proxy.config import Pkcs11BackendConfig, TokenSelector, require_uri_path
+from xks_proxy.config import (
+    Pkcs11BackendConfig,
+    TokenSelector,
+    require_uri_path,
+    resolve_secret,
+)
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
 from xks_proxy.devcert import self_signed
 from xks_proxy.errors import ConfigError
+from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.store import KeyDatabase
 
 CONFIG_NAME = "xks-proxy.toml"
@@ -82,7 +92,7 @@ keys = ["*"]
 SOFTWARE_TEMPLATE = """\
 [backends.local]
 type = "software"
-path = "{key_db}"
+{key_store_line}
 # Key-encryption key: Base64 of 32 bytes, here read from a 0600 file.
 kek = "file:{kek}"
 """
@@ -137,6 +147,7 @@ def scaffold(
     tls: bool = False,
     hsm: Pkcs11Setup | None = None,
     environ: Mapping[str, str] | None = None,
+    database_url: str | None = None,
 ) -> Scaffold:
     # Checked before anything is written: a name that makes an unusable path (a dot in it)
     # would leave a configuration that never loads.
@@ -155,7 +166,9 @@ def scaffold(
     for stale in (*paths.values(), *(directory / f"{KEY_DB_NAME}-{s}" for s in ("wal", "shm"))):
         stale.unlink(missing_ok=True)
     if hsm is None:
-        backend_section, key_location = _software_key_store(paths, key_id)
+        backend_section, key_location = _software_key_store(
+            paths, key_id, database_url, os.environ if environ is None else environ
+        )
 
     credential = generate_credential()
     CredentialsFile(paths[CREDENTIALS_NAME]).add(name, credential)
@@ -192,17 +205,27 @@ def scaffold(
     )
 
 
-def _software_key_store(paths: Mapping[str, Path], key_id: str) -> tuple[str, str]:
+def _software_key_store(
+    paths: Mapping[str, Path], key_id: str, database_url: str | None, environ: Mapping[str, str]
+) -> tuple[str, str]:
     kek = secrets.token_bytes(32)
     write_private_file(paths[KEK_NAME], base64.b64encode(kek).decode() + "\n")
-    database = KeyDatabase(paths[KEY_DB_NAME], kek)
+    if database_url is None:
+        location = StoreLocation.parse(paths[KEY_DB_NAME])
+        key_store_line = f'path = "{KEY_DB_NAME}"'
+    else:
+        directory = paths[KEK_NAME].parent
+        resolved = resolve_secret(database_url, "--database-url", directory, environ)
+        location = StoreLocation.parse(resolved)
+        key_store_line = f"database_url = {json.dumps(database_url)}"
+    database = KeyDatabase(location, kek)
     try:
         database.ensure_health_key()
         database.create_key(key_id, frozenset({ENCRYPT, DECRYPT}))
     finally:
         database.close()
-    section = SOFTWARE_TEMPLATE.format(key_db=KEY_DB_NAME, kek=KEK_NAME)
-    return section, f"{paths[KEY_DB_NAME]} under {paths[KEK_NAME]} (0600)"
+    section = SOFTWARE_TEMPLATE.format(key_store_line=key_store_line, kek=KEK_NAME)
+    return section, f"{location.display} under {paths[KEK_NAME]} (0600)"
 
 
 def _provision_token(hsm: Pkcs11Setup, key_id: str, environ: Mapping[str, str]) -> tuple[str, str]:

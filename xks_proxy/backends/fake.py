@@ -33,11 +33,20 @@ from xks_proxy.backends.base import (
     KeyInfo,
     SealedData,
 )
-from xks_proxy.backends.software import VersionedKey, seal, unseal
+from xks_proxy.backends.software import seal, unseal
 from xks_proxy.errors import KeyNotFoundError
 
 FakeCall = Literal["describe_key", "encrypt", "decrypt", "check_health"]
 BOTH = frozenset({ENCRYPT, DECRYPT})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FakeKey:
+    """A key's description and one AES-256-GCM cipher per version; new data uses the newest."""
+
+    info: KeyInfo
+    newest_version: int
+    ciphers: dict[int, AESGCM]
 
 
 class FakeBackend:
@@ -45,7 +54,7 @@ class FakeBackend:
 
     def __init__(self, name: str = "fake") -> None:
         self._name = name
-        self._keys: dict[str, VersionedKey] = {}
+        self._keys: dict[str, FakeKey] = {}
         self._faults: defaultdict[FakeCall, deque[Exception]] = defaultdict(deque)
         self._corrupt_encrypts = 0
         self.calls: list[FakeCall] = []
@@ -69,7 +78,7 @@ class FakeBackend:
         key_spec: str = AES_256,
     ) -> None:
         """A new key with fresh random material."""
-        self._keys[key_id] = VersionedKey(
+        self._keys[key_id] = FakeKey(
             info=KeyInfo(key_id, key_spec, usage, enabled),
             newest_version=1,
             ciphers={1: AESGCM(os.urandom(32))},
@@ -89,7 +98,7 @@ class FakeBackend:
         if self._faults[call]:
             raise self._faults[call].popleft()
 
-    def _key(self, key_id: str) -> VersionedKey:
+    def _key(self, key_id: str) -> FakeKey:
         key = self._keys.get(key_id)
         if key is None:
             raise KeyNotFoundError()
@@ -107,7 +116,8 @@ class FakeBackend:
 
     async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         self._enter("encrypt")
-        sealed = seal(self._key(key_id), plaintext, aad)
+        key = self._key(key_id)
+        sealed = seal(key.ciphers.__getitem__, key.newest_version, plaintext, aad)
         if self._corrupt_encrypts:
             self._corrupt_encrypts -= 1
             tag = bytes([sealed.tag[0] ^ 0x01]) + sealed.tag[1:]
@@ -116,7 +126,7 @@ class FakeBackend:
 
     async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
         self._enter("decrypt")
-        return unseal(self._key(key_id), sealed, aad)
+        return unseal(self._key(key_id).ciphers.__getitem__, sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         self._enter("check_health")

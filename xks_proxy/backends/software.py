@@ -1,9 +1,12 @@
-"""The software backend: AES-256-GCM with ``cryptography`` over keys from the embedded store.
+"""The software backend: AES-256-GCM with ``cryptography`` over keys from the key store.
 
-Keys are loaded into memory at start and reloaded when the store file changes (another process
-or the CLI committed), polled once a second, so ``xks-proxy keys disable`` takes effect on a
-running proxy within about a second. AES-GCM on a few KiB takes microseconds, so it runs on the
-event loop; the store's SQLite reads run in a thread.
+The key store (SQLite or PostgreSQL) is never in the request path: every key's sealed rows are
+in memory, kept current by a ``StoreFollower`` (PostgreSQL NOTIFY, and a poll once a second), so
+``xks-proxy keys disable`` on any host takes effect on every running proxy within a second. A
+version is unsealed the first time a request needs it, into a bounded cache (``key_cache_size``).
+When the database cannot be read the proxy goes on serving the keys it has and its health check
+reports DEGRADED (the log says why) until the store is back. AES-GCM on a few KiB takes
+microseconds, so it runs on the event loop; database reads run in a thread.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,30 +33,39 @@ from xks_proxy.backends.base import (
     SealedData,
 )
 from xks_proxy.config import SoftwareBackendConfig
-from xks_proxy.errors import InvalidCiphertextError, KeyNotFoundError
-from xks_proxy.keystore.store import HEALTH_KEY_ID, KeyDatabase, StoredKey
+from xks_proxy.errors import ConfigError, InternalError, InvalidCiphertextError, KeyNotFoundError
+from xks_proxy.keystore.cache import UnsealedKeyCache
+from xks_proxy.keystore.follower import StoreFollower
+from xks_proxy.keystore.records import (
+    HEALTH_KEY_ID,
+    KeyRecord,
+    KeyStoreUnavailableError,
+    StoreChanges,
+    gc_paused,
+)
+from xks_proxy.keystore.store import KeyDatabase, open_key_database
+from xks_proxy.safelog import log_unexpected
 
 log = logging.getLogger(__name__)
 IV_BYTES = 12
 TAG_BYTES = 16
-RELOAD_INTERVAL_SECONDS = 1.0
 _HEALTH_PLAINTEXT = b"xks-proxy health check"
+# Deletion dates are days apart (7 to 30); a minute late is on time.
+SWEEP_INTERVAL_SECONDS = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class VersionedKey:
-    """A key's description and one AES-256-GCM cipher per version; new data uses the newest."""
-
+class _LoadedKey(NamedTuple):
+    # A tuple, not a dataclass: built once per key at start-up, 100,000 times in a large store.
     info: KeyInfo
+    record: KeyRecord
     newest_version: int
-    ciphers: dict[int, AESGCM]
 
     @classmethod
-    def from_stored(cls, stored: StoredKey) -> VersionedKey:
+    def from_record(cls, record: KeyRecord) -> _LoadedKey:
         return cls(
-            info=KeyInfo(stored.key_id, AES_256, stored.usage, stored.enabled),
-            newest_version=stored.newest_version,
-            ciphers={version: AESGCM(material) for version, material in stored.versions.items()},
+            KeyInfo(record.key_id, AES_256, record.usage, record.enabled),
+            record,
+            record.newest_version,
         )
 
 
@@ -61,10 +75,11 @@ class SoftwareBackend:
     def __init__(self, config: SoftwareBackendConfig) -> None:
         self._config = config
         self._db: KeyDatabase | None = None
-        self._keys: dict[str, VersionedKey] = {}
-        self._health_key: VersionedKey | None = None
-        self._seen_version = -1
-        self._reloader: asyncio.Task[None] | None = None
+        self._follower: StoreFollower | None = None
+        self._cache: UnsealedKeyCache | None = None
+        self._keys: dict[str, _LoadedKey] = {}
+        self._health_key: _LoadedKey | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -74,41 +89,97 @@ class SoftwareBackend:
     def vendor(self) -> str:
         return "xks-proxy"
 
+    @property
+    def store_problem(self) -> str | None:
+        """Why the key store cannot be read now (health is DEGRADED), or None."""
+        return self._follower.problem if self._follower is not None else None
+
     async def open(self) -> None:
-        self._db = await asyncio.to_thread(KeyDatabase, self._config.path, self._config.kek)
-        await asyncio.to_thread(self._db.ensure_health_key)
-        await self._reload_if_changed()
-        self._reloader = asyncio.create_task(self._reload_forever())
+        try:
+            await self._open()
+        except KeyStoreUnavailableError as error:
+            # A proxy cannot start without its keys; this is the reason to show.
+            raise KeyStoreUnavailableError(f"backends.{self.name}: {error}") from None
+
+    async def _open(self) -> None:
+        self._db = await asyncio.to_thread(open_key_database, self._config)
+        self._cache = UnsealedKeyCache(self._db.sealer, self._config.key_cache_size)
+        try:
+            await asyncio.to_thread(self._db.ensure_health_key)
+            self._follower = StoreFollower(self._db, self._apply)
+            await self._follower.start()
+            self._sweeper = asyncio.create_task(self._sweep_forever())
+            if self._health_key is None:
+                raise ConfigError(f"key store {self._db.location.display}: no health key")
+            # Unsealing the health key proves the KEK before the proxy says it is ready.
+            self._cache.cipher(self._health_key.record, self._health_key.newest_version)
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "backend %s: %d keys from %s (unsealed on first use, up to %d kept)",
+            self.name,
+            len(self._keys),
+            self._db.location.display,
+            self._config.key_cache_size,
+        )
 
     async def close(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+                await self._sweeper
+        if self._follower is not None:
+            await self._follower.stop()
         if self._db is not None:
             self._db.close()
 
-    async def _reload_if_changed(self) -> None:
+    def _apply(self, changes: StoreChanges) -> None:
+        """Take in what the store says changed; called on the event loop."""
+        assert self._cache is not None
+        if changes.complete:
+            self._keys = {}
+            self._cache.clear()
+        else:
+            for key_id in changes.deleted:
+                purged = self._keys.pop(key_id, None)
+                if purged is not None:
+                    self._cache.forget([purged.record])
+            self._cache.forget(changes.keys)
+        with gc_paused():
+            for record in changes.keys:
+                loaded = _LoadedKey.from_record(record)
+                if not record.internal:
+                    self._keys[record.key_id] = loaded
+                elif record.key_id == HEALTH_KEY_ID:
+                    self._health_key = loaded
+
+    async def _sweep_forever(self) -> None:
+        """Purge keys whose scheduled deletion date has passed; every proxy sweeps, and the
+        store makes sure each key is purged once (``KeyDatabase.purge_due``)."""
         assert self._db is not None
-        version = await asyncio.to_thread(self._db.data_version)
-        if version == self._seen_version:
-            return
-        stored = await asyncio.to_thread(self._db.load)
-        self._keys = {k.key_id: VersionedKey.from_stored(k) for k in stored if not k.internal}
-        health = [k for k in stored if k.internal and k.key_id == HEALTH_KEY_ID]
-        self._health_key = VersionedKey.from_stored(health[0]) if health else None
-        self._seen_version = version
-
-    async def _reload_forever(self) -> None:
         while True:
-            await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
             try:
-                await self._reload_if_changed()
+                purged = await asyncio.to_thread(self._db.purge_due, datetime.now(UTC))
+            except KeyStoreUnavailableError:
+                purged = []  # the follower reports the outage; sweep again later
             except Exception:
-                # Keep serving the last good snapshot; the next poll tries again.
-                log.exception("reloading key store %s failed", self._config.path)
+                log.exception("sweeping key store %s failed", self._db.location.display)
+                purged = []
+            for key_id in purged:
+                log.warning("purged key %s: its scheduled deletion date has passed", key_id)
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
-    def _key(self, key_id: str) -> VersionedKey:
+    def _cipher(self, key: _LoadedKey, version: int) -> AESGCM:
+        assert self._cache is not None
+        try:
+            return self._cache.cipher(key.record, version)
+        except ConfigError:
+            # The row does not unseal under this KEK: the store was altered or the KEK is wrong.
+            log.exception("unsealing key %s version %d failed", key.info.key_id, version)
+            raise InternalError() from None
+
+    def _key(self, key_id: str) -> _LoadedKey:
         key = self._keys.get(key_id)
         if key is None:
             raise KeyNotFoundError()
@@ -117,43 +188,53 @@ class SoftwareBackend:
     async def describe_key(self, key_id: str) -> KeyInfo:
         return self._key(key_id).info
 
+    def _versions(self, key: _LoadedKey) -> Versions:
+        """The cipher of each version of ``key``; ``KeyError`` for a version it lacks."""
+        return lambda version: self._cipher(key, version)
+
     async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
-        return seal(self._key(key_id), plaintext, aad)
+        key = self._key(key_id)
+        return seal(self._versions(key), key.newest_version, plaintext, aad)
 
     async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
-        return unseal(self._key(key_id), sealed, aad)
+        return unseal(self._versions(self._key(key_id)), sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
         key = self._health_key
         if key is not None:
             try:
-                sealed = seal(key, _HEALTH_PLAINTEXT, None)
-                if unseal(key, sealed, None) == _HEALTH_PLAINTEXT:
-                    state = HealthState.ACTIVE
-            except Exception:
-                log.exception("health check of backend %s failed", self.name)
+                versions = self._versions(key)
+                sealed = seal(versions, key.newest_version, _HEALTH_PLAINTEXT, None)
+                if unseal(versions, sealed, None) == _HEALTH_PLAINTEXT:
+                    # Serving from memory works, but changes to the store do not arrive.
+                    state = HealthState.DEGRADED if self.store_problem else HealthState.ACTIVE
+            except Exception as error:
+                log_unexpected(log, logging.WARNING, f"health check of backend {self.name}", error)
         model = f"xks-proxy software key store {__version__}"
         return [EkmHealth(ekm_id=self.name, model=model, state=state)]
 
 
-def seal(key: VersionedKey, plaintext: bytes, aad: bytes | None) -> SealedData:
-    """AES-256-GCM under the newest version, with the spec's EKM_AAD (xks-spec §5.2)."""
-    metadata = CiphertextMetadata(key_version=key.newest_version).encode()
+# A key's cipher for each version it has; KeyError for a version it lacks.
+Versions = Callable[[int], AESGCM]
+
+
+def seal(versions: Versions, version: int, plaintext: bytes, aad: bytes | None) -> SealedData:
+    """AES-256-GCM under ``version``, with the spec's EKM_AAD (xks-spec §5.2)."""
+    metadata = CiphertextMetadata(key_version=version).encode()
     iv = os.urandom(IV_BYTES)
-    sealed = key.ciphers[key.newest_version].encrypt(iv, plaintext, ekm_aad(aad, metadata))
+    sealed = versions(version).encrypt(iv, plaintext, ekm_aad(aad, metadata))
     return SealedData(
         ciphertext=sealed[:-TAG_BYTES], iv=iv, tag=sealed[-TAG_BYTES:], ciphertext_metadata=metadata
     )
 
 
-def unseal(key: VersionedKey, sealed: SealedData, aad: bytes | None) -> bytes:
+def unseal(versions: Versions, sealed: SealedData, aad: bytes | None) -> bytes:
     """The plaintext of ``sealed``; raises InvalidCiphertextError for any failure."""
     # Every failure looks the same to the caller: no oracle for versions, metadata or tags.
     try:
         version = CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
-        cipher = key.ciphers[version]
-        return cipher.decrypt(
+        return versions(version).decrypt(
             sealed.iv, sealed.ciphertext + sealed.tag, ekm_aad(aad, sealed.ciphertext_metadata)
         )
     except (ValueError, KeyError, InvalidTag):

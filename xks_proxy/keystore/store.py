@@ -1,204 +1,368 @@
-"""The embedded key store: AES-256 keys in SQLite, encrypted at rest under a key-encryption key.
+"""The key store: AES-256 keys in SQLite (embedded default) or PostgreSQL (shared by a fleet).
 
-SQLite in WAL mode gives atomic writes and lets several proxy processes and the CLI use one file
-at once. Each key version's material is sealed with AES-256-GCM under the KEK, with the key id
-and version bound as AAD, so rows cannot be swapped between keys or versions unnoticed. The file
-is created 0600 (SQLite gives its -wal and -shm files the same mode).
+Both hold the same rows: each key version's material sealed under the KEK (``sealing``), a key's
+usage set, an enabled flag and versions 1..n; encryption uses the newest version, decryption the
+one recorded in the ciphertext metadata. One internal key serves the health check (xks-spec §4.4
+says health checks SHOULD NOT use customer keys); it is never reachable by the API.
 
-A key has a usage set, an enabled flag and versions 1..n; encryption uses the newest version,
-decryption the one recorded in the ciphertext metadata. One internal key serves the health check
-(xks-spec §4.4 says health checks SHOULD NOT use customer keys); it is never reachable by the API.
+Every write runs in one transaction that bumps the store's revision and stamps it on the keys it
+touched (``schema``), then (PostgreSQL) NOTIFYs the proxies; ``changes_since`` gives a reader
+exactly the keys written after the revision it has. Writers serialise on the revision row, so a
+rotation's "newest version + 1" cannot race. Access is synchronous: callers choose their thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import ConfigError
+from xks_proxy.keystore.connections import DuplicateRowError, Row, connect, transaction
+from xks_proxy.keystore.location import StoreLocation
+from xks_proxy.keystore.records import (
+    HEALTH_KEY_ID,
+    VALID_USAGES,
+    KeyExistsError,
+    KeyRecord,
+    KeyStateError,
+    KeyStoreUnavailableError,
+    SealedVersion,
+    StoreChanges,
+    StoredKey,
+    UnknownKeyError,
+    gc_paused,
+)
+from xks_proxy.keystore.schema import migrate
+from xks_proxy.keystore.sealing import KEY_BYTES, KeySealer
 
-KEY_BYTES = 32
-HEALTH_KEY_ID = "xks-proxy-internal-health-key"
-VALID_USAGES = frozenset({ENCRYPT, DECRYPT})
+__all__ = [
+    "HEALTH_KEY_ID",
+    "KEY_BYTES",
+    "VALID_USAGES",
+    "KeyDatabase",
+    "KeyExistsError",
+    "KeyRecord",
+    "KeyStateError",
+    "StoreLocation",
+    "KeyStoreUnavailableError",
+    "StoredKey",
+    "UnknownKeyError",
+    "open_key_database",
+]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    key_id TEXT PRIMARY KEY,
-    usage TEXT NOT NULL,
-    enabled INTEGER NOT NULL,
-    internal INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS key_versions (
-    key_id TEXT NOT NULL REFERENCES keys(key_id),
-    version INTEGER NOT NULL,
-    nonce BLOB NOT NULL,
-    sealed BLOB NOT NULL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (key_id, version)
-);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKey:
-    """One key as stored: its versions' material is decrypted only when asked for."""
-
-    key_id: str
-    usage: frozenset[str]
-    enabled: bool
-    internal: bool
-    created_at: str
-    versions: dict[int, bytes] = field(repr=False)
-
-    @property
-    def newest_version(self) -> int:
-        return max(self.versions)
-
-
-class KeyExistsError(Exception):
-    pass
-
-
-class KeyStoreUnavailableError(ConfigError):
-    """The key store file cannot be used now (full disk, read-only volume, I/O error, lock).
-
-    A ConfigError, so start-up refuses to serve; the CLI tells it apart (exit 1, not 2): the
-    configuration is right, the machine is not.
-    """
-
-
-class UnknownKeyError(Exception):
-    pass
+T = TypeVar("T")
+_INSERT_KEY = (
+    "INSERT INTO keys (key_id, usage, enabled, internal, created_at, deletion_date, revision) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# A store holds a handful of distinct usage sets; sharing them saves memory at 100,000 keys.
+_USAGE_SETS: dict[str, frozenset[str]] = {}
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _bound_aad(key_id: str, version: int) -> bytes:
-    return f"xks-proxy key {key_id} version {version}".encode()
+def _usage(text: str) -> frozenset[str]:
+    usage = _USAGE_SETS.get(text)
+    if usage is None:
+        usage = _USAGE_SETS.setdefault(text, frozenset(filter(None, text.split(","))))
+    return usage
+
+
+def store_location(config: SoftwareBackendConfig) -> StoreLocation:
+    if config.database_url is not None:
+        return StoreLocation.parse(config.database_url)
+    assert config.path is not None
+    return StoreLocation.parse(config.path)
+
+
+def open_key_database(config: SoftwareBackendConfig) -> KeyDatabase:
+    """The key store a software backend's configuration names."""
+    return KeyDatabase(store_location(config), config.kek)
 
 
 class KeyDatabase:
-    """Synchronous access to the key store file; callers choose their thread."""
+    """A key store at ``location``: a ``Path`` or ``sqlite:PATH`` (SQLite), or a PostgreSQL URL.
 
-    def __init__(self, path: Path, kek: bytes) -> None:
-        self.path = path
-        self._kek = AESGCM(kek)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    Opening it creates or migrates the schema. Raises ``KeyStoreUnavailableError`` when the database
+    cannot be reached (now, or on any later call), ``ConfigError`` when it is not a key store.
+    """
+
+    def __init__(self, location: Path | str | StoreLocation, kek: bytes | None) -> None:
+        self.location = (
+            location if isinstance(location, StoreLocation) else StoreLocation.parse(location)
+        )
+        # Without a KEK the store can still be read and copied sealed (``keys migrate``).
+        self._sealer = KeySealer(kek, self.location.display) if kek is not None else None
+        self._db = connect(self.location)
+        # One connection runs one transaction at a time, whichever thread asks (a proxy's
+        # follower and sweeper share it).
+        self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.OperationalError as error:
-            raise KeyStoreUnavailableError(f"key store {path}: {error}") from None
-        except sqlite3.DatabaseError as error:
-            raise ConfigError(f"key store {path}: {error}") from None
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
 
-    def data_version(self) -> int:
-        """Changes whenever another connection commits; cheap enough to poll."""
-        row = self._db.execute("PRAGMA data_version").fetchone()
-        return int(row[0])
+    @property
+    def sealer(self) -> KeySealer:
+        if self._sealer is None:
+            raise ConfigError(f"key store {self.location.display}: opened without its kek")
+        return self._sealer
 
-    def _seal(self, key_id: str, version: int, material: bytes) -> tuple[bytes, bytes]:
-        nonce = os.urandom(12)
-        return nonce, self._kek.encrypt(nonce, material, _bound_aad(key_id, version))
+    def _write(self, change: Callable[[int], T]) -> T:
+        """Run ``change(revision)`` in a write transaction that takes the next revision."""
+        with self._lock, transaction(self._db, self._db.begin_write):
+            rows = self._db.query(
+                "UPDATE store_meta SET revision = revision + 1 RETURNING revision"
+            )
+            revision = int(rows[0][0])
+            result = change(revision)
+            self._db.notify(revision)
+        return result
 
-    def _unseal(self, key_id: str, version: int, nonce: bytes, sealed: bytes) -> bytes:
-        try:
-            return self._kek.decrypt(nonce, sealed, _bound_aad(key_id, version))
-        except InvalidTag:
-            raise ConfigError(
-                f"key store {self.path}: key {key_id} version {version} does not decrypt under "
-                "the configured key-encryption key (wrong kek, or the file was altered)"
-            ) from None
+    def revision(self) -> int:
+        """The store's current revision: cheap enough to poll every second."""
+        with self._lock:
+            return int(self._db.query("SELECT revision FROM store_meta")[0][0])
 
     def create_key(self, key_id: str, usage: frozenset[str], *, internal: bool = False) -> None:
         if not usage <= VALID_USAGES:
             raise ValueError(f"usage must be a subset of {sorted(VALID_USAGES)}")
-        nonce, sealed = self._seal(key_id, 1, os.urandom(KEY_BYTES))
+        sealed = self.sealer.seal(key_id, 1, os.urandom(KEY_BYTES))
+
+        def create(revision: int) -> None:
+            if self._db.query("SELECT 1 FROM deleted_keys WHERE key_id = ?", (key_id,)):
+                # A ciphertext under the deleted key must never meet a new key of that name.
+                raise KeyStateError(f"key {key_id} was deleted; key ids are never reused")
+            self._db.query(
+                _INSERT_KEY,
+                (key_id, ",".join(sorted(usage)), 1, int(internal), _now(), None, revision),
+            )
+            self._insert_version(key_id, 1, sealed)
+
         try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO keys VALUES (?, ?, 1, ?, ?)",
-                    (key_id, ",".join(sorted(usage)), int(internal), _now()),
-                )
-                self._db.execute(
-                    "INSERT INTO key_versions VALUES (?, 1, ?, ?, ?)",
-                    (key_id, nonce, sealed, _now()),
-                )
-        except sqlite3.IntegrityError:
+            self._write(create)
+        except DuplicateRowError:
             raise KeyExistsError(key_id) from None
+
+    def _insert_version(self, key_id: str, version: int, sealed: SealedVersion) -> None:
+        self._db.query(
+            "INSERT INTO key_versions (key_id, version, nonce, sealed, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key_id, version, sealed.nonce, sealed.sealed, _now()),
+        )
 
     def rotate_key(self, key_id: str) -> int:
         """Add a new version, which new encryptions use from then on; returns its number."""
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "SELECT MAX(version) FROM key_versions v JOIN keys k USING (key_id) "
-                "WHERE key_id = ? AND internal = 0",
-                (key_id,),
-            ).fetchone()
-            if row[0] is None:
-                raise UnknownKeyError(key_id)
-            version = int(row[0]) + 1
-            nonce, sealed = self._seal(key_id, version, os.urandom(KEY_BYTES))
-            self._db.execute(
-                "INSERT INTO key_versions VALUES (?, ?, ?, ?, ?)",
-                (key_id, version, nonce, sealed, _now()),
+
+        def rotate(revision: int) -> int:
+            touched = self._db.query(
+                "UPDATE keys SET revision = ? WHERE key_id = ? AND internal = 0 "
+                "AND deletion_date IS NULL RETURNING key_id",
+                (revision, key_id),
             )
-        return version
+            if not touched:
+                self._refuse(key_id, pending=False)
+            rows = self._db.query(
+                "SELECT MAX(version) FROM key_versions WHERE key_id = ?", (key_id,)
+            )
+            version = int(rows[0][0]) + 1
+            self._insert_version(
+                key_id, version, self.sealer.seal(key_id, version, os.urandom(KEY_BYTES))
+            )
+            return version
+
+        return self._write(rotate)
 
     def set_enabled(self, key_id: str, enabled: bool) -> None:
-        with self._db:
-            cursor = self._db.execute(
-                "UPDATE keys SET enabled = ? WHERE key_id = ? AND internal = 0",
-                (int(enabled), key_id),
-            )
-        if cursor.rowcount == 0:
+        self._update_key(key_id, "enabled = ?", (int(enabled),), pending=False)
+
+    def schedule_deletion(self, key_id: str, deletion_date: datetime) -> None:
+        """The key is DISABLED now and purged by the sweeper after ``deletion_date``."""
+        when = deletion_date.astimezone(UTC).isoformat(timespec="seconds")
+        self._update_key(key_id, "enabled = 0, deletion_date = ?", (when,), pending=False)
+
+    def cancel_deletion(self, key_id: str) -> None:
+        """The key stays DISABLED (as in KMS); ``keys enable`` makes it usable again."""
+        self._update_key(key_id, "deletion_date = NULL", (), pending=True)
+
+    def _update_key(
+        self, key_id: str, assignments: str, params: tuple[object, ...], *, pending: bool
+    ) -> None:
+        """Change a customer key whose deletion is (``pending``) or is not scheduled."""
+        condition = "deletion_date IS NOT NULL" if pending else "deletion_date IS NULL"
+        # Both fragments are constants of this module; values are bound parameters.
+        sql = (
+            f"UPDATE keys SET {assignments}, revision = ? "  # noqa: S608
+            f"WHERE key_id = ? AND internal = 0 AND {condition} RETURNING key_id"
+        )
+
+        def update(revision: int) -> None:
+            if not self._db.query(sql, (*params, revision, key_id)):
+                self._refuse(key_id, pending=pending)
+
+        self._write(update)
+
+    def _refuse(self, key_id: str, *, pending: bool) -> NoReturn:
+        rows = self._db.query(
+            "SELECT deletion_date FROM keys WHERE key_id = ? AND internal = 0", (key_id,)
+        )
+        if not rows:
             raise UnknownKeyError(key_id)
+        if pending:
+            raise KeyStateError(f"key {key_id} is not pending deletion")
+        raise KeyStateError(
+            f"key {key_id} is pending deletion on {rows[0][0]}; cancel the deletion first"
+        )
+
+    def purge_due(self, now: datetime) -> list[str]:
+        """Delete, for good, the keys whose deletion date has passed; returns their ids.
+
+        Safe with several proxies sweeping at once: the purge runs in a write transaction
+        (writers serialise), so a key is purged once and the others find nothing to do.
+        """
+        when = now.astimezone(UTC).isoformat(timespec="seconds")
+        due_sql = (
+            "SELECT key_id FROM keys WHERE internal = 0 "
+            "AND deletion_date IS NOT NULL AND deletion_date <= ?"
+        )
+        with self._lock:
+            if not self._db.query(due_sql, (when,)):
+                return []  # the common case costs one read, and no revision
+
+        def purge(revision: int) -> list[str]:
+            due = [row[0] for row in self._db.query(due_sql, (when,))]
+            for key_id in due:
+                self._db.query("DELETE FROM key_versions WHERE key_id = ?", (key_id,))
+                self._db.query("DELETE FROM keys WHERE key_id = ?", (key_id,))
+                self._db.query(
+                    "INSERT INTO deleted_keys (key_id, revision, deleted_at) VALUES (?, ?, ?)",
+                    (key_id, revision, _now()),
+                )
+            return due
+
+        return self._write(purge)
 
     def ensure_health_key(self) -> None:
         with contextlib.suppress(KeyExistsError):
             self.create_key(HEALTH_KEY_ID, VALID_USAGES, internal=True)
 
-    def load(self) -> list[StoredKey]:
-        """Every key with its decrypted material, read in one consistent snapshot."""
-        with self._db:
-            self._db.execute("BEGIN")
-            key_rows = self._db.execute(
-                "SELECT key_id, usage, enabled, internal, created_at FROM keys ORDER BY key_id"
-            ).fetchall()
-            version_rows = self._db.execute(
+    def changes_since(self, seen: int) -> StoreChanges | None:
+        """Keys written after revision ``seen``, in one consistent snapshot; None if nothing.
+
+        ``seen`` < 0, or a store whose revision went backwards (replaced by another database),
+        gives every key with ``complete`` set: the reader replaces what it has.
+        """
+        with self._lock, transaction(self._db, self._db.begin_read):
+            revision = int(self._db.query("SELECT revision FROM store_meta")[0][0])
+            if revision == seen:
+                return None
+            complete = seen < 0 or revision < seen
+            since = -1 if complete else seen
+            key_rows = self._db.query(
+                "SELECT key_id, usage, enabled, internal, created_at, deletion_date FROM keys "
+                "WHERE revision > ?",
+                (since,),
+            )
+            deleted = (
+                []
+                if complete
+                else [
+                    row[0]
+                    for row in self._db.query(
+                        "SELECT key_id FROM deleted_keys WHERE revision > ?", (since,)
+                    )
+                ]
+            )
+            version_rows = self._db.query(
+                # A full read (the start-up of a proxy over 100,000 keys) needs no join.
                 "SELECT key_id, version, nonce, sealed FROM key_versions"
-            ).fetchall()
-        versions: dict[str, dict[int, bytes]] = {}
-        for key_id, version, nonce, sealed in version_rows:
-            versions.setdefault(key_id, {})[version] = self._unseal(key_id, version, nonce, sealed)
+                if complete
+                else "SELECT v.key_id, v.version, v.nonce, v.sealed FROM key_versions v "
+                "JOIN keys k ON k.key_id = v.key_id WHERE k.revision > ?",
+                () if complete else (since,),
+            )
+        with gc_paused():
+            return StoreChanges(revision, _records(key_rows, version_rows), complete, deleted)
+
+    def records(self) -> list[KeyRecord]:
+        """Every key, sealed, in one consistent snapshot."""
+        changes = self.changes_since(-1)
+        assert changes is not None
+        return changes.keys
+
+    def load(self) -> list[StoredKey]:
+        """Every key with its material unsealed: proves the KEK opens every version."""
         return [
             StoredKey(
-                key_id=key_id,
-                usage=frozenset(filter(None, usage.split(","))),
-                enabled=bool(enabled),
-                internal=bool(internal),
-                created_at=created_at,
-                versions=versions.get(key_id, {}),
+                key_id=r.key_id,
+                usage=r.usage,
+                enabled=r.enabled,
+                internal=r.internal,
+                created_at=r.created_at,
+                versions={v: self.sealer.unseal(r.key_id, v, s) for v, s in r.versions.items()},
+                deletion_date=r.deletion_date,
             )
-            for key_id, usage, enabled, internal, created_at in key_rows
+            for r in self.records()
         ]
+
+    def copy_records(self, records: Iterable[KeyRecord]) -> int:
+        """Insert keys exactly as sealed elsewhere (same KEK), all or none; for ``keys migrate``.
+
+        Raises ``KeyExistsError`` naming the first key id this store has already.
+        """
+        records = list(records)
+
+        def copy(revision: int) -> int:
+            for record in records:
+                try:
+                    self._db.query(
+                        _INSERT_KEY,
+                        (
+                            record.key_id,
+                            ",".join(sorted(record.usage)),
+                            int(record.enabled),
+                            int(record.internal),
+                            record.created_at,
+                            record.deletion_date,
+                            revision,
+                        ),
+                    )
+                except DuplicateRowError:
+                    raise KeyExistsError(record.key_id) from None
+                for version, sealed in sorted(record.versions.items()):
+                    self._insert_version(record.key_id, version, sealed)
+            return len(records)
+
+        return self._write(copy)
+
+
+def _records(key_rows: list[Row], version_rows: list[Row]) -> list[KeyRecord]:
+    # Both drivers return BLOB/BYTEA as bytes and integers as int: no conversions needed.
+    versions: dict[str, dict[int, SealedVersion]] = {}
+    for key_id, version, nonce, sealed in version_rows:
+        versions.setdefault(key_id, {})[version] = SealedVersion(nonce, sealed)
+    no_versions: dict[int, SealedVersion] = {}
+    return [
+        KeyRecord(
+            key_id,
+            _USAGE_SETS.get(usage) or _usage(usage),
+            enabled == 1,
+            internal == 1,
+            created_at,
+            versions.get(key_id, no_versions),
+            deletion_date,
+        )
+        for key_id, usage, enabled, internal, created_at, deletion_date in key_rows
+    ]

@@ -1,0 +1,115 @@
+"""Start-up time and memory of a real ``xks-proxy serve`` over a large key store.
+
+Fills a store (SQLite by default, or PostgreSQL with ``--database-url``) with ``--keys`` keys in
+one transaction, then starts ``xks-proxy serve`` and reports: seconds from exec to "ready" (the
+log line naming the key store), its RSS then, and its RSS after encrypting once under
+``--touch`` distinct keys (each first use unseals one version into the bounded cache). Issue 12's
+target: 100,000 keys start in under 5 s and serve within 200 MiB RSS. A measurement, not a test.
+
+    .venv/bin/python -m tools.keystore_scale [--keys 100000] [--touch 2000] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.proxy_process import XKS_PROXY, free_port, post
+from tests.xks_client import encrypt_body
+from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.config import SoftwareBackendConfig, load_config
+from xks_proxy.keystore.records import KeyRecord
+from xks_proxy.keystore.sealing import KEY_BYTES
+from xks_proxy.keystore.store import open_key_database
+from xks_proxy.scaffold import scaffold
+
+READY = "key store dev at"
+
+
+def fill(config: SoftwareBackendConfig, count: int) -> None:
+    database = open_key_database(config)
+    try:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        usage = frozenset({ENCRYPT, DECRYPT})
+        records = (
+            KeyRecord(
+                key_id=f"scale-{index:06d}",
+                usage=usage,
+                enabled=True,
+                internal=False,
+                created_at=now,
+                versions={1: database.sealer.seal(f"scale-{index:06d}", 1, os.urandom(KEY_BYTES))},
+            )
+            for index in range(count)
+        )
+        database.copy_records(records)
+    finally:
+        database.close()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def measure(directory: Path, keys: int, touch: int, database_url: str | None) -> None:
+    made = scaffold(directory, port=0, metrics_port=0, database_url=database_url)
+    config = load_config(made.config_path)
+    backend = config.backends["local"]
+    assert isinstance(backend, SoftwareBackendConfig)
+    started = time.perf_counter()
+    fill(backend, keys)
+    print(f"filled {keys} keys in {time.perf_counter() - started:.1f} s ({made.key_location})")
+
+    port = free_port()
+    started = time.perf_counter()
+    command = [XKS_PROXY, "serve", "--config", str(made.config_path), "--port", str(port)]
+    proxy = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stderr is not None
+        for line in proxy.stderr:
+            if READY in line:
+                break
+        else:
+            raise RuntimeError("the proxy exited before it was ready")
+        ready = time.perf_counter() - started
+        # Keep draining the log, so the proxy never blocks on a full pipe.
+        threading.Thread(target=proxy.stderr.read, daemon=True).start()
+        print(f"start-up: {ready:.2f} s to ready; RSS {rss_mib(proxy.pid):.0f} MiB")
+        credential = config.key_stores[0].credentials[0]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        path = "/keystores/dev/kms/xks/v1/keys/{}/encrypt"
+        for index in range(min(touch, keys)):
+            status, _ = post(
+                connection, path.format(f"scale-{index:06d}"), encrypt_body(b"x"), credential
+            )
+            assert status == 200
+        connection.close()
+        touched = min(touch, keys)
+        print(f"after encrypting under {touched} distinct keys: RSS {rss_mib(proxy.pid):.0f} MiB")
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--touch", type=int, default=2_000)
+    parser.add_argument("--database-url", help="postgresql://... (default: an SQLite file)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        measure(Path(scratch), args.keys, args.touch, args.database_url)
+
+
+if __name__ == "__main__":
+    main()

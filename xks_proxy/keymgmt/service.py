@@ -1,0 +1,131 @@
+"""The key lifecycle as one service: what the CLI runs now and the admin API will run later.
+
+Each action checks its input, changes the store in one transaction (the store enforces the state
+rules atomically: no rotation, enabling or disabling of a key pending deletion, as in KMS), and
+writes one audit line with the actor and the outcome, refused or failed actions included.
+
+Scheduled deletion follows KMS: a waiting period of 7 to 30 days (default 30); the key is
+DISABLED at once (GetKeyMetadata says DISABLED, Encrypt and Decrypt answer
+InvalidStateException); cancelling leaves it DISABLED; after the date, the proxies' sweeper
+purges it for good and its id is never reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from xks_proxy.keymgmt.audit import LifecycleAudit
+from xks_proxy.keymgmt.backup import (
+    BackupError,
+    RestoreResult,
+    read_backup,
+    restore_keys,
+    write_backup,
+)
+from xks_proxy.keystore.records import (
+    KeyExistsError,
+    KeyRecord,
+    KeyStateError,
+    UnknownKeyError,
+)
+from xks_proxy.keystore.store import KeyDatabase
+
+# KMS ScheduleKeyDeletion: PendingWindowInDays 7-30, default 30.
+MIN_DELETION_DAYS = 7
+MAX_DELETION_DAYS = 30
+DEFAULT_DELETION_DAYS = 30
+
+T = TypeVar("T")
+# Asked for something the store's state does not allow: the audit says "refused", not "failed".
+REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError, BackupError)
+
+
+class KeyManager:
+    def __init__(self, database: KeyDatabase, audit: LifecycleAudit, actor: str) -> None:
+        self._database = database
+        self._audit = audit
+        self._actor = actor
+
+    def _audited(self, action: str, key_id: str | None, run: Callable[[], T], detail: str) -> T:
+        try:
+            result = run()
+        except Exception as error:
+            self._audit.record(
+                actor=self._actor, action=action, key_id=key_id,
+                outcome="refused" if isinstance(error, REFUSALS) else "failed",
+                detail=f"{type(error).__name__}: {error}"[:300],
+            )  # fmt: skip
+            raise
+        self._audit.record(
+            actor=self._actor, action=action, key_id=key_id, outcome="success", detail=detail
+        )
+        return result
+
+    def keys(self) -> list[KeyRecord]:
+        """Every customer key, sorted by id, still sealed."""
+        records = [r for r in self._database.records() if not r.internal]
+        return sorted(records, key=lambda r: r.key_id)
+
+    def create(self, key_id: str, usage: frozenset[str]) -> None:
+        detail = f"usage {','.join(sorted(usage)) or 'NONE'}"
+        self._audited("create", key_id, lambda: self._database.create_key(key_id, usage), detail)
+
+    def enable(self, key_id: str) -> None:
+        self._audited("enable", key_id, lambda: self._database.set_enabled(key_id, True), "")
+
+    def disable(self, key_id: str) -> None:
+        self._audited("disable", key_id, lambda: self._database.set_enabled(key_id, False), "")
+
+    def rotate(self, key_id: str) -> int:
+        return self._audited("rotate", key_id, lambda: self._database.rotate_key(key_id), "")
+
+    def schedule_deletion(
+        self, key_id: str, days: int = DEFAULT_DELETION_DAYS, now: datetime | None = None
+    ) -> datetime:
+        """Returns the deletion date; raises ``ValueError`` for a window outside 7..30 days."""
+        when = (now or datetime.now(UTC)) + timedelta(days=days)
+
+        def schedule() -> datetime:
+            if not MIN_DELETION_DAYS <= days <= MAX_DELETION_DAYS:
+                raise ValueError(
+                    f"the waiting period is {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS} days"
+                )
+            self._database.schedule_deletion(key_id, when)
+            return when
+
+        return self._audited(
+            "schedule-deletion", key_id, schedule, f"deletion date {when.isoformat()}"
+        )
+
+    def cancel_deletion(self, key_id: str) -> None:
+        self._audited(
+            "cancel-deletion", key_id, lambda: self._database.cancel_deletion(key_id),
+            "the key stays DISABLED",
+        )  # fmt: skip
+
+    def backup(self, passphrase: str) -> tuple[str, int]:
+        """A backup document of every customer key (see ``backup``) and how many keys it holds."""
+
+        def back_up() -> tuple[str, int]:
+            keys = [k for k in self._database.load() if not k.internal]
+            return write_backup(keys, passphrase), len(keys)
+
+        return self._audited("backup", None, back_up, "every customer key, all versions")
+
+    def restore(self, document: str, passphrase: str) -> RestoreResult:
+        def restore() -> RestoreResult:
+            return restore_keys(self._database, read_backup(document, passphrase))
+
+        return self._audited("restore", None, restore, "from a passphrase-sealed backup")
+
+    def purge_due(self, now: datetime | None = None) -> list[str]:
+        """Purge the keys whose deletion date has passed (what every proxy's sweeper does)."""
+        purged = self._database.purge_due(now or datetime.now(UTC))
+        for key_id in purged:
+            self._audit.record(
+                actor=self._actor, action="purge", key_id=key_id, outcome="success",
+                detail="deletion date passed; material destroyed",
+            )  # fmt: skip
+        return purged

@@ -1,0 +1,113 @@
+"""Keeps a proxy's in-memory copy of a key store current, without putting the store in the way.
+
+Proxies serve from memory; this task only refreshes that memory. It reads what changed since the
+revision it has (``KeyDatabase.changes_since``) when PostgreSQL NOTIFYs a write (within
+milliseconds) and, as a fallback for a lost notification or an SQLite file, every
+``POLL_INTERVAL_SECONDS``: any change reaches every proxy within a second.
+
+When the database cannot be read, the proxy keeps serving the keys it has; ``problem`` says why
+(health turns DEGRADED, the log says it once), and the next successful read resynchronises.
+Database calls run in a thread; the LISTEN connection is psycopg's async one, on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import psycopg
+
+from xks_proxy.keystore.connections import NOTIFY_CHANNEL, conninfo
+from xks_proxy.keystore.location import POSTGRESQL
+from xks_proxy.keystore.records import KeyStoreUnavailableError, StoreChanges
+from xks_proxy.keystore.store import KeyDatabase
+
+log = logging.getLogger(__name__)
+POLL_INTERVAL_SECONDS = 1.0
+
+
+class StoreFollower:
+    def __init__(
+        self,
+        database: KeyDatabase,
+        apply: Callable[[StoreChanges], None],
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+    ) -> None:
+        self._database = database
+        self._apply = apply
+        self._poll_interval = poll_interval
+        self._seen = -1
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.problem: str | None = None
+
+    async def start(self) -> None:
+        """The first full read, which must work; then follow changes in the background."""
+        changes = await asyncio.to_thread(self._database.changes_since, self._seen)
+        assert changes is not None
+        self._apply(changes)
+        self._seen = changes.revision
+        self._tasks.append(asyncio.create_task(self._follow_forever()))
+        if self._database.location.kind == POSTGRESQL:
+            self._tasks.append(asyncio.create_task(self._listen_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def sync(self) -> None:
+        """Read and apply what changed since the last read; record why when that fails."""
+        try:
+            changes = await asyncio.to_thread(self._database.changes_since, self._seen)
+        except KeyStoreUnavailableError as error:
+            self._set_problem(str(error))
+            return
+        except Exception:
+            log.exception("reading key store %s failed", self._database.location.display)
+            self._set_problem(f"key store {self._database.location.display}: read failed")
+            return
+        if changes is not None:
+            self._apply(changes)
+            self._seen = changes.revision
+        self._set_problem(None)
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem == self.problem:
+            return
+        if problem is None:
+            log.warning(
+                "key store %s is reachable again; keys resynchronised at revision %d",
+                self._database.location.display,
+                self._seen,
+            )
+        else:
+            log.warning("%s; serving the keys in memory until it is back", problem)
+        self.problem = problem
+
+    async def _follow_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+            await self.sync()
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    conninfo(self._database.location, "xks-proxy listener"), autocommit=True
+                ) as connection:
+                    await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    # Whatever was written while nobody listened is read now, not at the poll.
+                    self._wake.set()
+                    async for _ in connection.notifies():
+                        self._wake.set()
+            except psycopg.Error:
+                pass  # the poll reports the outage; listen again when the server is back
+            await asyncio.sleep(self._poll_interval)
