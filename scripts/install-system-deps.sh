@@ -5,8 +5,10 @@
 #   python3-venv   `python3 -m venv` on Debian's own Python
 #   softhsm2       a real PKCS#11 token (libsofthsm2.so, softhsm2-util) for the HSM backend tests
 #   haproxy        a real load balancer in front of three proxies for the rolling-restart test
-#   prometheus     `promtool check metrics` on a live scrape of the metrics port
+#   prometheus     `promtool check metrics`, `promtool check|test rules`, and a real Prometheus
+#                  scraping a proxy for the Grafana dashboard's queries
 #   logrotate      real log rotation (with compress) of the audit log under load
+#   systemd        `systemd-analyze verify` and `security` on deploy/systemd/xks-proxy.service
 set -euo pipefail
 
 need=()
@@ -16,6 +18,7 @@ command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 #   wrk, taskset   closed-loop load and core pinning for `make bench` (--bench)
 if [ "${1:-}" = "--bench" ]; then
     command -v wrk >/dev/null 2>&1 || need+=(wrk)

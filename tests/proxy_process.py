@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -32,7 +33,12 @@ class ProxyProcess:
     """``xks-proxy serve`` on a free port; collects its log lines."""
 
     def __init__(
-        self, config: Path, *extra: str, ready: str = "key store", port: int | None = None
+        self,
+        config: Path,
+        *extra: str,
+        ready: str = "key store",
+        port: int | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.lines: list[str] = []
@@ -43,6 +49,7 @@ class ProxyProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            preexec_fn=preexec_fn,  # e.g. a kernel restriction the deployment applies
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
