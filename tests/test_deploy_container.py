@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -32,14 +33,14 @@ PINNED = re.compile(r"(:\d+\.\d+\.\d+[-\w.]*|@sha256:[0-9a-f]{64})$")
 
 def parse(path: Path) -> DockerfileParser:
     # The parser reads its file object lazily; an in-memory copy needs no closing.
-    return DockerfileParser(fileobj=io.BytesIO(path.read_bytes()))
+    return DockerfileParser(fileobj=io.StringIO(path.read_text()))
 
 
 def instructions(parser: DockerfileParser, name: str) -> list[str]:
     return [i["value"] for i in parser.structure if i["instruction"] == name]
 
 
-def last_stage(parser: DockerfileParser) -> list[dict[str, str]]:
+def last_stage(parser: DockerfileParser) -> list[Any]:
     """The instructions of the final (shipped) stage."""
     structure = parser.structure
     start = max(i for i, step in enumerate(structure) if step["instruction"] == "FROM")

@@ -27,7 +27,9 @@ BIN = Path(sys.executable).parent
 
 # The Prometheus operator's monitoring.coreos.com/v1 ServiceMonitor: the documented fields this
 # base may use (API reference, ServiceMonitorSpec and Endpoint); anything else is a typo.
-DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
 LABEL_SELECTOR = {
     "type": "object",
     "additionalProperties": False,
@@ -134,8 +136,11 @@ def test_builtin_resources_pass_kubernetes_validate_strict(tmp_path: Path) -> No
     assert "WARN" not in result.stdout + result.stderr
     # --strict is strict: an unknown field (a typo) fails.
     typo = tmp_path / "typo.yaml"
-    typo.write_text((BASE / "deployment.yaml").read_text().replace("revisionHistoryLimit",
-                                                                   "revisionHistoryLimits"))
+    typo.write_text(
+        (BASE / "deployment.yaml")
+        .read_text()
+        .replace("revisionHistoryLimit", "revisionHistoryLimits")
+    )
     assert kubernetes_validate(typo).returncode != 0
 
 

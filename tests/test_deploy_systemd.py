@@ -7,7 +7,6 @@ kernel restriction (``PR_SET_MDWE``: no writable-and-executable mapping, inherit
 from __future__ import annotations
 
 import configparser
-import ctypes
 import shutil
 import ssl
 import subprocess
@@ -15,10 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import trustme
 
 from tests.conftest import KEY_BOTH, make_deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
+from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, connect, post
 from tests.test_lifecycle import ENCRYPT
 
 UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "xks-proxy.service"
@@ -105,17 +103,22 @@ def test_the_unit_wires_signals_user_and_hardening() -> None:
     assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 
-def refuse_exec_gain() -> None:
-    """In the child before exec: what MemoryDenyWriteExecute=yes enforces."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "PR_SET_MDWE")
+# Runs the rest of its argv under what MemoryDenyWriteExecute=yes enforces (exec keeps the
+# pid, and the kernel keeps the restriction across execve).
+REFUSE_EXEC_GAIN = [
+    sys.executable, "-c",
+    "import ctypes, os, sys\n"
+    f"if ctypes.CDLL(None).prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0:\n"
+    "    sys.exit('PR_SET_MDWE refused')\n"
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]  # fmt: skip
 
 
 def mdwe_supported() -> bool:
     probe = subprocess.run(
-        [sys.executable, "-c", "import ctypes; print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))"],
-        capture_output=True, text=True, timeout=30, check=True, preexec_fn=refuse_exec_gain,
+        [*REFUSE_EXEC_GAIN, sys.executable, "-c",
+         f"import ctypes; print(ctypes.CDLL(None).prctl({PR_GET_MDWE}, 0, 0, 0, 0))"],
+        capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     return probe.stdout.strip() == str(PR_MDWE_REFUSE_EXEC_GAIN)
 
@@ -126,21 +129,14 @@ def test_the_proxy_serves_tls_under_memory_deny_write_execute(tmp_path: Path) ->
         pytest.skip("this kernel has no PR_SET_MDWE")
     # The restriction is real: a writable and executable mapping is refused under it.
     denied = subprocess.run(
-        [sys.executable, "-c",
+        [*REFUSE_EXEC_GAIN, sys.executable, "-c",
          "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ|mmap.PROT_WRITE|mmap.PROT_EXEC)"],
-        capture_output=True, text=True, timeout=30, check=False, preexec_fn=refuse_exec_gain,
+        capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert "PermissionError" in denied.stderr
-    authority = trustme.CA()
-    leaf = authority.issue_cert("localhost")
-    leaf.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
     deployment = make_deployment(tmp_path)
-    text = deployment.config_path.read_text()
-    deployment.config_path.write_text(
-        text + '\n[tls]\ncertificate = "server.pem"\nprivate_key = "server.key"\n'
-    )
-    with ProxyProcess(deployment.config_path, preexec_fn=refuse_exec_gain) as proxy:
+    authority = add_tls(deployment.config_path)
+    with ProxyProcess(deployment.config_path, launcher=REFUSE_EXEC_GAIN) as proxy:
         context = ssl.create_default_context()
         authority.configure_trust(context)
         try:
