@@ -8,6 +8,7 @@ YAML file under deploy/."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -17,6 +18,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
+from xks_proxy.config import load_config
+from xks_proxy.scaffold import scaffold
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 BASE = DEPLOY / "kubernetes"
@@ -227,3 +231,35 @@ def test_yamllint_passes_on_every_deploy_yaml_file() -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_the_configmaps_configuration_loads_in_the_proxy(tmp_path: Path) -> None:
+    """The ConfigMap's xks-proxy.toml, with the pod's mounts laid out under a temp root (files
+    from a scaffolded deployment), passes the proxy's own configuration loader."""
+    made = scaffold(tmp_path / "made", name="payments", key_id="payments-key-1", tls=True)
+    root = tmp_path / "root"
+    layout = {
+        "etc/xks-proxy/kek/kek.key": "kek.key",
+        "etc/xks-proxy/credentials/credentials.json": "credentials.json",
+        "etc/xks-proxy/tls/tls.crt": "tls/server.pem",
+        "etc/xks-proxy/tls/tls.key": "tls/server.key",
+        "etc/xks-proxy/tls/ca.crt": "tls/server.pem",
+        "var/lib/xks-proxy/keys.db": "keys.db",
+    }
+    for target, source in layout.items():
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(made.config_path.parent / source, root / target)
+    for directory in ("var/log/xks-proxy", "run/xks-proxy"):
+        (root / directory).mkdir(parents=True)
+    configmap = resources()["ConfigMap", "xks-proxy-config"]
+    text = configmap["data"]["xks-proxy.toml"]
+    for mount in ("/etc/xks-proxy/", "/var/lib/xks-proxy/", "/var/log/xks-proxy/",
+                  "/run/xks-proxy/"):  # fmt: skip
+        assert mount in text
+        text = text.replace(mount, f"{root}{mount}")
+    path = root / "etc" / "xks-proxy" / "config" / "xks-proxy.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    config = load_config(path)
+    assert [store.name for store in config.key_stores] == ["payments"]
+    assert config.server.ping_port == 8081
