@@ -29,6 +29,7 @@ HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sb
 HAPROXY_CONFIG = Path(__file__).parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
 PROXIES = 3
 RATE = 200
+CONNECTIONS = 32  # the load generator's keep-alive connections
 KILL_DURATION = 30
 # Enough for three restarts of ~5 s each (delay, drain, start-up, HAProxy's rise).
 ROLLING_DURATION = 24
@@ -75,7 +76,7 @@ def start_load(front: int, kms_config: Path, duration: int) -> subprocess.Popen[
     return subprocess.Popen(
         [XKS_PROXY, "loadtest", "--url", f"http://127.0.0.1:{front}",
          "--kms-config", str(kms_config), "--key-id", KEY_BOTH, "--rate", str(RATE),
-         "--duration", str(duration), "--json"],
+         "--connections", str(CONNECTIONS), "--duration", str(duration), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )  # fmt: skip
@@ -149,9 +150,10 @@ def test_fleet_behind_the_shipped_haproxy_survives_kill_and_rolling_restart(
         proxies[1] = ProxyProcess(configs[1], port=ports[1])
         killed = finish_load(loadtest, KILL_DURATION, "kill -9")
         failed = sum(killed["errors"].values())
-        # Only what was in flight on the killed proxy: a handful at 200 req/s, never a
-        # window of refused connections (those are redispatched).
-        assert failed <= 20, killed["errors"]
+        # Only what was in flight on the killed proxy: each connection HAProxy had routed to
+        # it loses at most its one request, and connections refused until HAProxy marks it
+        # down are redispatched, so failures stay below the number of connections.
+        assert failed <= CONNECTIONS, killed["errors"]
         assert killed["completed"] == killed["scheduled"]
 
         # Phase 2: rolling SIGTERM restart of all three.
