@@ -5,11 +5,13 @@
 #   python3-venv   `python3 -m venv` on Debian's own Python
 #   softhsm2       a real PKCS#11 token (libsofthsm2.so, softhsm2-util) for the HSM backend tests
 #   haproxy        a real load balancer in front of three proxies for the rolling-restart test
-#   prometheus     `promtool check metrics` on a live scrape of the metrics port
+#   prometheus     `promtool check metrics`, `promtool check|test rules`, and a real Prometheus
+#                  scraping a proxy for the Grafana dashboard's queries
 #   logrotate      real log rotation (with compress) of the audit log under load
 #   postgresql     initdb/pg_ctl/postgres for the shared key store tests, which start their own
 #                  server in a temporary directory (tests/postgres.py); Debian's default cluster
 #                  is neither created nor started for them
+#   systemd        `systemd-analyze verify` and `security` on deploy/systemd/xks-proxy.service
 set -euo pipefail
 
 need=()
@@ -20,6 +22,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 #   wrk, taskset   closed-loop load and core pinning for `make bench` (--bench)
 if [ "${1:-}" = "--bench" ]; then
     command -v wrk >/dev/null 2>&1 || need+=(wrk)

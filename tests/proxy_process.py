@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import socket
 import ssl
@@ -11,10 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import trustme
 
 from xks_proxy import sigv4
 
@@ -32,14 +36,29 @@ class ProxyProcess:
     """``xks-proxy serve`` on a free port; collects its log lines."""
 
     def __init__(
-        self, config: Path, *extra: str, ready: str = "key store", port: int | None = None
+        self,
+        config: Path,
+        *extra: str,
+        ready: str = "key store",
+        port: int | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         self.lines: list[str] = []
         self._terminated = False
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
-            [XKS_PROXY, "serve", "--config", str(config), "--port", str(self.port), *extra],
+            # launcher: a program that sets something up and execs the proxy (same pid).
+            [
+                *launcher,
+                XKS_PROXY,
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -61,6 +80,14 @@ class ProxyProcess:
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the metrics listener said it serves (``http://host:port/metrics``)."""
+        line = next(line for line in self.lines if "/metrics" in line)
+        url = re.search(r"(http://\S+/metrics)", line)
+        assert url is not None, line
+        return url.group(1)
 
     @property
     def log(self) -> str:
@@ -161,3 +188,17 @@ def open_socket(port: int, timeout: float = 15) -> socket.socket:
 def close_all() -> None:
     while _opened:
         _opened.pop().close()
+
+
+def add_tls(config: Path) -> trustme.CA:
+    """Give a scaffolded configuration a ``[tls]`` table with a certificate for localhost from
+    a fresh CA; returns the CA (``configure_trust`` a client context, or its PEM for curl)."""
+    authority = trustme.CA()
+    leaf = authority.issue_cert("localhost")
+    leaf.private_key_pem.write_to_path(str(config.parent / "server.key"))
+    leaf.cert_chain_pems[0].write_to_path(str(config.parent / "server.pem"))
+    authority.cert_pem.write_to_path(str(config.parent / "ca.pem"))
+    config.write_text(
+        config.read_text() + '\n[tls]\ncertificate = "server.pem"\nprivate_key = "server.key"\n'
+    )
+    return authority

@@ -28,7 +28,7 @@ def _policy_for(audit: Path, config: Path) -> str:
     text = POLICY.read_text()
     for shipped, here in (
         ("/var/log/xks-proxy/audit.log", str(audit)),
-        ("/usr/local/bin/xks-proxy", XKS_PROXY),
+        ("/opt/xks-proxy/bin/xks-proxy", XKS_PROXY),
         ("/etc/xks-proxy/xks-proxy.toml", str(config)),
     ):
         assert shipped in text

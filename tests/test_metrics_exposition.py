@@ -5,7 +5,6 @@ once however many workers there are; a saturated PKCS#11 session pool shows in i
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import ssl
 import subprocess
@@ -40,10 +39,7 @@ def _close_connections() -> Iterator[None]:
 
 
 def scrape(proxy: ProxyProcess) -> str:
-    line = next(line for line in proxy.lines if "/metrics" in line)
-    url = re.search(r"(http://\S+/metrics)", line)
-    assert url is not None
-    with urllib.request.urlopen(url.group(1), timeout=10) as response:
+    with urllib.request.urlopen(proxy.metrics_url, timeout=10) as response:
         return str(response.read().decode())
 
 

@@ -215,6 +215,10 @@ class _PoolMetrics:
 
     def pool_size(self, token: str, sessions: int) -> None:
         self._metrics.pool_sessions.labels(self._backend, token).set(sessions)
+        # Export 0 waiting / in use from the start: a dashboard or an alert comparing them with
+        # the pool size sees 0, not "no data", until the first request waits.
+        self._metrics.pool_waiters.labels(self._backend, token)
+        self._metrics.pool_in_use.labels(self._backend, token)
 
     def waiting(self, token: str, change: int) -> None:
         self._metrics.pool_waiters.labels(self._backend, token).inc(change)
