@@ -74,7 +74,7 @@ class SignatureError(AuthenticationFailedError):
 def _signing_key(secret: str, datestamp: str, region: str, service: str) -> bytes:
     key = ("AWS4" + secret).encode()
     for part in (datestamp, region, service, TERMINATOR):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        key = hmac.digest(key, part.encode(), "sha256")
     return key
 
 
@@ -162,7 +162,8 @@ def string_to_sign(
 
 def _signature(secret: str, datestamp: str, region: str, service: str, to_sign: str) -> str:
     key = _signing_key(secret, datestamp, region, service)
-    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    # hmac.digest: one call into OpenSSL, no HMAC object.
+    return hmac.digest(key, to_sign.encode(), "sha256").hex()
 
 
 def sign(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from xks_proxy.loop_lag import LoopLagMonitor
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.endpoint import XksEndpoint
@@ -32,7 +33,11 @@ async def ping(request: web.Request) -> web.Response:
 async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE_RUNTIME_KEY]
     await live.current.open()
+    # Metrics live across reloads, so one monitor serves every runtime.
+    lag = LoopLagMonitor(live.current.metrics.event_loop_lag.observe)
+    lag.start()
     yield
+    lag.stop()
     await live.close()
 
 
