@@ -95,6 +95,8 @@ def _canonical_uri(path: str) -> str:
 _AMZ_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z")
 
 
+# KMS at 1,800 requests/s sends the same X-Amz-Date hundreds of times a second.
+@lru_cache(maxsize=64)
 def _parse_amz_date(value: str) -> datetime:
     """``YYYYMMDD'T'HHMMSS'Z'``, parsed without strptime (which costs more than the HMACs).
 
