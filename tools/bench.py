@@ -533,7 +533,10 @@ HISTORY = [
 
 
 def interleaved(
-    servers: dict[str, Server], prepared: dict[str, Any], seconds: int, pairs: int,
+    servers: dict[str, Server],
+    prepared: dict[str, Any],
+    seconds: int,
+    pairs: int,
     operations: tuple[str, ...] = OPERATIONS,
 ) -> dict[str, dict[str, float]]:
     """Each operation against each server in turn, ``pairs`` rounds; the median of each."""
@@ -554,8 +557,11 @@ def interleaved(
                 cpu[name][op].append((server.cpu_seconds() - before) / (rate * seconds) * 1e6)
     results = {name: {op: statistics.median(values) for op, values in by_op.items()}
                for name, by_op in runs.items()}  # fmt: skip
-    results["cpu_us"] = {f"{name}.{op}": statistics.median(values)
-                         for name, by_op in cpu.items() for op, values in by_op.items()}  # fmt: skip
+    results["cpu_us"] = {
+        f"{name}.{op}": statistics.median(values)
+        for name, by_op in cpu.items()
+        for op, values in by_op.items()
+    }
     return results
 
 
@@ -578,9 +584,12 @@ def throughput_section(work: Path, options: argparse.Namespace, data: dict[str, 
     proxy = start_proxy(config, work / "software.log")
     try:
         prepared = requests_for(target, proxy.port, work, "software")
-        servers = {"ceiling": start_ceiling({i["path"]: i["answer"] for i in prepared.values()},
-                                            work),  # fmt: skip
-                   "minimal": start_minimal(config, work / "minimal.log"), "software": proxy}
+        answers = {item["path"]: item["answer"] for item in prepared.values()}
+        servers = {
+            "ceiling": start_ceiling(answers, work),
+            "minimal": start_minimal(config, work / "minimal.log"),
+            "software": proxy,
+        }
         if options.baseline:
             # The same deployment served by another checkout: before/after in one run.
             own_metrics = config.with_name("baseline.toml")

@@ -62,7 +62,7 @@ class _UtcMilliseconds:
     formatted once a second: formatting a datetime costs more than the rest of the line."""
 
     def __init__(self) -> None:
-        self._second = -1
+        self._second = -1.0
         self._prefix = ""
 
     def __call__(self, timestamp: float) -> str:

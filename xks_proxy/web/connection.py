@@ -4,7 +4,8 @@ Every accepted connection gets an ``XksConnection``. It runs the TLS handshake i
 ``loop.start_tls`` using the *current* TLS context, so a reload swaps certificates for new
 connections without touching open ones; it checks the mTLS subject before any HTTP is parsed;
 it cuts off a client that takes longer than ``header_timeout`` to deliver a request head (slow
-loris; one timer per connection, re-armed when it fires, not one per request); and it knows whether its connection is idle, which is what a graceful drain needs.
+loris; one timer per connection, re-armed when it fires, not one per request); and it knows
+whether its connection is idle, which is what a graceful drain needs.
 
 Why not aiohttp's own shutdown: ``AppRunner.cleanup`` calls ``close()`` on every connection
 first, and a closed aiohttp connection discards incoming data, so a request whose body is still

@@ -4,8 +4,9 @@ The steps run in the order of xks-spec §7.4: route (404), method (405), concurr
 body cap, SigV4 (401), the key store's quota (429), JSON schema and Base64 (400), then the
 service (key, size limits, state, usage, crypto) under the request deadline (503
 DependencyTimeoutException; web/deadline.py: no timer for an operation that never waits).
-Every request is timed from the arrival of its first byte (web/protocol.py). Every outcome, success or error, is timed, counted and audited in
-one place, so the order lives in this one module.
+Every request is timed from the arrival of its first byte (web/protocol.py). Every outcome,
+success or error, is timed, counted and audited in one place, so the order lives in this one
+module.
 
 The concurrency cap comes before the body is read: it protects the process's memory, and a
 request over it costs nothing but its headers. The key store's quota comes after SigV4, so

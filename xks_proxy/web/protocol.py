@@ -110,9 +110,7 @@ class XksRequestHandler(RequestHandler):
 def request_arrival(request: web.BaseRequest) -> float:
     """When the request's first byte arrived (``perf_counter``), or now if unknown."""
     protocol = request.protocol
-    arrived = (
-        protocol.take_first_byte_time() if isinstance(protocol, XksRequestHandler) else None
-    )
+    arrived = protocol.take_first_byte_time() if isinstance(protocol, XksRequestHandler) else None
     return time.perf_counter() if arrived is None else arrived
 
 
