@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from xks_proxy.web.protocol import XksRequestHandler
+from xks_proxy.web.protocol import Shortcut, XksRequestHandler
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,7 @@ class XksSite(web.BaseSite):
         "_port",
         "_registry",
         "_reuse_port",
+        "_shortcut",
         "_tls",
     )
 
@@ -253,6 +254,7 @@ class XksSite(web.BaseSite):
         handler_options: dict[str, Any],
         on_protocol_error: Callable[[], None] = lambda: None,
         reuse_port: bool = False,
+        shortcut: Shortcut | None = None,
     ) -> None:
         """``handler_options`` are aiohttp ``RequestHandler`` keyword arguments (the same the
         runner was given); ``on_protocol_error`` is called for each malformed request."""
@@ -265,6 +267,7 @@ class XksSite(web.BaseSite):
         self._header_timeout = header_timeout
         self._handler_options = handler_options
         self._on_protocol_error = on_protocol_error
+        self._shortcut = shortcut
         self._bound: asyncio.Server | None = None
 
     @property
@@ -290,6 +293,7 @@ class XksSite(web.BaseSite):
                 server,
                 loop=loop,
                 on_protocol_error=self._on_protocol_error,
+                shortcut=self._shortcut,
                 **self._handler_options,
             )
 

@@ -32,6 +32,7 @@ from xks_proxy.web.app import (
     create_app,
     create_metrics_app,
     create_ping_app,
+    xks_shortcut,
 )
 from xks_proxy.web.connection import ConnectionRegistry, XksSite
 from xks_proxy.web.protocol import LINGER_SECONDS
@@ -147,6 +148,7 @@ async def serve(config: Config, options: ServeOptions | None = None) -> None:
             handler_options=handler_options,
             on_protocol_error=runtime.metrics.http_protocol_errors.inc,
             reuse_port=options.worker,
+            shortcut=xks_shortcut(app),
         )
         await site.start()
         log.info("xks-proxy listening on %s (pid %d)", site.name, os.getpid())
