@@ -74,7 +74,7 @@ class SignatureError(AuthenticationFailedError):
 def _signing_key(secret: str, datestamp: str, region: str, service: str) -> bytes:
     key = ("AWS4" + secret).encode()
     for part in (datestamp, region, service, TERMINATOR):
-        key = hmac.digest(key, part.encode(), "sha256")
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return key
 
 
@@ -164,8 +164,8 @@ def string_to_sign(
 
 def _signature(secret: str, datestamp: str, region: str, service: str, to_sign: str) -> str:
     key = _signing_key(secret, datestamp, region, service)
-    # hmac.digest: one call into OpenSSL, no HMAC object.
-    return hmac.digest(key, to_sign.encode(), "sha256").hex()
+    # hmac.digest measured no faster than this on a 200-byte string to sign (tools/micro_ab.py).
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 def sign(
