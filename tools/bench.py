@@ -36,6 +36,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from tools.micro_ab import rows as micro_rows
+from tools.micro_ab import table as micro_table
 from tools.stages import STAGES, with_framework
 from tools.stages import measure as measure_stages
 from xks_proxy.loadtest.workload import XksTarget, XksWorkload
@@ -439,6 +441,11 @@ def report(data: dict[str, Any]) -> str:
         "proxy process's CPU time per request under wrk, and framework is total minus the "
         "stages: aiohttp's HTTP parsing and writing, the event loop, the handler's glue.",
         "",
+        "## Hot-path changes of issue 15, each timed alone (µs per call, before and after, one "
+        "run; tools/micro_ab.py)",
+        "",
+        *micro_table([tuple(row) for row in data["micro"]]),
+        "",
     ]
     if "pkcs11" in data:
         lines += [
@@ -610,6 +617,7 @@ def throughput_section(work: Path, options: argparse.Namespace, data: dict[str, 
     finally:
         proxy.stop()
     print("stages …", file=sys.stderr)
+    data["micro"] = micro_rows()
     stages = measure_stages(config, replayed(prepared))
     data["stages"] = {op: with_framework(stages[op], data["cpu_us"][f"software.{op}"])
                       for op in measured(data)}  # fmt: skip
@@ -697,8 +705,16 @@ def main() -> None:
                         help="quick mode: only these (comma-separated)")  # fmt: skip
     parser.add_argument("--baseline", help="also run the proxy from this source tree "
                         "(e.g. `git archive main`), interleaved: before and after")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render benchmarks.md from benchmarks.json")  # fmt: skip
     parser.add_argument("--out", help="where to write the report (docs/; quick: print only)")
     options = parser.parse_args()
+    if options.report_only:
+        docs = Path(options.out or ROOT / "docs")
+        (docs / "benchmarks.md").write_text(
+            report(json.loads((docs / "benchmarks.json").read_text()))
+        )
+        return
     options.seconds = options.seconds or (3 if options.quick else 10)
     options.pairs = options.pairs or (2 if options.quick else 3)
     data: dict[str, Any] = {"seconds": options.seconds, "pairs": options.pairs,

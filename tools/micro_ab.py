@@ -80,7 +80,8 @@ def _head_timer_pair() -> tuple[float, float]:
     return asyncio.run(both())
 
 
-def main() -> None:
+def rows() -> list[tuple[str, float, float]]:
+    """(change, µs before, µs after) for each change timed alone."""
     plaintext = pybase64.b64encode_as_string(os.urandom(4096))
     document = {
         "requestMetadata": {"kmsRequestId": "r", "kmsOperation": "Encrypt",
@@ -118,10 +119,16 @@ def main() -> None:
             lambda: datetime.now(UTC).isoformat(timespec="milliseconds")),
          _best(lambda: clock(time.time()))),
     ]  # fmt: skip
-    print("| change | before µs | after µs |")
-    print("|---|---|---|")
-    for name, before, after in rows:
-        print(f"| {name} | {before:.2f} | {after:.2f} |")
+    return rows
+
+
+def table(measured: list[tuple[str, float, float]]) -> list[str]:
+    lines = ["| change | before µs | after µs |", "|---|---|---|"]
+    return lines + [f"| {name} | {before:.2f} | {after:.2f} |" for name, before, after in measured]
+
+
+def main() -> None:
+    print("\n".join(table(rows())))
 
 
 if __name__ == "__main__":
