@@ -92,6 +92,10 @@ class XksConnection(asyncio.Protocol):
         if tls is None:
             self._attach(transport)
         else:
+            # The ClientHello must reach the TLS layer, not this protocol: no reading until
+            # start_tls has taken the transport over (and resumed it). asyncio runs the task
+            # before it reads; uvloop, measured for issue 15, delivers the data first.
+            transport.pause_reading()  # type: ignore[attr-defined]
             self._handshake = asyncio.ensure_future(self._start_tls(transport, tls))
 
     def data_received(self, data: bytes) -> None:
