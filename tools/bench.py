@@ -543,7 +543,7 @@ HISTORY = [
     "without a second parse; no deadline timer for a backend that does not wait; one head "
     "timer per connection, not per request; the strict Authorization parse cached per "
     "credential and day; the audit timestamp formatted once a second; XKS POSTs past the "
-    "router; `gc.freeze()` after start-up |",
+    "router; `hmac.digest`; `gc.freeze()` after start-up |",
     "",
     "Issue 15's row: the proxy before it (main, `--baseline`) and after it, interleaved in "
     "the run above; the first two rows are from earlier runs. Measured and not kept:",
@@ -552,8 +552,6 @@ HISTORY = [
     "interleaved quick run; another run was inconclusive), but a TLS connection opened after "
     "a SIGHUP certificate reload fails its handshake under uvloop (the transport tests), so "
     "the standard loop stays; the ClientHello race it exposed is fixed.",
-    "- `hmac.digest` instead of `hmac.new(...).hexdigest()` for the 200-byte string to sign: "
-    "no difference (table above).",
     "- Audit lines batched into one write per event-loop iteration: the line would be written "
     'after the answer (a crash loses answered requests\' lines, `on_failure = "refuse"` '
     "cannot work), to save one `write(2)` of a few hundred bytes per request.",
