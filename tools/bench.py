@@ -225,6 +225,10 @@ def requests_for(target: XksTarget, port: int, directory: Path, tag: str) -> dic
             "body": body,
             "headers": headers,
             "script": lua_script(body, headers, directory, f"{tag}-{operation}"),
+            # A signature is good for 5 minutes (xks-spec §6.2); a long run signs again.
+            "resign": lambda op=operation, name=f"{tag}-{operation}": lua_script(
+                *workload.request(op)[1:], directory, name
+            ),
         }
     return prepared
 
@@ -576,6 +580,7 @@ def interleaved(
                                               for name in servers}  # fmt: skip
     for op in operations:
         item = prepared[op]
+        item["resign"]()  # the same file, signed now
         for server in servers.values():
             wrk(f"http://127.0.0.1:{server.port}{item['path']}", item["script"], 1)  # warm-up
         for _ in range(pairs):
@@ -659,6 +664,8 @@ def pkcs11_section(work: Path, options: argparse.Namespace, data: dict[str, Any]
         both = ("encrypt", "decrypt")
         data["software_again"], data["pkcs11"] = {}, {}
         for op in both:
+            soft_prepared[op]["resign"]()
+            hsm_prepared[op]["resign"]()
             runs: dict[str, list[float]] = {"software": [], "pkcs11": []}
             for _ in range(options.pairs):
                 for name, server, item in (("software", software, soft_prepared[op]),
