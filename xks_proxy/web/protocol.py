@@ -16,8 +16,8 @@ that time to the request it becomes, and forgets it once the body is read (``bod
 bytes of a next request start a new clock. A request aiohttp did not get through this handler
 (the test client's) is timed from the start of its handler.
 
-XKS API calls skip aiohttp's Application (router, match info, middleware chain: about a tenth
-of a request's cost): ``shortcut`` is called first and answers a request it takes, or returns
+XKS API calls skip aiohttp's Application (router, match info, middleware chain: 8 % of the
+request's time in a profile under load): ``shortcut`` is called first and answers a request it takes, or returns
 None and leaves it to the Application as before. The XKS listener's shortcut takes exactly the
 requests the router would send to the XKS endpoint anyway (web/app.py, ``xks_shortcut``).
 
