@@ -484,6 +484,8 @@ def report(data: dict[str, Any]) -> str:
 
 def _history(data: dict[str, Any]) -> list[str]:
     """HISTORY with issue 15's row filled from this run (before → after, Encrypt)."""
+    if "encrypt" not in data["software"]:
+        return [line.replace("ISSUE15", "-") for line in HISTORY]
     ceiling, after = data["ceiling"]["encrypt"], data["software"]["encrypt"]
     ratio = f"{after / ceiling:.2f}"
     if "encrypt" in data.get("baseline", {}):
