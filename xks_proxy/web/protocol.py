@@ -17,9 +17,10 @@ bytes of a next request start a new clock. A request aiohttp did not get through
 (the test client's) is timed from the start of its handler.
 
 XKS API calls skip aiohttp's Application (router, match info, middleware chain: 8 % of the
-request's time in a profile under load): ``shortcut`` is called first and answers a request it takes, or returns
-None and leaves it to the Application as before. The XKS listener's shortcut takes exactly the
-requests the router would send to the XKS endpoint anyway (web/app.py, ``xks_shortcut``).
+request's time in a profile under load): ``shortcut`` is called first and answers a request it
+takes, or returns None and leaves it to the Application as before. The XKS listener's shortcut
+takes exactly the requests the router would send to the XKS endpoint anyway (web/app.py,
+``xks_shortcut``).
 
 ``LINGER_SECONDS`` replaces aiohttp's 10-second lingering read: after an error answer to a
 body the proxy did not read to its end (over the cap, or stalled), aiohttp reads and drops what
