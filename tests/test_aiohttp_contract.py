@@ -109,3 +109,38 @@ async def test_parse_errors_reach_the_proxys_handle_error(
         f"aiohttp no longer answers parse errors through RequestHandler.handle_error: "
         f"{UPGRADE_HINT}"
     )
+
+
+async def test_a_shortcut_answers_the_requests_it_takes_and_routes_the_rest() -> None:
+    """web/protocol.py replaces the handler's private ``_request_handler`` (the Application's
+    ``_handle``) with one that asks the shortcut first."""
+    assert "_request_handler" in RequestHandler.__slots__, f"no _request_handler: {UPGRADE_HINT}"
+
+    async def short(request: web.BaseRequest) -> web.Response:
+        return web.Response(text="short")
+
+    app = web.Application()
+    app.router.add_get("/ping", _pong)
+    runner = web.AppRunner(app, **HANDLER_OPTIONS)
+    await runner.setup()
+    xks_site = XksSite(
+        runner,
+        "127.0.0.1",
+        0,
+        registry=ConnectionRegistry(),
+        tls=lambda: None,
+        header_timeout=5.0,
+        handler_options=HANDLER_OPTIONS,
+        shortcut=lambda request: short if request.method == "POST" else None,
+    )
+    await xks_site.start()
+    try:
+        close = b"Host: x\r\nConnection: close\r\n"
+        taken = await _exchange(xks_site.port, b"POST /ping HTTP/1.1\r\n" + close + b"\r\n")
+        assert taken.startswith(b"HTTP/1.1 200") and taken.endswith(b"short"), (
+            f"the shortcut was not asked: {UPGRADE_HINT}"
+        )
+        routed = await _exchange(xks_site.port, b"GET /ping HTTP/1.1\r\n" + close + b"\r\n")
+        assert routed.startswith(b"HTTP/1.1 200") and routed.endswith(b"pong")
+    finally:
+        await runner.cleanup()

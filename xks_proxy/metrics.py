@@ -59,9 +59,16 @@ class ProxyMetrics:
         ).labels(__version__).set(1)
         self.request_duration = Histogram(
             "xks_request_duration_seconds",
-            "Time from request arrival to response, by XKS operation, key store and outcome "
-            "(success or the errorName).",
+            "Time from the arrival of the request's first byte to its response, by XKS "
+            "operation, key store and outcome (success or the errorName).",
             ["operation", "key_store", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.event_loop_lag = Histogram(
+            "xks_event_loop_lag_seconds",
+            "How late the event loop ran a periodic callback that was due: time every waiting "
+            "request also waits (saturation).",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -9,7 +9,8 @@ Strictness (issue 9): only canonical Base64 is accepted, the one encoding of the
 (RFC 4648 §3.5: zero pad bits, no padding beyond the last quantum, no whitespace), so
 ``QUJ=`` and ``QUJD====`` are refused; and a JSON object that names a member twice is refused
 rather than silently keeping the last value, since two readers of the same body could otherwise
-disagree about it. Every failure is a ``ValidationError``; nothing else escapes a parser.
+disagree about it; a body nested deeper than 255 levels (XKS bodies have two) is refused too.
+Every failure is a ``ValidationError``; nothing else escapes a parser.
 
 Limits that are the implementation's (not the spec's) are checked by the service, after the key
 lookup, so the order of checks follows §7.4.
@@ -17,13 +18,13 @@ lookup, so the order of checks follows §7.4.
 
 from __future__ import annotations
 
-import binascii
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pybase64
 
 from xks_proxy.aad import MAX_CIPHERTEXT_METADATA_BYTES
 from xks_proxy.errors import ValidationError
@@ -127,6 +128,64 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
+def _distinct_members(document: dict[str, Any]) -> int:
+    """How many members the parsed objects hold, at every depth (iterative: orjson allows
+    1024 levels, more than Python's recursion limit)."""
+    count = 0
+    pending: list[Any] = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            count += len(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return count
+
+
+def _reserializes_to(body: bytes, document: dict[str, Any]) -> bool:
+    try:
+        return orjson.dumps(document) == body
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels but writes 255; XKS bodies have two, so a body nested
+        # deeper than orjson writes is refused rather than checked some slower way.
+        raise ValidationError("The request body nests JSON too deeply.") from None
+
+
+def _has_duplicate_members(body: bytes, document: dict[str, Any]) -> bool:
+    """Whether some object of ``body`` (already accepted by orjson) names a member twice.
+
+    Three ways, cheapest first (the standard library's parser with a hook costs about 13 µs
+    on a 4 KiB body, more than the rest of the parsing):
+
+    1. Compact JSON, as KMS and the SDKs send it, is exactly orjson's serialization of what
+       was parsed, which names each member once: nothing to count.
+    2. orjson keeps the last of repeated members, so the parsed objects hold fewer members
+       than the text names exactly when a name repeats. In valid JSON without a backslash,
+       every ``"`` opens or closes a string, so the text outside strings is what splitting on
+       ``"`` leaves at even positions, and each ``:`` there names one member.
+    3. A body with a backslash (an escaped quote may hide in a string) goes to the standard
+       library's parser, which reports each object's members one by one.
+    """
+    if _reserializes_to(body, document):
+        return False
+    if b"\\" not in body:
+        named = sum(outside.count(b":") for outside in body.split(b'"')[::2])
+        return named != _distinct_members(document)
+    try:
+        json.loads(body, object_pairs_hook=_reject_duplicates)
+    except _DuplicateMemberError:
+        return True
+    except RecursionError:
+        # orjson allows 1024 levels, the standard library fewer; XKS bodies have two.
+        raise ValidationError("The request body nests JSON too deeply.") from None
+    except ValueError:
+        # Not expected after orjson accepted the body; if the two parsers ever disagree, the
+        # body is still refused as input, never answered with a 500.
+        raise ValidationError("The request body is not valid JSON.") from None
+    return False
+
+
 def load_json_object(body: bytes) -> dict[str, Any]:
     """Decode a request body that must be one JSON object, no member named twice at any depth."""
     try:
@@ -135,19 +194,9 @@ def load_json_object(body: bytes) -> dict[str, Any]:
         raise ValidationError("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
         raise ValidationError("The request body must be a JSON object.")
-    # orjson (strict: UTF-8 only, no NaN, no lone surrogates) has no hook for duplicate members;
-    # the standard library's parser has one, and runs only on bodies orjson already accepted.
-    try:
-        json.loads(body, object_pairs_hook=_reject_duplicates)
-    except _DuplicateMemberError:
-        raise ValidationError("The request body names a JSON member more than once.") from None
-    except RecursionError:
-        # orjson allows 1024 levels, the standard library fewer; XKS bodies have two.
-        raise ValidationError("The request body nests JSON too deeply.") from None
-    except ValueError:
-        # Not expected after orjson accepted the body; if the two parsers ever disagree, the
-        # body is still refused as input, never answered with a 500.
-        raise ValidationError("The request body is not valid JSON.") from None
+    # orjson (strict: UTF-8 only, no NaN, no lone surrogates) has no hook for duplicate members.
+    if _has_duplicate_members(body, document):
+        raise ValidationError("The request body names a JSON member more than once.")
     return document
 
 
@@ -173,12 +222,13 @@ def _base64(document: dict[str, Any], name: str, *, required: bool) -> bytes | N
     if value is None:
         return None
     try:
-        decoded = binascii.a2b_base64(value, strict_mode=True)
-    except (binascii.Error, ValueError):
+        # pybase64 (SIMD): about 1 µs for 4 KiB where binascii's strict mode takes 13 µs.
+        decoded = pybase64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error, and non-ASCII text
         raise ValidationError(f"{name} is not valid standard Base64.") from None
-    # strict_mode still takes non-zero pad bits and extra padding; the canonical form is the
+    # validate=True still takes non-zero pad bits and extra padding; the canonical form is the
     # only one that re-encodes to itself.
-    if binascii.b2a_base64(decoded, newline=False) != value.encode("ascii"):
+    if pybase64.b64encode_as_string(decoded) != value:
         raise ValidationError(f"{name} is not canonical standard Base64.")
     return decoded
 

@@ -14,7 +14,6 @@ decrypts; a key whose usage forbids DECRYPT cannot give that proof, so a CDIV re
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import fnmatch
 import logging
@@ -23,6 +22,8 @@ import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import pybase64
 
 from xks_proxy.aad import MAX_AAD_BYTES, cdiv
 from xks_proxy.backends.base import AES_256, DECRYPT, ENCRYPT, Backend, KeyInfo, SealedData
@@ -61,7 +62,8 @@ ENCRYPT_ATTEMPTS = 2
 
 
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # pybase64 (SIMD): a fraction of the standard library's time on a 4 KiB answer.
+    return pybase64.b64encode_as_string(data)
 
 
 @dataclass(frozen=True, slots=True)

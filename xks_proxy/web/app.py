@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.hdrs import EXPECT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from xks_proxy.loop_lag import LoopLagMonitor
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.web.endpoint import XksEndpoint
+from xks_proxy.web.protocol import Handler, Shortcut
 from xks_proxy.web.readiness import READINESS_KEY, Readiness, ping
 
 LIVE_RUNTIME_KEY = web.AppKey("live_runtime", LiveRuntime)
@@ -24,7 +27,11 @@ METRICS_REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE_RUNTIME_KEY]
     await live.current.open()
+    # Metrics live across reloads, so one monitor serves every runtime.
+    lag = LoopLagMonitor(live.current.metrics.event_loop_lag.observe)
+    lag.start()
     yield
+    lag.stop()
     await live.close()
 
 
@@ -41,6 +48,24 @@ def create_app(runtime: ProxyRuntime) -> web.Application:
     app.router.add_route("*", "/{path:.*}", endpoint.handle)
     app.cleanup_ctx.append(_runtime_lifetime)
     return app
+
+
+def xks_shortcut(app: web.Application) -> Shortcut:
+    """The requests the XKS listener hands straight to the endpoint, past the router.
+
+    Exactly those the router would give it: a POST goes to the endpoint whatever its path (the
+    /ping route takes only GET and HEAD, so the router sends POST /ping on to the endpoint's
+    404). Only POSTs (the XKS API) are taken, and not one with ``Expect`` (the Application
+    answers ``100 Continue`` first); anything else is routed as before.
+    """
+    handle = app[ENDPOINT_KEY].handle
+
+    def shortcut(request: web.BaseRequest) -> Handler | None:
+        if request.method == "POST" and EXPECT not in request.headers:
+            return handle  # type: ignore[return-value]
+        return None
+
+    return shortcut
 
 
 def create_ping_app(readiness: Readiness) -> web.Application:

@@ -4,7 +4,8 @@ Every accepted connection gets an ``XksConnection``. It runs the TLS handshake i
 ``loop.start_tls`` using the *current* TLS context, so a reload swaps certificates for new
 connections without touching open ones; it checks the mTLS subject before any HTTP is parsed;
 it cuts off a client that takes longer than ``header_timeout`` to deliver a request head (slow
-loris); and it knows whether its connection is idle, which is what a graceful drain needs.
+loris; one timer per connection, re-armed when it fires, not one per request); and it knows
+whether its connection is idle, which is what a graceful drain needs.
 
 Why not aiohttp's own shutdown: ``AppRunner.cleanup`` calls ``close()`` on every connection
 first, and a closed aiohttp connection discards incoming data, so a request whose body is still
@@ -25,7 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from xks_proxy.web.protocol import XksRequestHandler
+from xks_proxy.web.protocol import Shortcut, XksRequestHandler
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class XksConnection(asyncio.Protocol):
         self._eof = False
         self._handshake: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        # When the request head now awaited began to arrive (None: no head awaited).
+        self._head_started_at: float | None = None
         self._busy = 0
         self._last_data_at = 0.0
         self._last_done_at = time.monotonic()
@@ -89,14 +92,18 @@ class XksConnection(asyncio.Protocol):
         if tls is None:
             self._attach(transport)
         else:
+            # The ClientHello must reach the TLS layer, not this protocol: no reading until
+            # start_tls has taken the transport over (and resumed it). asyncio runs the task
+            # before it reads; uvloop, measured for issue 15, delivers the data first.
+            transport.pause_reading()  # type: ignore[attr-defined]
             self._handshake = asyncio.ensure_future(self._start_tls(transport, tls))
 
     def data_received(self, data: bytes) -> None:
-        self._last_data_at = time.monotonic()
-        if not self._busy and self._head_timer is None:
-            self._head_timer = asyncio.get_running_loop().call_later(
-                self._header_timeout, self._head_too_slow
-            )
+        now = self._last_data_at = time.monotonic()
+        if not self._busy and self._head_started_at is None:
+            self._head_started_at = now
+            if self._head_timer is None:
+                self._arm_head_timer(self._header_timeout)
         if self._handler is None:
             self._pending.append(data)
         else:
@@ -163,7 +170,9 @@ class XksConnection(asyncio.Protocol):
     # -- request life cycle (called by the middleware) ------------------------------------------
     def request_started(self) -> None:
         self._busy += 1
-        self._cancel_head_timer()
+        # The head timer stays armed: a timer per request (armed, then cancelled) is a cost on
+        # the hot path; when it fires it re-arms for the head awaited then, if any.
+        self._head_started_at = None
 
     def request_finished(self) -> None:
         self._busy -= 1
@@ -191,11 +200,20 @@ class XksConnection(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _arm_head_timer(self, delay: float) -> None:
+        self._head_timer = asyncio.get_running_loop().call_later(delay, self._head_too_slow)
+
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if not self._busy and self._transport is not None:
-            log.info("closing a connection that did not send a request head in time")
-            self._transport.abort()  # type: ignore[attr-defined]
+        started = self._head_started_at
+        if self._busy or started is None or self._transport is None:
+            return  # no head awaited now: the next data arms the timer again
+        waited = time.monotonic() - started
+        if waited < self._header_timeout:
+            self._arm_head_timer(self._header_timeout - waited)
+            return
+        log.info("closing a connection that did not send a request head in time")
+        self._transport.abort()  # type: ignore[attr-defined]
 
 
 def connection_of(request: web.Request) -> XksConnection | None:
@@ -224,6 +242,7 @@ class XksSite(web.BaseSite):
         "_port",
         "_registry",
         "_reuse_port",
+        "_shortcut",
         "_tls",
     )
 
@@ -239,6 +258,7 @@ class XksSite(web.BaseSite):
         handler_options: dict[str, Any],
         on_protocol_error: Callable[[], None] = lambda: None,
         reuse_port: bool = False,
+        shortcut: Shortcut | None = None,
     ) -> None:
         """``handler_options`` are aiohttp ``RequestHandler`` keyword arguments (the same the
         runner was given); ``on_protocol_error`` is called for each malformed request."""
@@ -251,6 +271,7 @@ class XksSite(web.BaseSite):
         self._header_timeout = header_timeout
         self._handler_options = handler_options
         self._on_protocol_error = on_protocol_error
+        self._shortcut = shortcut
         self._bound: asyncio.Server | None = None
 
     @property
@@ -276,6 +297,7 @@ class XksSite(web.BaseSite):
                 server,
                 loop=loop,
                 on_protocol_error=self._on_protocol_error,
+                shortcut=self._shortcut,
                 **self._handler_options,
             )
 

@@ -3,8 +3,10 @@
 The steps run in the order of xks-spec §7.4: route (404), method (405), concurrency cap (429),
 body cap, SigV4 (401), the key store's quota (429), JSON schema and Base64 (400), then the
 service (key, size limits, state, usage, crypto) under the request deadline (503
-DependencyTimeoutException). Every outcome, success or error, is timed, counted and audited in
-one place, so the order lives in this one module.
+DependencyTimeoutException; web/deadline.py: no timer for an operation that never waits).
+Every request is timed from the arrival of its first byte (web/protocol.py). Every outcome,
+success or error, is timed, counted and audited in one place, so the order lives in this one
+module.
 
 The concurrency cap comes before the body is read: it protects the process's memory, and a
 request over it costs nothing but its headers. The key store's quota comes after SigV4, so
@@ -55,6 +57,8 @@ from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.service import KeyStore
 from xks_proxy.web import routing
 from xks_proxy.web.connection import request_finished, request_started
+from xks_proxy.web.deadline import within_deadline
+from xks_proxy.web.protocol import body_read, request_arrival
 from xks_proxy.web.responses import error_json, json_response
 from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
 
@@ -159,8 +163,8 @@ class XksEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # One runtime for the whole request, even if a reload swaps it meanwhile.
         runtime = self._live.current
+        started = request_arrival(request)
         connection = request_started(request)
-        started = time.perf_counter()
         record = AuditRecord()
         runtime.metrics.in_flight.inc()
         self._in_flight += 1
@@ -229,14 +233,16 @@ class XksEndpoint:
         if self._in_flight > server.max_concurrent_requests:
             raise ThrottlingError("The proxy is at its limit of concurrent requests.")
         body = await read_capped_body(request, server.max_body_bytes, server.body_timeout_seconds)
+        body_read(request)
         credential = authenticate(route.key_store, request, body, runtime.clock)
         record.access_key_id = credential.access_key_id
         route.key_store.admit()
         document = model.load_json_object(body)
         record.metadata = model.audit_metadata(document)
         try:
-            async with asyncio.timeout(server.request_deadline_ms / 1000):
-                result = await self._operate(runtime, route, document, record)
+            result = await within_deadline(
+                self._operate(runtime, route, document, record), server.request_deadline_ms / 1000
+            )
         except TimeoutError:
             raise DependencyTimeoutError(
                 f"The key backend did not answer within {server.request_deadline_ms} ms."
