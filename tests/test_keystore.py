@@ -281,3 +281,31 @@ def test_a_silent_network_failure_is_bounded_by_tcp_settings(postgres_url: str) 
     assert parameters["keepalives_idle"] == "5"
     assert parameters["tcp_user_timeout"] == "10000"
     assert parameters["connect_timeout"] == "5"
+
+
+def test_close_waits_for_a_query_running_in_another_thread(tmp_path: Path) -> None:
+    """A proxy's sweeper and follower query from threads; closing the SQLite connection under a
+    running statement crashed the process. Every query holds the store's lock while it runs, so
+    close must wait for it."""
+    database = KeyDatabase(f"sqlite:{tmp_path / 'keys.db'}", os.urandom(32))
+    in_query, release = threading.Event(), threading.Event()
+
+    def long_query() -> None:
+        with database._lock:  # what every query holds while it runs
+            in_query.set()
+            release.wait(10)
+            database.revision()
+
+    worker = threading.Thread(target=long_query)
+    worker.start()
+    assert in_query.wait(10)
+    closer = threading.Thread(target=database.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive(), "close went ahead under a running query"
+    release.set()
+    worker.join(10)
+    closer.join(10)
+    assert not closer.is_alive()
+    with pytest.raises(ConfigError, match="closed"):
+        database.revision()

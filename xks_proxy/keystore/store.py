@@ -112,7 +112,11 @@ class KeyDatabase:
             raise
 
     def close(self) -> None:
-        self._db.close()
+        # Under the lock: a sweeper or follower thread may be mid-query, and closing a SQLite
+        # connection under a running statement crashes the process (seen as a segfault when a
+        # proxy closed right after its first sweep started).
+        with self._lock:
+            self._db.close()
 
     @property
     def sealer(self) -> KeySealer:
