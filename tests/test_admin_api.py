@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from xks_proxy.admin.api import create_admin_app
 from xks_proxy.admin.roles import OPERATIONS, PERMISSIONS, Role
 from xks_proxy.admin.settings import build_guard
 from xks_proxy.config import load_config
+from xks_proxy.errors import ConfigError
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.web.app import create_app
 
@@ -98,7 +100,15 @@ ENDPOINTS: list[tuple[str, str, str, Any]] = [
         {"secretAccessKey": "s" * 43},
     ),
     ("credentials.revoke", "DELETE", STORE + "/credentials/ADDEDKEYIDAAAAAAAAAB", None),
+    ("policies.get", "GET", STORE + "/policy", None),
+    ("policies.validate", "POST", STORE + "/policy/validate", {"policies": ""}),
 ]
+POLICY = """@id("allow-the-rest")
+permit (principal, action, resource);
+
+@id("no-decrypt")
+forbid (principal, action in Xks::Action::"Decrypt", resource);
+"""
 
 
 def test_every_endpoint_is_in_the_matrix() -> None:
@@ -280,3 +290,57 @@ async def test_refusals_are_audited_with_who_and_why(
     assert denied[0]["outcome"] == "refused (403)" and "mallory" in denied[0]["detail"]
     assert denied[0]["action"] == "keys.create"
     assert denied[1]["outcome"] == "refused (401)" and denied[1]["actor"] == "unauthenticated"
+
+
+async def test_policies_get_and_validate(
+    admin: TestClient[Any, Any], admin_dep: Deployment
+) -> None:
+    viewer = token("viewer")
+    status, none = await call(admin, "GET", STORE + "/policy", viewer)
+    assert (status, none["text"]) == (200, None)
+    status, good = await call(
+        admin, "POST", STORE + "/policy/validate", viewer, {"policies": POLICY}
+    )
+    assert status == 200 and good["valid"] is True
+    assert [p["id"] for p in good["policies"]] == ["allow-the-rest", "no-decrypt"]
+    broken = POLICY.replace("forbid (", "forbid ((")
+    status, bad = await call(
+        admin, "POST", STORE + "/policy/validate", viewer, {"policies": broken}
+    )
+    assert status == 200 and bad["valid"] is False and "line 5" in bad["error"]
+    (admin_dep.directory / "store.cedar").write_text(POLICY)
+    text = admin_dep.config_path.read_text().replace(
+        'keys = ["key-*"]', 'keys = ["key-*"]\nauthorization_policy = "store.cedar"'
+    )
+    admin_dep.config_path.write_text(text)
+    status, got = await call(admin, "GET", STORE + "/policy", viewer)
+    assert status == 200 and got["text"] == POLICY and got["policyFile"] == "store.cedar"
+    status, _ = await call(admin, "POST", STORE + "/policy/validate", viewer, {"policies": 3})
+    assert status == 400
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('host = "127.0.0.1"\nport = 0\n\n[admin.auth]',
+         'host = "0.0.0.0"\nport = 0\n\n[admin.auth]', "[admin.tls] is required"),
+        ("[admin.auth]", "[admin.unused]", "admin.unused: unknown key"),
+        ('audience = "xks-proxy-admin"', "", "admin.auth.audience: is required"),
+    ],
+)  # fmt: skip
+def test_admin_settings_mistakes_are_refused(
+    admin_dep: Deployment, old: str, new: str, message: str
+) -> None:
+    text = admin_dep.config_path.read_text()
+    assert old in text
+    admin_dep.config_path.write_text(text.replace(old, new))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(admin_dep.config_path)
+
+
+def test_an_enabled_admin_api_needs_its_auth_table(admin_dep: Deployment) -> None:
+    text = admin_dep.config_path.read_text()
+    auth = text[text.index("[admin.auth]") : text.index("[backends")]
+    admin_dep.config_path.write_text(text.replace(auth, ""))
+    with pytest.raises(ConfigError, match=r"admin\.auth: required"):
+        load_config(admin_dep.config_path)

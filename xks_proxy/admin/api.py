@@ -387,4 +387,7 @@ def create_admin_app(config: Config, guard: AdminGuard) -> web.Application:
     app.router.add_post(store + "/credentials", create_credential)
     app.router.add_put(credential, add_credential)
     app.router.add_delete(credential, revoke_credential)
+    from xks_proxy.admin.api_policies import add_policy_routes  # it builds on this module
+
+    add_policy_routes(app, store)
     return app
