@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import trustme
 from aiohttp.test_utils import TestClient
 
 from tests.admin_tokens import ISSUER, mint, public_pem
@@ -25,6 +28,7 @@ from xks_proxy.admin.settings import build_guard
 from xks_proxy.config import load_config
 from xks_proxy.errors import ConfigError
 from xks_proxy.runtime import ProxyRuntime
+from xks_proxy.web.admin_listener import start_admin_listener
 from xks_proxy.web.app import create_app
 
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -344,3 +348,38 @@ def test_an_enabled_admin_api_needs_its_auth_table(admin_dep: Deployment) -> Non
     admin_dep.config_path.write_text(text.replace(auth, ""))
     with pytest.raises(ConfigError, match=r"admin\.auth: required"):
         load_config(admin_dep.config_path)
+
+
+async def test_the_admin_listener_over_mutual_tls(admin_dep: Deployment, tmp_path: Path) -> None:
+    """[admin.tls] with client_auth: the XKS port's TLS machinery, CN allow-list included."""
+    ca = trustme.CA()
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem")
+    )
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    text = admin_dep.config_path.read_text().replace(
+        "[admin.auth]",
+        f'[admin.tls]\ncertificate = "{tmp_path / "server.pem"}"\n'
+        f'private_key = "{tmp_path / "server.pem"}"\n'
+        f'[admin.tls.client_auth]\nca_bundle = "{tmp_path / "ca.pem"}"\n'
+        'allowed_common_names = ["custodian"]\n\n[admin.auth]',
+    )
+    admin_dep.config_path.write_text(text)
+    listener = await start_admin_listener(load_config(admin_dep.config_path))
+    assert listener is not None
+    url = f"https://localhost:{listener.site.port}/admin/v1/health"
+    headers = {"Authorization": f"Bearer {token('viewer')}"}
+    try:
+        for name, expected in (("custodian", 200), ("intruder", None)):
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            ca.issue_cert(name, common_name=name).configure_cert(context)
+            async with aiohttp.ClientSession() as session:
+                try:
+                    async with session.get(url, ssl=context, headers=headers) as response:
+                        status: int | None = response.status
+                except aiohttp.ClientError:
+                    status = None  # the connection is closed before any HTTP byte
+            assert status == expected, name
+    finally:
+        await listener.stop()
