@@ -82,6 +82,14 @@ def test_cli_over_the_admin_api_against_a_running_proxy(deployment: Path, tmp_pa
             made["AccessKeyId"]
             not in run("credentials", "list", "--config", str(deployment)).stdout
         )
+        operator = mint(deployment, "operator", tmp_path / "operator.jwt").read_text().strip()
+        request = urllib.request.Request(
+            f"{url}/admin/v1/reload", method="POST",
+            headers={"Authorization": f"Bearer {operator}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request) as answer:
+            assert answer.status == 202
+        proxy.wait_for("configuration reloaded")
         # The admin API is never on the XKS port.
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"http://127.0.0.1:{proxy.port}/admin/v1/health")
