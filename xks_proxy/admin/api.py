@@ -107,14 +107,14 @@ def _translate(error: Exception) -> ApiError:
     raise error
 
 
-async def _run(work: Callable[[], T]) -> T:
+async def run_blocking(work: Callable[[], T]) -> T:
     try:
         return await asyncio.to_thread(work)
     except Exception as error:
         raise _translate(error) from None
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw:
         return {}
@@ -127,7 +127,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return document
 
 
-def _field(document: dict[str, Any], name: str, kind: type[T], default: T | None = None) -> T:
+def json_field(document: dict[str, Any], name: str, kind: type[T], default: T | None = None) -> T:
     value = document.get(name, default)
     if value is None:
         raise ApiError(400, "bad_request", f"{name}: required")
@@ -199,7 +199,7 @@ async def health(request: web.Request) -> web.Response:
 @requires("reload")
 async def reload(request: web.Request) -> web.Response:
     # The same SIGHUP as `xks-proxy reload`: this process reloads (a supervisor passes it on).
-    await _run(lambda: _config(request).check_serving())
+    await run_blocking(lambda: _config(request).check_serving())
     os.kill(os.getpid(), signal.SIGHUP)
     request[DETAIL] = "SIGHUP sent"
     return json_response({"reload": "requested", "log": "the proxy's log says how it went"}, 202)
@@ -210,7 +210,7 @@ async def reload(request: web.Request) -> web.Response:
 
 @requires("key-stores.list")
 async def list_key_stores(request: web.Request) -> web.Response:
-    config = await _run(lambda: load_config(request.app[CONFIG_PATH], with_backends=False))
+    config = await run_blocking(lambda: load_config(request.app[CONFIG_PATH], with_backends=False))
     return json_response({"keyStores": [_describe_store(s) for s in config.key_stores]})
 
 
@@ -221,7 +221,7 @@ async def describe_key_store(request: web.Request) -> web.Response:
     def work() -> KeyStoreConfig:
         return _store(load_config(request.app[CONFIG_PATH], with_backends=False), name)
 
-    return json_response(_describe_store(await _run(work)))
+    return json_response(_describe_store(await run_blocking(work)))
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -229,14 +229,14 @@ async def describe_key_store(request: web.Request) -> web.Response:
 
 @requires("keys.list")
 async def list_keys(request: web.Request) -> web.Response:
-    records = await _run(_with_keys(request, lambda keys: keys.keys()))
+    records = await run_blocking(_with_keys(request, lambda keys: keys.keys()))
     return json_response({"keys": [describe_key(r) for r in records]})
 
 
 @requires("keys.describe")
 async def describe(request: web.Request) -> web.Response:
     key_id = _key_id(request)
-    records = await _run(_with_keys(request, lambda keys: keys.keys()))
+    records = await run_blocking(_with_keys(request, lambda keys: keys.keys()))
     for record in records:
         if record.key_id == key_id:
             return json_response(describe_key(record))
@@ -245,22 +245,22 @@ async def describe(request: web.Request) -> web.Response:
 
 @requires("keys.create")
 async def create_key(request: web.Request) -> web.Response:
-    document = await _body(request)
-    key_id = _field(document, "keyId", str)
+    document = await read_json(request)
+    key_id = json_field(document, "keyId", str)
     try:
         require_key_id(key_id, "keyId")
     except ConfigError as error:
         raise ApiError(400, "bad_request", str(error)) from None
-    usage = _field(document, "keyUsage", list, [ENCRYPT, DECRYPT])
+    usage = json_field(document, "keyUsage", list, [ENCRYPT, DECRYPT])
     if not all(isinstance(u, str) for u in usage) or not set(usage) <= USAGES:
         raise ApiError(400, "bad_request", "keyUsage: a list of ENCRYPT and DECRYPT")
     request[DETAIL] = f"key {key_id}"
-    await _run(_with_keys(request, lambda keys: keys.create(key_id, frozenset(usage))))
+    await run_blocking(_with_keys(request, lambda keys: keys.create(key_id, frozenset(usage))))
     return await _described(request, key_id, 201)
 
 
 async def _described(request: web.Request, key_id: str, status: int = 200) -> web.Response:
-    records = await _run(_with_keys(request, lambda keys: keys.keys()))
+    records = await run_blocking(_with_keys(request, lambda keys: keys.keys()))
     record = next(r for r in records if r.key_id == key_id)
     return json_response(describe_key(record), status)
 
@@ -270,7 +270,7 @@ def _key_action(operation: str, act: Callable[[KeyManager, str], object]) -> Any
     async def handler(request: web.Request) -> web.Response:
         key_id = _key_id(request)
         request[DETAIL] = f"key {key_id}"
-        await _run(_with_keys(request, lambda keys: act(keys, key_id)))
+        await run_blocking(_with_keys(request, lambda keys: act(keys, key_id)))
         return await _described(request, key_id)
 
     return handler
@@ -279,9 +279,9 @@ def _key_action(operation: str, act: Callable[[KeyManager, str], object]) -> Any
 @requires("keys.schedule-deletion")
 async def schedule_deletion(request: web.Request) -> web.Response:
     key_id = _key_id(request)
-    days = _field(await _body(request), "pendingWindowInDays", int, DEFAULT_DELETION_DAYS)
+    days = json_field(await read_json(request), "pendingWindowInDays", int, DEFAULT_DELETION_DAYS)
     request[DETAIL] = f"key {key_id}, {days} days"
-    await _run(_with_keys(request, lambda keys: keys.schedule_deletion(key_id, days)))
+    await run_blocking(_with_keys(request, lambda keys: keys.schedule_deletion(key_id, days)))
     return await _described(request, key_id)
 
 
@@ -291,7 +291,9 @@ async def schedule_deletion(request: web.Request) -> web.Response:
 @requires("credentials.list")
 async def list_credentials(request: web.Request) -> web.Response:
     name = request.match_info["store"]
-    rows = await _run(lambda: credential_service.list_credentials(request.app[CONFIG_PATH], name))
+    rows = await run_blocking(
+        lambda: credential_service.list_credentials(request.app[CONFIG_PATH], name)
+    )
     return json_response(
         {
             "credentials": [
@@ -305,7 +307,9 @@ async def list_credentials(request: web.Request) -> web.Response:
 @requires("credentials.create")
 async def create_credential(request: web.Request) -> web.Response:
     name = request.match_info["store"]
-    store, entry = await _run(lambda: credential_service.create(request.app[CONFIG_PATH], name))
+    store, entry = await run_blocking(
+        lambda: credential_service.create(request.app[CONFIG_PATH], name)
+    )
     request[DETAIL] = f"key store {store.name}, access key id {entry.access_key_id}"
     # The one answer that carries a secret: KMS needs it, and it is never shown again.
     return json_response(
@@ -323,9 +327,9 @@ async def create_credential(request: web.Request) -> web.Response:
 async def add_credential(request: web.Request) -> web.Response:
     name = request.match_info["store"]
     access_key_id = request.match_info["access_key_id"]
-    secret = _field(await _body(request), "secretAccessKey", str)
+    secret = json_field(await read_json(request), "secretAccessKey", str)
     request[DETAIL] = f"key store {name}, access key id {access_key_id}"
-    store, added = await _run(
+    store, added = await run_blocking(
         lambda: credential_service.add(request.app[CONFIG_PATH], name, access_key_id, secret)
     )
     return json_response(
@@ -339,7 +343,7 @@ async def revoke_credential(request: web.Request) -> web.Response:
     access_key_id = request.match_info["access_key_id"]
     force = request.query.get("force", "false").lower() == "true"
     request[DETAIL] = f"key store {name}, access key id {access_key_id}"
-    store = await _run(
+    store = await run_blocking(
         lambda: credential_service.revoke(request.app[CONFIG_PATH], name, access_key_id, force)
     )
     return json_response({"keyStore": store, "accessKeyId": access_key_id, "revoked": True})

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xks_proxy.admin.api import CONFIG_PATH, ApiError, _body, _field, _run
+from xks_proxy.admin.api import CONFIG_PATH, ApiError, json_field, read_json, run_blocking
 from xks_proxy.admin.http import requires
 from xks_proxy.config import load_config
 from xks_proxy.web.responses import json_response
@@ -53,15 +53,15 @@ async def get_policy(request: web.Request) -> web.Response:
             **_summary(text, Path(store.authorization_policy.name)),
         }
 
-    return json_response(await _run(work))
+    return json_response(await run_blocking(work))
 
 
 @requires("policies.validate")
 async def validate_policy(request: web.Request) -> web.Response:
-    text = _field(await _body(request), "policies", str)
+    text = json_field(await read_json(request), "policies", str)
     if len(text) > MAX_POLICY_CHARS:
         raise ApiError(400, "bad_request", f"policies: at most {MAX_POLICY_CHARS} characters")
-    return json_response(await _run(lambda: _summary(text, CANDIDATE)))
+    return json_response(await run_blocking(lambda: _summary(text, CANDIDATE)))
 
 
 def add_policy_routes(app: web.Application, store_path: str) -> None:
