@@ -63,7 +63,9 @@ def make_deployment(
     directory: Path, *, database_url: str | None = None, **config_changes: str
 ) -> Deployment:
     """A deployment by ``init`` with the test keys; ``database_url``: keys in PostgreSQL."""
-    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0, database_url=database_url)
+    made = scaffold(
+        directory, key_id=KEY_BOTH, port=0, metrics_port=0, admin_port=0, database_url=database_url
+    )
     text = made.config_path.read_text().replace('keys = ["*"]', 'keys = ["key-*"]')
     for old, new in config_changes.items():
         text = text.replace(old, new)
@@ -98,7 +100,7 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
 
 def make_pkcs11_deployment(directory: Path, hsm: SoftHsm, **settings: object) -> Deployment:
     """A deployment whose key store uses the conformance token instead of software keys."""
-    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0)
+    made = scaffold(directory, key_id=KEY_BOTH, port=0, metrics_port=0, admin_port=0)
     text = made.config_path.read_text()
     software = text[text.index("[backends.local]") : text.index("[[key_stores]]")]
     text = text.replace(software, hsm.toml(CONFORMANCE_TOKEN, **settings) + "\n")

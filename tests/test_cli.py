@@ -37,6 +37,8 @@ def deployment(tmp_path: Path) -> Path:
         str(free_port()),
         "--metrics-port",
         str(free_port()),
+        "--admin-port",
+        str(free_port()),
     )
     return tmp_path / "dep" / "xks-proxy.toml"
 

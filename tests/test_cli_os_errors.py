@@ -66,6 +66,8 @@ def deployment_on(volume: Path) -> Path:
         str(free_port()),
         "--metrics-port",
         str(free_port()),
+        "--admin-port",
+        str(free_port()),
     )
     assert made.returncode == 0, made.stderr
     return volume / "dep" / "xks-proxy.toml"

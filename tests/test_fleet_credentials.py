@@ -53,7 +53,16 @@ def ok(*args: str, stdin: str | None = None) -> str:
 
 
 def deployment(directory: Path) -> Path:
-    ok("init", str(directory), "--port", str(free_port()), "--metrics-port", str(free_port()))
+    ok(
+        "init",
+        str(directory),
+        "--port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--admin-port",
+        "0",
+    )
     return directory / "xks-proxy.toml"
 
 

@@ -183,7 +183,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("key_id", [".", ".."])
 def test_cli_refuses_key_ids_clients_cannot_reach(tmp_path: Path, key_id: str) -> None:
-    made = _cli("init", str(tmp_path / "dep"), "--port", "0", "--metrics-port", "0")
+    made = _cli(
+        "init", str(tmp_path / "dep"), "--port", "0", "--metrics-port", "0", "--admin-port", "0"
+    )
     assert made.returncode == 0, made.stderr
     config = str(tmp_path / "dep" / "xks-proxy.toml")
     created = _cli("keys", "create", "--config", config, "--key-id", key_id)

@@ -40,7 +40,8 @@ def init(
     return subprocess.run(
         [XKS_PROXY, "init", str(directory), "--backend", "pkcs11", "--module", str(hsm.module),
          "--token-label", "xks", "--pin-env", PIN_ENV, "--key-id", KEY_ID,
-         "--port", str(free_port()), "--metrics-port", str(free_port()), *extra],
+         "--port", str(free_port()), "--metrics-port", str(free_port()), "--admin-port", "0",
+         *extra],
         capture_output=True, text=True, timeout=120, check=False, env=environment,
     )  # fmt: skip
 

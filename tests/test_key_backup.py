@@ -96,7 +96,7 @@ def test_a_backup_restores_into_a_postgresql_store_under_another_kek(
     yesterday = encrypt_with_proxy(source, b"moved")
     backup = tmp_path / "keys.backup"
     assert keys_cli(source.config_path, "backup", "--out", str(backup)).returncode == 0
-    target = scaffold(tmp_path / "target", key_id="unrelated", port=0, metrics_port=0,
+    target = scaffold(tmp_path / "target", key_id="unrelated", port=0, metrics_port=0, admin_port=0,
                       database_url=postgres_url)  # fmt: skip
     config = target.config_path
     config.write_text(config.read_text().replace('keys = ["*"]', 'keys = ["key-*"]'))

@@ -53,7 +53,7 @@ def sample(text: str, name: str) -> float:
 
 def test_a_live_scrape_passes_promtool_and_counts_reloads_once(tmp_path: Path) -> None:
     assert PROMTOOL is not None, "make test installs it (scripts/install-system-deps.sh)"
-    made = scaffold(tmp_path, key_id=KEY_BOTH, port=0, metrics_port=0, tls=True)
+    made = scaffold(tmp_path, key_id=KEY_BOTH, port=0, metrics_port=0, admin_port=0, tls=True)
     config = load_config(made.config_path)
     assert config.tls is not None
     store = config.key_stores[0]

@@ -244,7 +244,8 @@ def _provisioned_removable_token(tmp_path: Path) -> tuple[SoftHsm, Path]:
     hsm, environment = _own_softhsm(tmp_path)
     deployment_dir = tmp_path / "dep"
     subprocess.run([XKS_PROXY, "init", str(deployment_dir), "--key-id", KEY_BOTH, "--port", "0",
-                    "--metrics-port", "0"], check=True, capture_output=True)  # fmt: skip
+                    "--metrics-port", "0", "--admin-port", "0"],
+                   check=True, capture_output=True)  # fmt: skip
     config = deployment_dir / "xks-proxy.toml"
     text = config.read_text()
     software = text[text.index("[backends.local]") : text.index("[[key_stores]]")]

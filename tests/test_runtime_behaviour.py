@@ -206,7 +206,7 @@ async def test_health_key_is_not_reachable_through_the_api(
     from xks_proxy.keystore.store import HEALTH_KEY_ID
     from xks_proxy.scaffold import scaffold
 
-    made = scaffold(tmp_path, port=0, metrics_port=0)
+    made = scaffold(tmp_path, port=0, metrics_port=0, admin_port=0)
     config = load_config(made.config_path)
     assert config.key_stores[0].key_patterns == ("*",)
     store = config.key_stores[0]

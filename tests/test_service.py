@@ -210,7 +210,7 @@ async def test_metadata_reports_the_backend_description(harness: Harness) -> Non
 
 
 def test_the_fake_backend_cannot_be_configured(tmp_path: Path) -> None:
-    made = scaffold(tmp_path, key_id=KEY, port=0, metrics_port=0)
+    made = scaffold(tmp_path, key_id=KEY, port=0, metrics_port=0, admin_port=0)
     text = made.config_path.read_text()
     made.config_path.write_text(text.replace('type = "software"', 'type = "fake"'))
     with pytest.raises(ConfigError, match="type"):

@@ -278,7 +278,8 @@ def test_mutual_tls_accepts_kms_and_refuses_every_other_client(
 
 def test_init_tls_makes_a_working_https_deployment(tmp_path: Path) -> None:
     subprocess.run([XKS_PROXY, "init", str(tmp_path / "d"), "--tls", "--port", "0",
-                    "--metrics-port", "0"], check=True, capture_output=True)  # fmt: skip
+                    "--metrics-port", "0", "--admin-port", "0"],
+                   check=True, capture_output=True)  # fmt: skip
     config = tmp_path / "d" / "xks-proxy.toml"
     kms = json.loads(subprocess.run([XKS_PROXY, "kms-config", "--config", str(config)],
                                     check=True, capture_output=True).stdout)  # fmt: skip

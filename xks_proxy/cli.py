@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xks_proxy import __version__
+from xks_proxy.admin.client import AdminClient, RemoteKeys, add_admin_url_options
+from xks_proxy.admin.token_command import add_admin_commands
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import (
     NAME_PATTERN,
@@ -46,12 +48,12 @@ from xks_proxy.keymgmt.service import (
     MAX_DELETION_DAYS,
     MIN_DELETION_DAYS,
     KeyManager,
+    describe_key,
 )
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.store import (
     KeyDatabase,
     KeyExistsError,
-    KeyRecord,
     KeyStateError,
     KeyStoreUnavailableError,
     UnknownKeyError,
@@ -165,6 +167,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             key_id=args.key_id,
             port=args.port,
             metrics_port=args.metrics_port,
+            admin_port=args.admin_port,
             force=args.force,
             tls=args.tls,
             hsm=_pkcs11_setup(args),
@@ -178,6 +181,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"XKS key store      {made.key_store} at URI path {made.uri_path}")
     if made.tls:
         print(f"TLS                {made.config_path.parent / 'tls'} (self-signed, development)")
+    print(f"admin API          loopback; token: xks-proxy admin token --config "
+          f"{made.config_path} --role viewer")  # fmt: skip
     print(f"next: xks-proxy serve --config {made.config_path}")
     print(f"      xks-proxy kms-config --config {made.config_path}  (for the KMS console)")
     return 0
@@ -289,44 +294,44 @@ def _key_manager(args: argparse.Namespace) -> Iterator[KeyManager]:
         database.close()
 
 
+@contextlib.contextmanager
+def _key_actions(args: argparse.Namespace) -> Iterator[KeyManager | RemoteKeys]:
+    """The admin API's keys with ``--admin-url``, else the local key store's ``KeyManager``."""
+    if args.admin_url:
+        client = AdminClient.from_options(args.admin_url, args.token_file, args.admin_cacert)
+        yield RemoteKeys(client, args.key_store)
+        return
+    if not args.config:
+        raise ConfigError("--config is required (or --admin-url with --token-file)")
+    with _key_manager(args) as keys:
+        yield keys
+
+
 @_key_store_command
 def cmd_keys_create(args: argparse.Namespace) -> int:
     require_key_id(args.key_id, "--key-id")
     usage = USAGES.get(args.usage.upper().replace(" ", ""))
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         keys.create(args.key_id, usage)
     print(f"created key {args.key_id} ({', '.join(sorted(usage)) or 'no usage'})")
     return 0
 
 
-def _key_status(record: KeyRecord) -> str:
-    if record.deletion_date is not None:
-        return "PENDING_DELETION"
-    return "ENABLED" if record.enabled else "DISABLED"
-
-
 @_key_store_command
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    with _key_manager(args) as keys:
-        records = keys.keys()
-    rows = [
-        {
-            "keyId": k.key_id,
-            "keyUsage": sorted(k.usage),
-            "keyStatus": _key_status(k),
-            "versions": len(k.versions),
-            "createdAt": k.created_at,
-            "deletionDate": k.deletion_date,
-        }
-        for k in records
-    ]
+    with _key_actions(args) as manager:
+        rows = (
+            manager.keys()
+            if isinstance(manager, RemoteKeys)
+            else [describe_key(record) for record in manager.keys()]  # noqa: SIM118 (a method)
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        usage = ",".join(row["keyUsage"]) or "NONE"  # type: ignore[arg-type]
+        usage = ",".join(row["keyUsage"]) or "NONE"
         deletion = f"  deletion {row['deletionDate']}" if row["deletionDate"] else ""
         print(
             f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  "
@@ -337,7 +342,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 @_key_store_command
 def cmd_keys_enable(args: argparse.Namespace) -> int:
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         keys.enable(args.key_id)
     print(f"enabled key {args.key_id}")
     return 0
@@ -345,7 +350,7 @@ def cmd_keys_enable(args: argparse.Namespace) -> int:
 
 @_key_store_command
 def cmd_keys_disable(args: argparse.Namespace) -> int:
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         keys.disable(args.key_id)
     print(f"disabled key {args.key_id}")
     return 0
@@ -353,7 +358,7 @@ def cmd_keys_disable(args: argparse.Namespace) -> int:
 
 @_key_store_command
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         version = keys.rotate(args.key_id)
     print(f"key {args.key_id} now encrypts with version {version}")
     return 0
@@ -363,7 +368,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 def cmd_keys_schedule_deletion(args: argparse.Namespace) -> int:
     if not MIN_DELETION_DAYS <= args.days <= MAX_DELETION_DAYS:
         raise ConfigError(f"--days: {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS}")
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         when = keys.schedule_deletion(args.key_id, args.days)
     print(
         f"key {args.key_id} is DISABLED and will be deleted after "
@@ -374,7 +379,7 @@ def cmd_keys_schedule_deletion(args: argparse.Namespace) -> int:
 
 @_key_store_command
 def cmd_keys_cancel_deletion(args: argparse.Namespace) -> int:
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         keys.cancel_deletion(args.key_id)
     print(f"deletion of key {args.key_id} cancelled; it stays DISABLED until `keys enable`")
     return 0
@@ -604,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--key-id", help="id of the first key (default: a random UUID)")
     init.add_argument("--port", type=int, default=8080)
     init.add_argument("--metrics-port", type=int, default=9464)
+    init.add_argument("--admin-port", type=int, default=9443, help="the admin API (loopback)")
     init.add_argument("--force", action="store_true", help="overwrite an existing deployment")
     init.add_argument("--tls", action="store_true", help="add a self-signed dev certificate")
     init.add_argument(
@@ -670,8 +676,11 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for action, help_text, func, needs_key in key_actions:
         sub = key_commands.add_parser(action, help=help_text)
-        config_arg(sub)
+        add_admin_url_options(sub)
         sub.add_argument("--backend", help="software backend name (default: the only one)")
+        sub.add_argument(
+            "--key-store", help="with --admin-url: key store name (default: the only one)"
+        )
         if needs_key:
             sub.add_argument("--key-id", required=True)
         if action == "create":
@@ -722,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_keys_migrate)
 
     add_credential_commands(commands, config_arg)
+    add_admin_commands(commands, config_arg)
     add_policy_commands(commands, config_arg)
 
     emulator = commands.add_parser(

@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from xks_proxy import __version__, validation
 from xks_proxy.errors import ConfigError
@@ -42,6 +42,9 @@ from xks_proxy.validation import (
     secret_problem,
     uri_path_problem,
 )
+
+if TYPE_CHECKING:
+    from xks_proxy.admin.settings import AdminAuthConfig
 
 NAME_PATTERN = validation.NAME_PATTERN  # key store and backend names; the CLI's --name too
 REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
@@ -199,6 +202,24 @@ class KeyStoreConfig:
     authorization_policy: Path | None = None
 
 
+# No slots: the class attributes serve as the documented defaults below.
+@dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: the admin API's own listener (issue 13), never the XKS port.
+
+    Off unless ``enabled``. Loopback by default; any other address needs ``[admin.tls]``, since
+    bearer tokens must not cross a network in clear. ``[admin.tls]`` takes the keys of ``[tls]``
+    (``client_auth`` for mutual TLS, whose ``allowed_common_names`` must then be given: there is
+    no AWS default for admin clients). ``auth`` is the ``[admin.auth]`` table (admin/settings.py).
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9443
+    tls: TlsConfig | None = None
+    auth: AdminAuthConfig | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
@@ -210,6 +231,7 @@ class Config:
     key_stores: tuple[KeyStoreConfig, ...]
     credentials_file: Path | None
     tls: TlsConfig | None = None
+    admin: AdminConfig = AdminConfig()
 
     @property
     def pid_path(self) -> Path:
@@ -392,6 +414,34 @@ def _tls(
     )
     table.done()
     return config
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _admin(table: _Table, base_dir: Path, environ: Mapping[str, str]) -> AdminConfig:
+    from xks_proxy.admin.settings import parse_admin_auth  # it builds on this module's _Table
+
+    enabled = table.get("enabled", bool, AdminConfig.enabled)
+    host = table.get("host", str, AdminConfig.host)
+    port = table.ranged("port", AdminConfig.port, 0, 65535)
+    tls_table = table.get("tls", dict, None)
+    tls = _tls(_Table(tls_table, table.where("tls")), base_dir, environ, []) if tls_table else None
+    auth_table = table.get("auth", dict, None)
+    auth = (
+        parse_admin_auth(auth_table, table.where("auth"), base_dir)
+        if auth_table is not None
+        else None
+    )
+    table.done()
+    if enabled and auth is None:
+        raise ConfigError(f"{table.where('auth')}: required when the admin API is enabled")
+    if enabled and tls is None and host not in LOOPBACK_HOSTS:
+        raise ConfigError(
+            f"{table.where('host')}: {host} is not loopback, so [admin.tls] is required "
+            "(bearer tokens never cross a network in clear)"
+        )
+    return AdminConfig(enabled=enabled, host=host, port=port, tls=tls, auth=auth)
 
 
 def _metrics(table: _Table) -> MetricsConfig:
@@ -704,6 +754,7 @@ def parse_config(
         backends=backends,
         key_stores=tuple(stores),
         credentials_file=credentials_file,
+        admin=_admin(_Table(top.get("admin", dict, {}), "admin"), base_dir, env),
     )
     top.done()
     return config

@@ -10,6 +10,9 @@ deployment script can run it again; another secret under the same access key id 
 A key store with no credential answers every request 401, so ``revoke`` refuses to remove a
 key store's last credential unless ``--force``, and start-up and reload refuse a configuration
 that leaves a key store without one (``Config.check_serving``).
+
+With ``--admin-url URL --token-file F`` each command runs on the proxy through the admin API
+(``admin/client.py``) instead of on this host's files: the same ``credential_service`` runs there.
 """
 
 from __future__ import annotations
@@ -20,47 +23,49 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from xks_proxy.config import Config, KeyStoreConfig, load_config, validate_credential
-from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
+from xks_proxy import credential_service
+from xks_proxy.admin.client import AdminClient, RemoteCredentials, add_admin_url_options
+from xks_proxy.credentials import write_private_file
 from xks_proxy.errors import CommandError, ConfigError
 
 Command = Callable[[argparse.Namespace], int]
 
 
-def credentials_file(config: Config) -> CredentialsFile:
-    if config.credentials_file is None:
-        raise ConfigError("credentials_file: not set, so the CLI cannot manage credentials")
-    return CredentialsFile(config.credentials_file)
-
-
-def _config_and_store(args: argparse.Namespace) -> tuple[Config, KeyStoreConfig]:
-    # Credential commands never use a backend, so they need none of its secrets (PIN, KEK).
-    config = load_config(Path(args.config), with_backends=False)
-    return config, config.key_store(args.key_store)
+def remote(args: argparse.Namespace) -> RemoteCredentials | None:
+    """The admin API's credentials when ``--admin-url`` is given, else None (local files)."""
+    if not args.admin_url:
+        if not args.config:
+            raise ConfigError("--config is required (or --admin-url with --token-file)")
+        return None
+    client = AdminClient.from_options(args.admin_url, args.token_file, args.admin_cacert)
+    return RemoteCredentials(client, args.key_store)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    config, store = _config_and_store(args)
-    entry = credentials_file(config).add(store.name, generate_credential())
+    api = remote(args)
+    if api is not None:
+        document = api.create()
+    else:
+        store, entry = credential_service.create(Path(args.config), args.key_store)
+        document = {
+            "keyStore": store.name,
+            "uriPath": store.uri_path,
+            "AccessKeyId": entry.access_key_id,
+            "RawSecretAccessKey": entry.secret_access_key,
+        }
     if args.secret_out:
-        write_private_file(Path(args.secret_out), entry.secret_access_key + "\n")
-    document = {
-        "keyStore": store.name,
-        "uriPath": store.uri_path,
-        "AccessKeyId": entry.access_key_id,
-        "RawSecretAccessKey": entry.secret_access_key,
-    }
+        write_private_file(Path(args.secret_out), document["RawSecretAccessKey"] + "\n")
     print(json.dumps(document, indent=2))
     print(
         "Install the same credential on every other proxy of the fleet with `xks-proxy "
-        f"credentials add --access-key-id {entry.access_key_id} --secret-file FILE`, reload "
+        f"credentials add --access-key-id {document['AccessKeyId']} --secret-file FILE`, reload "
         "them, then give it to KMS.",
         file=sys.stderr,
     )
     return 0
 
 
-def _read_secret(args: argparse.Namespace) -> str:
+def read_secret(args: argparse.Namespace) -> str:
     if args.secret_stdin:
         return sys.stdin.readline().strip()
     try:
@@ -70,55 +75,41 @@ def _read_secret(args: argparse.Namespace) -> str:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    config, store = _config_and_store(args)
-    credential = validate_credential(args.access_key_id, _read_secret(args), "--secret")
-    for other in config.key_stores:
-        for existing in other.credentials:
-            if existing.access_key_id != credential.access_key_id:
-                continue
-            if other.name == store.name and existing == credential:
-                print(f"key store {store.name} already has {credential.access_key_id}")
-                return 0
-            # XKS spec §6.2: an access key id identifies exactly one secret.
-            raise CommandError(
-                f"access key id {credential.access_key_id} is already in use by key store "
-                f"{other.name} with another secret"
-            )
-    credentials_file(config).add(store.name, credential)
-    print(f"added {credential.access_key_id} to key store {store.name}; reload to apply")
+    api = remote(args)
+    secret = read_secret(args)
+    store, added = (
+        api.add(args.access_key_id, secret)
+        if api is not None
+        else credential_service.add(Path(args.config), args.key_store, args.access_key_id, secret)
+    )
+    if added:
+        print(f"added {args.access_key_id} to key store {store}; reload to apply")
+    else:
+        print(f"key store {store} already has {args.access_key_id}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    config = load_config(Path(args.config), with_backends=False)
-    stores = [config.key_store(args.key_store)] if args.key_store else list(config.key_stores)
-    managed = (
-        {e.access_key_id: e for e in credentials_file(config).entries()}
-        if config.credentials_file
-        else {}
-    )
-    for store in stores:
-        for credential in store.credentials:
-            entry = managed.get(credential.access_key_id)
-            origin = f"created {entry.created_at}" if entry else "inline in the configuration"
-            print(f"{store.name}  {credential.access_key_id}  {origin}")
+    api = remote(args)
+    if api is not None:
+        for document in api.list_credentials():
+            print(f"{document['keyStore']}  {document['accessKeyId']}  {document['origin']}")
+        return 0
+    for row in credential_service.list_credentials(Path(args.config), args.key_store):
+        print(f"{row.key_store}  {row.access_key_id}  {row.origin}")
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    config, store = _config_and_store(args)
-    if args.access_key_id not in {c.access_key_id for c in store.credentials}:
-        raise CommandError(f"key store {store.name} has no credential {args.access_key_id}")
-    if len(store.credentials) == 1 and not args.force:
-        raise CommandError(
-            f"{args.access_key_id} is the last credential of key store {store.name}: without "
-            "it every request is refused (add the new one first, or use --force)"
+    api = remote(args)
+    name = (
+        api.revoke(args.access_key_id, args.force)
+        if api is not None
+        else credential_service.revoke(
+            Path(args.config), args.key_store, args.access_key_id, args.force
         )
-    if credentials_file(config).remove(args.access_key_id) is None:
-        raise CommandError(
-            f"{args.access_key_id} is written in the configuration file; remove it there"
-        )
-    print(f"revoked {args.access_key_id} from key store {store.name}")
+    )
+    print(f"revoked {args.access_key_id} from key store {name}")
     return 0
 
 
@@ -136,7 +127,7 @@ def add_credential_commands(
     ]
     for action, help_text, func in table:
         sub = actions.add_parser(action, help=help_text)
-        config_arg(sub)
+        add_admin_url_options(sub)
         sub.add_argument("--key-store", help="key store name or URI path (default: the only one)")
         sub.set_defaults(func=func)
         if action == "create":

@@ -44,6 +44,8 @@ KEK_NAME = "kek.key"
 KEY_DB_NAME = "keys.db"
 CREDENTIALS_NAME = "credentials.json"
 AUDIT_NAME = "audit.log"
+ADMIN_PRIVATE_KEY = "admin/dev-signing.key"
+ADMIN_PUBLIC_KEY = "admin/dev-signing.pem"
 TLS_CERT_NAME = "tls/server.pem"
 TLS_KEY_NAME = "tls/server.key"
 
@@ -80,13 +82,31 @@ path = "{audit}"
 interval_seconds = 15
 fleet_size = 1
 
-{backend_section}
+{admin}{backend_section}
 {tls}[[key_stores]]
 name = "{name}"
 uri_path = "{uri_path}"
 region = "{region}"
 backend = "{backend}"
 keys = ["*"]
+"""
+
+ADMIN_TEMPLATE = """\
+# The admin API (JSON under /admin/v1/), on loopback only. Tokens here are signed by a
+# development key made by init: mint one with
+#   xks-proxy admin token --config {config} --role key-admin --ttl 15m
+# In production, name your identity provider's issuer and jwks_url instead, and delete
+# {private_key}.
+[admin]
+enabled = true
+host = "127.0.0.1"
+port = {admin_port}
+
+[admin.auth]
+issuers = ["{issuer}"]
+audience = "{audience}"
+public_keys = ["{public_key}"]
+
 """
 
 SOFTWARE_TEMPLATE = """\
@@ -143,6 +163,7 @@ def scaffold(
     key_id: str | None = None,
     port: int = 8080,
     metrics_port: int = 9464,
+    admin_port: int = 9443,
     force: bool = False,
     tls: bool = False,
     hsm: Pkcs11Setup | None = None,
@@ -179,8 +200,10 @@ def scaffold(
         (directory / TLS_CERT_NAME).write_bytes(certificate)
         write_private_file(directory / TLS_KEY_NAME, private_key.decode())
         tls_section = TLS_TEMPLATE.format(certificate=TLS_CERT_NAME, private_key=TLS_KEY_NAME)
+    admin_section = _admin_section(directory, admin_port)
     paths[CONFIG_NAME].write_text(
         CONFIG_TEMPLATE.format(
+            admin=admin_section,
             credentials=CREDENTIALS_NAME,
             port=port,
             metrics_port=metrics_port,
@@ -202,6 +225,21 @@ def scaffold(
         uri_path=uri_path,
         access_key_id=credential.access_key_id,
         tls=tls,
+    )
+
+
+def _admin_section(directory: Path, admin_port: int) -> str:
+    from xks_proxy.admin.devtoken import DEV_AUDIENCE, DEV_ISSUER, make_signing_key
+
+    (directory / ADMIN_PRIVATE_KEY).parent.mkdir(exist_ok=True)
+    make_signing_key(directory / ADMIN_PRIVATE_KEY, directory / ADMIN_PUBLIC_KEY)
+    return ADMIN_TEMPLATE.format(
+        config=directory / CONFIG_NAME,
+        private_key=ADMIN_PRIVATE_KEY,
+        admin_port=admin_port,
+        issuer=DEV_ISSUER,
+        audience=DEV_AUDIENCE,
+        public_key=ADMIN_PUBLIC_KEY,
     )
 
 

@@ -1,7 +1,9 @@
-"""The admin API's authentication and authorization core (issue 13 part 1), without endpoints.
+"""The admin API (issue 13 part 1).
 
 ``tokens`` verifies bearer JWTs (pyjwt), ``keys`` finds the verification key (PEM files, a JWKS
 file, a JWKS URL), ``roles`` maps a token's roles claim to fixed permissions, ``http`` is the
-aiohttp middleware the admin listener will use. The key-lifecycle endpoints are not here yet:
-they need the key-management service layer.
+aiohttp guard with its audit hook, ``settings`` reads ``[admin.auth]``. ``api`` and
+``api_policies`` are the endpoints over the CLI's service layer, ``client`` the CLI's side of
+``--admin-url``, ``devtoken`` and ``token_command`` the development tokens. The listener is
+``web/admin_listener.py``.
 """

@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from xks_proxy.admin.roles import Role
 from xks_proxy.credentials import write_private_file
 
+# What ``init`` writes to ``[admin.auth]`` for its development key.
+DEV_ISSUER = "xks-proxy-dev"
+DEV_AUDIENCE = "xks-proxy-admin"
 _DURATION = re.compile(r"([1-9][0-9]{0,5})([smh])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 MAX_TTL_SECONDS = 86_400

@@ -57,8 +57,20 @@ class AdminGuard:
         return Caller(identity, self.roles.authorize(identity, operation))
 
 
+# Called once per guarded request: (actor, operation, HTTP status, detail). The admin API sets
+# it to write its audit line; who was refused, and why, is in the detail.
+AuditHook = Callable[[str, str, int, str], None]
 GUARD = web.AppKey("admin_guard", AdminGuard)
+AUDIT: web.AppKey[AuditHook] = web.AppKey("admin_audit")
 CALLER = web.RequestKey("admin_caller", Caller)
+
+
+DETAIL = web.RequestKey("admin_detail", str)
+
+
+def actor_of(caller: Caller) -> str:
+    """Who, for audit lines: the token's ``sub`` and its issuer."""
+    return f"{caller.identity.subject} ({caller.identity.issuer})"
 
 
 def bearer_token(header: str | None) -> str:
@@ -86,15 +98,32 @@ def requires(operation: str) -> Callable[[Handler], Handler]:
     def wrap(handler: Handler) -> Handler:
         @wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
+            audit = request.app.get(AUDIT)
             try:
-                request[CALLER] = await request.app[GUARD].check(request, operation)
+                caller = await request.app[GUARD].check(request, operation)
             except AuthenticationError as error:
                 log.info("admin %s refused (401): %s", operation, error.reason)
+                if audit is not None:
+                    audit("unauthenticated", operation, 401, error.reason)
                 return error_response(error)
             except AdminError as error:
                 log.warning("admin %s denied (403): %s", operation, error.reason)
+                if audit is not None:
+                    audit("unauthorized", operation, 403, error.reason)
                 return error_response(error)
-            return await handler(request)
+            request[CALLER] = caller
+            try:
+                response = await handler(request)
+            except Exception as error:
+                # An error the app's middleware answers: its status (ApiError, HTTPException)
+                # or 500 for one nobody expected.
+                if audit is not None:
+                    status = getattr(error, "status", 500)
+                    audit(actor_of(caller), operation, status, request.get(DETAIL, ""))
+                raise
+            if audit is not None:
+                audit(actor_of(caller), operation, response.status, request.get(DETAIL, ""))
+            return response
 
         return guarded
 

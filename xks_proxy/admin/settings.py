@@ -17,8 +17,8 @@ jwks_url = "https://idp.example.com/.well-known/jwks.json"   # and/or the provid
 
 At least one key source is required. Paths are relative to the configuration file. A JWKS URL
 must be https (plain http only on loopback, for development and tests): keys fetched over an
-unauthenticated channel would let anyone on the path mint admin tokens. Not yet read by
-``config.load_config``: the admin listener that uses it is still to come (issue 13 part 1).
+unauthenticated channel would let anyone on the path mint admin tokens. ``config.load_config``
+reads it as part of ``[admin]``.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ from xks_proxy.admin.tokens import (
     TokenPolicy,
     TokenVerifier,
 )
-from xks_proxy.config import _Table
+from xks_proxy.config import LOOPBACK_HOSTS, _Table
 from xks_proxy.errors import ConfigError
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 MAX_LEEWAY_SECONDS = 300
 
 

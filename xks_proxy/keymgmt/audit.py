@@ -4,6 +4,7 @@ They go to the proxy's audit log (``[audit] path``), one JSON line each, appende
 ``write(2)`` on an O_APPEND file like the request lines, and marked ``"event": "keyLifecycle"``.
 When the audit log is standard output, lifecycle lines go to standard error instead: a command's
 standard output is its answer. A line never holds key material, only ids, dates and outcomes.
+The admin API writes one ``"event": "adminRequest"`` line per request through the same writer.
 """
 
 from __future__ import annotations
@@ -34,14 +35,21 @@ class LifecycleAudit:
         self._config = config
 
     def record(
-        self, *, actor: str, action: str, key_id: str | None, outcome: str, detail: str = ""
+        self,
+        *,
+        actor: str,
+        action: str,
+        key_id: str | None,
+        outcome: str,
+        detail: str = "",
+        event: str = "keyLifecycle",
     ) -> None:
         if not self._config.enabled:
             return
         line = orjson.dumps(
             {
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "event": "keyLifecycle",
+                "event": event,
                 "action": action,
                 "keyId": key_id,
                 "actor": actor,

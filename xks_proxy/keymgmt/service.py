@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from xks_proxy.keymgmt.audit import LifecycleAudit
 from xks_proxy.keymgmt.backup import (
@@ -40,6 +40,24 @@ DEFAULT_DELETION_DAYS = 30
 T = TypeVar("T")
 # Asked for something the store's state does not allow: the audit says "refused", not "failed".
 REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError, BackupError)
+
+
+def key_status(record: KeyRecord) -> str:
+    if record.deletion_date is not None:
+        return "PENDING_DELETION"
+    return "ENABLED" if record.enabled else "DISABLED"
+
+
+def describe_key(record: KeyRecord) -> dict[str, Any]:
+    """One key as ``keys list --json`` and the admin API show it (never material)."""
+    return {
+        "keyId": record.key_id,
+        "keyUsage": sorted(record.usage),
+        "keyStatus": key_status(record),
+        "versions": len(record.versions),
+        "createdAt": record.created_at,
+        "deletionDate": record.deletion_date,
+    }
 
 
 class KeyManager:

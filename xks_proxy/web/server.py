@@ -1,5 +1,6 @@
 """Run one proxy process: the XKS listener (HTTP or HTTPS), an optional plain-HTTP ping
-listener, and the metrics listener, until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+listener, the metrics listener and the admin API's listener (``web/admin_listener.py``), until
+SIGTERM or SIGINT; SIGHUP reloads the configuration.
 
 Metrics never share the XKS port: the XKS port faces KMS, the metrics port faces the operator's
 Prometheus (loopback by default). In a worker of ``serve --workers N`` the supervisor serves the
@@ -26,6 +27,7 @@ from xks_proxy.config import Config, load_config
 from xks_proxy.errors import ConfigError
 from xks_proxy.metrics import ProxyMetrics
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
+from xks_proxy.web.admin_listener import AdminListener, start_admin_listener
 from xks_proxy.web.app import (
     ENDPOINT_KEY,
     LIVE_RUNTIME_KEY,
@@ -147,6 +149,8 @@ def listener_addresses(config: Config, options: ServeOptions) -> list[tuple[str,
         addresses.append((server.ping_host, server.ping_port))
     if config.metrics.enabled and not options.worker:
         addresses.append((config.metrics.host, config.metrics.port))
+    if config.admin.enabled and not options.worker:
+        addresses.append((config.admin.host, config.admin.port))
     return addresses
 
 
@@ -191,6 +195,7 @@ async def _serve(config: Config, options: ServeOptions) -> None:
     # requests allocate.
     gc.freeze()
     extra_runners: list[web.AppRunner] = []
+    admin: AdminListener | None = None
     signals.install()
     try:
         site = XksSite(
@@ -220,6 +225,8 @@ async def _serve(config: Config, options: ServeOptions) -> None:
             )
             extra_runners.append(metrics)
             log.info("metrics on http://%s:%d/metrics", *metrics.addresses[0][:2])
+        if not options.worker:  # with workers, the supervisor serves the admin API
+            admin = await start_admin_listener(config)
         for store in config.key_stores:
             log.info("key store %s at %s (region %s)", store.name, store.uri_path, store.region)
         await signals.wait_for_stop(stopping)
@@ -233,6 +240,8 @@ async def _serve(config: Config, options: ServeOptions) -> None:
         )
         log.info("drain %s", "complete" if drained else "timed out; closing the rest")
     finally:
+        if admin is not None:
+            await admin.stop()
         for each in extra_runners:
             await each.cleanup()
         await runner.cleanup()

@@ -28,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from xks_proxy.config import Config
 from xks_proxy.metrics import WORKER_SLOT_ENV
+from xks_proxy.web.admin_listener import AdminListener, start_admin_listener
 from xks_proxy.web.app import create_metrics_app
 from xks_proxy.web.lifecycle import (
     SUPERVISOR_PID_ENV,
@@ -137,8 +138,10 @@ class Supervisor:
         for signum in (signal.SIGHUP, signal.SIGUSR1):
             loop.add_signal_handler(signum, self._signal_all, signum)
         metrics_runner = None
+        admin: AdminListener | None = None
         keepers: list[asyncio.Task[None]] = []
         try:
+            admin = await start_admin_listener(self._config)
             if self._config.metrics.enabled:
                 registry = CollectorRegistry()
                 MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
@@ -171,6 +174,8 @@ class Supervisor:
                 loop.remove_signal_handler(signum)
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
+            if admin is not None:
+                await admin.stop()
 
 
 def _address(runner: web.AppRunner) -> str:
