@@ -299,3 +299,32 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
         ("delete-material", "success"),
     ]  # fmt: skip
     assert all(material.hex() not in json.dumps(line) for line in lines)
+
+
+def test_backup_and_restore_keep_an_imported_key_imported(tmp_path: Path) -> None:
+    source = KeyDatabase(tmp_path / "a.db", os.urandom(32))
+    target = KeyDatabase(tmp_path / "b.db", os.urandom(32))
+    audit = LifecycleAudit(AuditConfig(enabled=False))
+    keys = KeyManager(source, audit, "tester")
+    material = os.urandom(32)
+    try:
+        keys.create_external("byok", BOTH)
+        valid_to = datetime.now(UTC) + timedelta(days=30)
+        Importer(keys, tmp_path / "work").run(
+            "byok", material, "RSAES_OAEP_SHA_256", valid_to=valid_to
+        )
+        document, _ = keys.backup("a long enough passphrase")
+        restored = KeyManager(target, audit, "tester")
+        restored.restore(document, "a long enough passphrase")
+        (key,) = [k for k in target.load() if not k.internal]
+        (original,) = [k for k in source.load() if not k.internal]
+        assert key.versions == {1: material} and key.origin == "external"
+        assert (key.valid_to, key.material_fingerprint) == (
+            original.valid_to,
+            original.material_fingerprint,
+        )
+        with pytest.raises(KeyStateError, match="cannot be rotated"):
+            restored.rotate("byok")
+    finally:
+        source.close()
+        target.close()

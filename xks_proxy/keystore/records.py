@@ -64,6 +64,9 @@ class StoredKey:
     created_at: str
     versions: dict[int, bytes] = field(repr=False)
     deletion_date: str | None = None
+    origin: str = ORIGIN_PROXY
+    valid_to: str | None = None
+    material_fingerprint: str | None = None
 
     @property
     def newest_version(self) -> int:

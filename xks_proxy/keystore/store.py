@@ -349,6 +349,9 @@ class KeyDatabase:
                 created_at=r.created_at,
                 versions={v: self.sealer.unseal(r.key_id, v, s) for v, s in r.versions.items()},
                 deletion_date=r.deletion_date,
+                origin=r.origin,
+                valid_to=r.valid_to,
+                material_fingerprint=r.material_fingerprint,
             )
             for r in self.records()
         ]
