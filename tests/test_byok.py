@@ -231,6 +231,8 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
 
     created = cli("create", "--key-id", key_id, "--origin", "external")
     assert created.returncode == 0, created.stderr
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [r["keyStatus"] for r in listed if r["keyId"] == key_id] == ["PENDING_IMPORT"]
     try:
         with ProxyProcess(deployment.config_path) as proxy:
 
@@ -325,6 +327,27 @@ def test_backup_and_restore_keep_an_imported_key_imported(tmp_path: Path) -> Non
         )
         with pytest.raises(KeyStateError, match="cannot be rotated"):
             restored.rotate("byok")
+    finally:
+        source.close()
+        target.close()
+
+
+def test_migrate_copies_an_imported_key_as_imported(tmp_path: Path) -> None:
+    kek = os.urandom(32)
+    source = KeyDatabase(tmp_path / "a.db", kek)
+    target = KeyDatabase(tmp_path / "b.db", kek)
+    keys = KeyManager(source, LifecycleAudit(AuditConfig(enabled=False)), "tester")
+    material = os.urandom(32)
+    try:
+        keys.create_external("byok", BOTH)
+        keys.create_external("pending", BOTH)
+        Importer(keys, tmp_path / "work").run("byok", material, "RSA_AES_KEY_WRAP_SHA_256")
+        target.copy_records(r for r in source.records() if not r.internal)
+        copied = {k.key_id: k for k in target.load()}
+        assert copied["byok"].versions == {1: material} and copied["byok"].origin == "external"
+        assert copied["pending"].versions == {} and copied["pending"].origin == "external"
+        with pytest.raises(KeyStateError, match="cannot be rotated"):
+            target.rotate_key("byok")
     finally:
         source.close()
         target.close()
