@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,6 +101,7 @@ class SqliteConnection:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._running = threading.Lock()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.OperationalError as error:
@@ -110,7 +112,8 @@ class SqliteConnection:
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]:
         try:
-            return self._db.execute(sql, params).fetchall()
+            with self._running:
+                return self._db.execute(sql, params).fetchall()
         except sqlite3.IntegrityError:
             raise DuplicateRowError() from None
         except sqlite3.OperationalError as error:
@@ -129,7 +132,10 @@ class SqliteConnection:
         """Readers of a file poll its revision; there is nobody to tell."""
 
     def close(self) -> None:
-        self._db.close()
+        # A sweeper's query may still run in a thread when its task is cancelled; closing an
+        # SQLite connection under a running statement crashes the process, so wait for it.
+        with self._running:
+            self._db.close()
 
 
 class PostgresConnection:
