@@ -23,6 +23,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,11 @@ from xks_proxy.config import (
 )
 from xks_proxy.credential_commands import add_credential_commands
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.keymgmt.byok import (
+    DEFAULT_WRAPPING_KEY_SPEC,
+    WRAPPING_ALGORITHMS,
+    WRAPPING_KEY_BITS,
+)
 from xks_proxy.keymgmt.service import (
     DEFAULT_DELETION_DAYS,
     MAX_DELETION_DAYS,
@@ -314,8 +320,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
     with _key_actions(args) as keys:
-        keys.create(args.key_id, usage)
+        if args.origin != "external":
+            keys.create(args.key_id, usage)
+        elif isinstance(keys, RemoteKeys):
+            raise CommandError("--origin external is not available over the admin API yet")
+        else:
+            keys.create_external(args.key_id, usage)
     print(f"created key {args.key_id} ({', '.join(sorted(usage)) or 'no usage'})")
+    if args.origin == "external":
+        print("it has no key material and is DISABLED until `keys import` (see import-parameters)")
     return 0
 
 
@@ -382,6 +395,73 @@ def cmd_keys_cancel_deletion(args: argparse.Namespace) -> int:
     with _key_actions(args) as keys:
         keys.cancel_deletion(args.key_id)
     print(f"deletion of key {args.key_id} cancelled; it stays DISABLED until `keys enable`")
+    return 0
+
+
+@_key_store_command
+def cmd_keys_import_parameters(args: argparse.Namespace) -> int:
+    from xks_proxy.credentials import write_private_file
+
+    out = Path(args.out)
+    with _key_manager(args) as keys:
+        parameters = keys.import_parameters(
+            args.key_id, args.wrapping_algorithm, args.wrapping_key_spec
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "wrapping-key.pem").write_bytes(parameters.public_key_pem)
+    write_private_file(out / "import-token", parameters.token + "\n")
+    print(
+        f"wrote {out / 'wrapping-key.pem'} and {out / 'import-token'}; wrap the 32 bytes of key "
+        f"material with {args.wrapping_algorithm} before "
+        f"{parameters.expires_at.isoformat(timespec='seconds')}"
+    )
+    return 0
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise CommandError(f"cannot read {path}: {describe_os_error(error)}") from None
+
+
+def _valid_to(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--valid-to: not an ISO 8601 date and time: {text!r}") from None
+    if when.tzinfo is None:
+        raise ConfigError("--valid-to: give a time zone, e.g. 2027-01-31T00:00:00Z")
+    return when
+
+
+@_key_store_command
+def cmd_keys_import(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.byok import ImportRefusedError
+
+    valid_to = _valid_to(args.valid_to)
+    wrapped = _read_file(args.material)
+    try:
+        token = _read_file(args.import_token).decode("ascii")
+    except UnicodeDecodeError:
+        raise CommandError(f"{args.import_token}: not an import token") from None
+    try:
+        with _key_manager(args) as keys:
+            keys.import_material(args.key_id, wrapped, token, valid_to)
+    except ImportRefusedError as error:
+        raise CommandError(str(error)) from None
+    until = f" until {valid_to.isoformat()}" if valid_to else ""
+    print(f"imported key material into {args.key_id}; it is usable{until}")
+    return 0
+
+
+@_key_store_command
+def cmd_keys_delete_material(args: argparse.Namespace) -> int:
+    with _key_manager(args) as keys:
+        keys.delete_material(args.key_id)
+    print(f"deleted the key material of {args.key_id}; it is DISABLED until the same is imported")
     return 0
 
 
@@ -662,6 +742,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ("rotate", "add a key version; new encryptions use it", cmd_keys_rotate, True),
         (
+            "import-parameters",
+            "write a wrapping public key and an import token for --origin external keys",
+            cmd_keys_import_parameters,
+            True,
+        ),
+        ("import", "import wrapped key material into an external key", cmd_keys_import, True),
+        (
+            "delete-material",
+            "delete imported key material now (the key stays, DISABLED)",
+            cmd_keys_delete_material,
+            True,
+        ),
+        (
             "schedule-deletion",
             "disable a key now and delete it for good after 7-30 days",
             cmd_keys_schedule_deletion,
@@ -689,6 +782,28 @@ def build_parser() -> argparse.ArgumentParser:
                 default="ENCRYPT,DECRYPT",
                 help="ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE",
             )
+            sub.add_argument(
+                "--origin",
+                choices=("proxy", "external"),
+                default="proxy",
+                type=str.lower,
+                help="external: no material until `keys import` (BYOK)",
+            )
+        if action == "import-parameters":
+            sub.add_argument("--wrapping-algorithm", required=True, choices=WRAPPING_ALGORITHMS)
+            sub.add_argument(
+                "--wrapping-key-spec",
+                choices=tuple(WRAPPING_KEY_BITS),
+                default=DEFAULT_WRAPPING_KEY_SPEC,
+                help=f"RSA wrapping key size (default {DEFAULT_WRAPPING_KEY_SPEC})",
+            )
+            sub.add_argument(
+                "--out", required=True, help="directory for wrapping-key.pem and import-token"
+            )
+        if action == "import":
+            sub.add_argument("--material", required=True, help="the wrapped key material")
+            sub.add_argument("--import-token", required=True, help="the import-token file")
+            sub.add_argument("--valid-to", help="ISO 8601 instant after which the key is unusable")
         if action == "list":
             sub.add_argument("--json", action="store_true")
         if action == "schedule-deletion":

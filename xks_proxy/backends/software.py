@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -36,6 +38,7 @@ from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import ConfigError, InternalError, InvalidCiphertextError, KeyNotFoundError
 from xks_proxy.keystore.cache import UnsealedKeyCache
 from xks_proxy.keystore.follower import StoreFollower
+from xks_proxy.keystore.imported import ImportedMaterial
 from xks_proxy.keystore.records import (
     HEALTH_KEY_ID,
     KeyRecord,
@@ -59,13 +62,18 @@ class _LoadedKey(NamedTuple):
     info: KeyInfo
     record: KeyRecord
     newest_version: int
+    # Imported material is unusable from this instant (epoch seconds); None: no expiry.
+    valid_until: float | None
 
     @classmethod
     def from_record(cls, record: KeyRecord) -> _LoadedKey:
+        # A key without material (external, not imported yet or deleted) is DISABLED.
+        enabled = record.enabled and bool(record.versions)
         return cls(
-            KeyInfo(record.key_id, AES_256, record.usage, record.enabled),
+            KeyInfo(record.key_id, AES_256, record.usage, enabled),
             record,
             record.newest_version,
+            datetime.fromisoformat(record.valid_to).timestamp() if record.valid_to else None,
         )
 
 
@@ -161,6 +169,13 @@ class SoftwareBackend:
         while True:
             try:
                 purged = await asyncio.to_thread(self._db.purge_due, datetime.now(UTC))
+                expired = await asyncio.to_thread(
+                    ImportedMaterial(self._db).expire, datetime.now(UTC)
+                )
+                for key_id in expired:
+                    log.warning(
+                        "deleted the imported material of key %s: --valid-to passed", key_id
+                    )
             except KeyStoreUnavailableError:
                 purged = []  # the follower reports the outage; sweep again later
             except Exception:
@@ -186,7 +201,12 @@ class SoftwareBackend:
         return key
 
     async def describe_key(self, key_id: str) -> KeyInfo:
-        return self._key(key_id).info
+        key = self._key(key_id)
+        if key.valid_until is not None and time.time() >= key.valid_until:
+            # Checked on every request: the key is DISABLED from --valid-to itself, not from
+            # the next sweep that deletes the material.
+            return dataclasses.replace(key.info, enabled=False)
+        return key.info
 
     def _versions(self, key: _LoadedKey) -> Versions:
         """The cipher of each version of ``key``; ``KeyError`` for a version it lacks."""

@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from xks_proxy.keystore.records import KeyRecord, StoredKey
+from xks_proxy.keystore.records import ORIGIN_PROXY, KeyRecord, StoredKey
 from xks_proxy.keystore.store import KeyDatabase
 
 FORMAT = "xks-proxy-key-backup"
@@ -86,6 +86,10 @@ def write_backup(keys: list[StoredKey], passphrase: str) -> str:
                 "enabled": key.enabled,
                 "createdAt": key.created_at,
                 "deletionDate": key.deletion_date,
+                # Imported material (BYOK): absent in older files of this version (defaults).
+                "origin": key.origin,
+                "validTo": key.valid_to,
+                "materialFingerprint": key.material_fingerprint,
                 "versions": [
                     {"version": version, "material": _b64(material)}
                     for version, material in sorted(key.versions.items())
@@ -132,6 +136,9 @@ def read_backup(text: str, passphrase: str) -> list[StoredKey]:
                 for v in entry["versions"]
             },
             deletion_date=entry["deletionDate"],
+            origin=entry.get("origin", ORIGIN_PROXY),
+            valid_to=entry.get("validTo"),
+            material_fingerprint=entry.get("materialFingerprint"),
         )
         for entry in payload["keys"]
     ]
@@ -161,5 +168,5 @@ def _sealed(database: KeyDatabase, key: StoredKey) -> KeyRecord:
     return KeyRecord(
         key.key_id, key.usage, key.enabled, False, key.created_at,
         {v: database.sealer.seal(key.key_id, v, m) for v, m in key.versions.items()},
-        key.deletion_date,
+        key.deletion_date, key.origin, key.valid_to, key.material_fingerprint,
     )  # fmt: skip

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from xks_proxy.keymgmt import byok
 from xks_proxy.keymgmt.audit import LifecycleAudit
 from xks_proxy.keymgmt.backup import (
     BackupError,
@@ -24,7 +25,9 @@ from xks_proxy.keymgmt.backup import (
     restore_keys,
     write_backup,
 )
+from xks_proxy.keystore.imported import ImportedMaterial
 from xks_proxy.keystore.records import (
+    ORIGIN_EXTERNAL,
     KeyExistsError,
     KeyRecord,
     KeyStateError,
@@ -45,6 +48,8 @@ REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError, BackupEr
 def key_status(record: KeyRecord) -> str:
     if record.deletion_date is not None:
         return "PENDING_DELETION"
+    if not record.versions:
+        return "PENDING_IMPORT"  # an external key without material (as KMS's PendingImport)
     return "ENABLED" if record.enabled else "DISABLED"
 
 
@@ -57,6 +62,8 @@ def describe_key(record: KeyRecord) -> dict[str, Any]:
         "versions": len(record.versions),
         "createdAt": record.created_at,
         "deletionDate": record.deletion_date,
+        "origin": record.origin,
+        "validTo": record.valid_to,
     }
 
 
@@ -89,6 +96,45 @@ class KeyManager:
     def create(self, key_id: str, usage: frozenset[str]) -> None:
         detail = f"usage {','.join(sorted(usage)) or 'NONE'}"
         self._audited("create", key_id, lambda: self._database.create_key(key_id, usage), detail)
+
+    def create_external(self, key_id: str, usage: frozenset[str]) -> None:
+        """A key without material (DISABLED) until ``import_material`` (see ``byok``)."""
+        detail = f"usage {','.join(sorted(usage)) or 'NONE'}, origin external, no material yet"
+        self._audited(
+            "create", key_id,
+            lambda: self._database.create_key(key_id, usage, origin=ORIGIN_EXTERNAL), detail,
+        )  # fmt: skip
+
+    def import_parameters(
+        self, key_id: str, algorithm: str, spec: str, now: datetime | None = None
+    ) -> byok.ImportParameters:
+        """A wrapping public key and an import token for ``key_id`` (``byok``)."""
+        when = now or datetime.now(UTC)
+        return self._audited(
+            "import-parameters", key_id,
+            lambda: byok.import_parameters(self._database, key_id, algorithm, spec, when),
+            f"{algorithm} with {spec}; token expires {(when + byok.TOKEN_LIFETIME).isoformat()}",
+        )  # fmt: skip
+
+    def import_material(
+        self, key_id: str, wrapped: bytes, token: str, valid_to: datetime | None = None
+    ) -> None:
+        """Unwrap and install imported material (``byok``); never logs the material."""
+        expiry = f"valid to {valid_to.isoformat()}" if valid_to else "no expiry"
+        self._audited(
+            "import", key_id,
+            lambda: byok.import_material(
+                self._database, key_id, wrapped, token, valid_to, datetime.now(UTC)
+            ),
+            expiry,
+        )  # fmt: skip
+
+    def delete_material(self, key_id: str) -> None:
+        self._audited(
+            "delete-material", key_id,
+            lambda: ImportedMaterial(self._database).delete_material(key_id),
+            "imported material deleted; the key stays, DISABLED, until the same is imported",
+        )  # fmt: skip
 
     def enable(self, key_id: str) -> None:
         self._audited("enable", key_id, lambda: self._database.set_enabled(key_id, True), "")

@@ -12,6 +12,8 @@ from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.errors import ConfigError
 
 HEALTH_KEY_ID = "xks-proxy-internal-health-key"
+ORIGIN_PROXY = "proxy"
+ORIGIN_EXTERNAL = "external"
 VALID_USAGES = frozenset({ENCRYPT, DECRYPT})
 
 
@@ -38,10 +40,17 @@ class KeyRecord(NamedTuple):
     versions: Mapping[int, SealedVersion]
     # When the sweeper purges the key (ISO 8601, UTC); None unless deletion is scheduled.
     deletion_date: str | None = None
+    # 'proxy' (material made here) or 'external' (imported; see ``keymgmt.byok``).
+    origin: str = "proxy"
+    # Imported material is unusable from this instant on (ISO 8601, UTC); None: no expiry.
+    valid_to: str | None = None
+    # SHA-256 fingerprint of imported material (``keymgmt.byok``): re-import must match it.
+    material_fingerprint: str | None = None
 
     @property
     def newest_version(self) -> int:
-        return max(self.versions)
+        """0 for a key without material (external, before import or after deletion)."""
+        return max(self.versions, default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,9 @@ class StoredKey:
     created_at: str
     versions: dict[int, bytes] = field(repr=False)
     deletion_date: str | None = None
+    origin: str = ORIGIN_PROXY
+    valid_to: str | None = None
+    material_fingerprint: str | None = None
 
     @property
     def newest_version(self) -> int:

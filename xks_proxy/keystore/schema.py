@@ -16,7 +16,7 @@ from __future__ import annotations
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.connections import StoreConnection, transaction
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _migrations(blob: str) -> list[list[str]]:
@@ -42,6 +42,18 @@ def _migrations(blob: str) -> list[list[str]]:
             "CREATE TABLE deleted_keys ("
             " key_id TEXT PRIMARY KEY, revision BIGINT NOT NULL, deleted_at TEXT NOT NULL)",
             "CREATE INDEX deleted_keys_by_revision ON deleted_keys (revision)",
+        ],
+        [
+            # Imported key material (BYOK, ``keymgmt.byok``): where a key's material comes from
+            # ('proxy' made it, 'external' was imported), until when imported material may be
+            # used, and a fingerprint of it so only the same material can be imported again.
+            "ALTER TABLE keys ADD COLUMN origin TEXT NOT NULL DEFAULT 'proxy'",
+            "ALTER TABLE keys ADD COLUMN valid_to TEXT",
+            "ALTER TABLE keys ADD COLUMN material_fingerprint TEXT",
+            # Sealed import secrets: the store's token-signing key and pending wrapping keys.
+            "CREATE TABLE import_secrets ("
+            f" name TEXT PRIMARY KEY, key_id TEXT, nonce {blob} NOT NULL, sealed {blob} NOT NULL,"
+            " expires_at TEXT)",
         ],
     ]
 

@@ -24,6 +24,10 @@ def bound_aad(key_id: str, version: int) -> bytes:
     return f"xks-proxy key {key_id} version {version}".encode()
 
 
+def _secret_aad(name: str) -> bytes:
+    return f"xks-proxy store secret {name}".encode()
+
+
 class KeySealer:
     """Seals and unseals key versions of one store; ``location`` names it in errors."""
 
@@ -34,6 +38,21 @@ class KeySealer:
     def seal(self, key_id: str, version: int, material: bytes) -> SealedVersion:
         nonce = os.urandom(NONCE_BYTES)
         return SealedVersion(nonce, self._kek.encrypt(nonce, material, bound_aad(key_id, version)))
+
+    def seal_secret(self, name: str, secret: bytes) -> SealedVersion:
+        """A store secret other than key material (BYOK wrapping and token-signing keys), bound
+        to its name so it cannot pass for key material or another secret."""
+        nonce = os.urandom(NONCE_BYTES)
+        return SealedVersion(nonce, self._kek.encrypt(nonce, secret, _secret_aad(name)))
+
+    def unseal_secret(self, name: str, sealed: SealedVersion) -> bytes:
+        try:
+            return self._kek.decrypt(sealed.nonce, sealed.sealed, _secret_aad(name))
+        except InvalidTag:
+            raise ConfigError(
+                f"key store {self._location}: secret {name} does not decrypt under the "
+                "configured key-encryption key (wrong kek, or the store was altered)"
+            ) from None
 
     def unseal(self, key_id: str, version: int, sealed: SealedVersion) -> bytes:
         try:

@@ -23,10 +23,18 @@ from typing import NoReturn, TypeVar
 
 from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import ConfigError
-from xks_proxy.keystore.connections import DuplicateRowError, Row, connect, transaction
+from xks_proxy.keystore.connections import (
+    DuplicateRowError,
+    Row,
+    StoreConnection,
+    connect,
+    transaction,
+)
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.records import (
     HEALTH_KEY_ID,
+    ORIGIN_EXTERNAL,
+    ORIGIN_PROXY,
     VALID_USAGES,
     KeyExistsError,
     KeyRecord,
@@ -58,8 +66,8 @@ __all__ = [
 
 T = TypeVar("T")
 _INSERT_KEY = (
-    "INSERT INTO keys (key_id, usage, enabled, internal, created_at, deletion_date, revision) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO keys (key_id, usage, enabled, internal, created_at, deletion_date, revision,"
+    " origin, valid_to, material_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # A store holds a handful of distinct usage sets; sharing them saves memory at 100,000 keys.
 _USAGE_SETS: dict[str, frozenset[str]] = {}
@@ -135,15 +143,32 @@ class KeyDatabase:
             self._db.notify(revision)
         return result
 
+    def write_transaction(self, change: Callable[[StoreConnection, int], T]) -> T:
+        """Run ``change(connection, revision)`` in one write transaction (``keystore.imported``)."""
+        return self._write(lambda revision: change(self._db, revision))
+
+    def read(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]:
+        with self._lock:
+            return self._db.query(sql, params)
+
     def revision(self) -> int:
         """The store's current revision: cheap enough to poll every second."""
         with self._lock:
             return int(self._db.query("SELECT revision FROM store_meta")[0][0])
 
-    def create_key(self, key_id: str, usage: frozenset[str], *, internal: bool = False) -> None:
+    def create_key(
+        self,
+        key_id: str,
+        usage: frozenset[str],
+        *,
+        internal: bool = False,
+        origin: str = ORIGIN_PROXY,
+    ) -> None:
+        """A key with fresh material, or (``origin`` external) none until material is imported."""
         if not usage <= VALID_USAGES:
             raise ValueError(f"usage must be a subset of {sorted(VALID_USAGES)}")
-        sealed = self.sealer.seal(key_id, 1, os.urandom(KEY_BYTES))
+        external = origin == ORIGIN_EXTERNAL
+        sealed = None if external else self.sealer.seal(key_id, 1, os.urandom(KEY_BYTES))
 
         def create(revision: int) -> None:
             if self._db.query("SELECT 1 FROM deleted_keys WHERE key_id = ?", (key_id,)):
@@ -151,16 +176,19 @@ class KeyDatabase:
                 raise KeyStateError(f"key {key_id} was deleted; key ids are never reused")
             self._db.query(
                 _INSERT_KEY,
-                (key_id, ",".join(sorted(usage)), 1, int(internal), _now(), None, revision),
-            )
-            self._insert_version(key_id, 1, sealed)
+                (key_id, ",".join(sorted(usage)), 1, int(internal), _now(), None, revision,
+                 origin, None, None),
+            )  # fmt: skip
+            if sealed is not None:
+                self.insert_version(key_id, 1, sealed)
 
         try:
             self._write(create)
         except DuplicateRowError:
             raise KeyExistsError(key_id) from None
 
-    def _insert_version(self, key_id: str, version: int, sealed: SealedVersion) -> None:
+    def insert_version(self, key_id: str, version: int, sealed: SealedVersion) -> None:
+        """Add a sealed version; only inside a write transaction (``write_transaction``)."""
         self._db.query(
             "INSERT INTO key_versions (key_id, version, nonce, sealed, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -178,11 +206,19 @@ class KeyDatabase:
             )
             if not touched:
                 self._refuse(key_id, pending=False)
+            if self._db.query(
+                "SELECT 1 FROM keys WHERE key_id = ? AND origin = ?", (key_id, ORIGIN_EXTERNAL)
+            ):
+                raise KeyStateError(
+                    f"key {key_id} has imported key material, and imported keys cannot be "
+                    "rotated (as in AWS KMS): create a new key with --origin external and "
+                    "import new material into it"
+                )
             rows = self._db.query(
                 "SELECT MAX(version) FROM key_versions WHERE key_id = ?", (key_id,)
             )
             version = int(rows[0][0]) + 1
-            self._insert_version(
+            self.insert_version(
                 key_id, version, self.sealer.seal(key_id, version, os.urandom(KEY_BYTES))
             )
             return version
@@ -275,8 +311,8 @@ class KeyDatabase:
             complete = seen < 0 or revision < seen
             since = -1 if complete else seen
             key_rows = self._db.query(
-                "SELECT key_id, usage, enabled, internal, created_at, deletion_date FROM keys "
-                "WHERE revision > ?",
+                "SELECT key_id, usage, enabled, internal, created_at, deletion_date, origin,"
+                " valid_to, material_fingerprint FROM keys WHERE revision > ?",
                 (since,),
             )
             deleted = (
@@ -317,6 +353,9 @@ class KeyDatabase:
                 created_at=r.created_at,
                 versions={v: self.sealer.unseal(r.key_id, v, s) for v, s in r.versions.items()},
                 deletion_date=r.deletion_date,
+                origin=r.origin,
+                valid_to=r.valid_to,
+                material_fingerprint=r.material_fingerprint,
             )
             for r in self.records()
         ]
@@ -341,12 +380,15 @@ class KeyDatabase:
                             record.created_at,
                             record.deletion_date,
                             revision,
+                            record.origin,
+                            record.valid_to,
+                            record.material_fingerprint,
                         ),
                     )
                 except DuplicateRowError:
                     raise KeyExistsError(record.key_id) from None
                 for version, sealed in sorted(record.versions.items()):
-                    self._insert_version(record.key_id, version, sealed)
+                    self.insert_version(record.key_id, version, sealed)
             return len(records)
 
         return self._write(copy)
@@ -367,6 +409,12 @@ def _records(key_rows: list[Row], version_rows: list[Row]) -> list[KeyRecord]:
             created_at,
             versions.get(key_id, no_versions),
             deletion_date,
+            origin,
+            valid_to,
+            fingerprint,
         )
-        for key_id, usage, enabled, internal, created_at, deletion_date in key_rows
-    ]
+        for (
+            key_id, usage, enabled, internal, created_at, deletion_date, origin, valid_to,
+            fingerprint,
+        ) in key_rows
+    ]  # fmt: skip
