@@ -113,7 +113,10 @@ class ProxyProcess:
         if self.process.poll() is None and not self._terminated:
             self.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
+        # EOF comes once every process holding the pipe is gone: after a SIGKILLed supervisor
+        # its workers still drain for a while. Never close the pipe under the reading thread.
+        self._reader.join(timeout=timeout)
+        assert not self._reader.is_alive(), "a child of the proxy still holds its stderr open"
         assert self.process.stderr is not None
         self.process.stderr.close()
         return code
