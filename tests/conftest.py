@@ -36,6 +36,21 @@ KEY_DISABLED = "key-disabled"
 KEY_OUTSIDE_STORE = "other-key"
 
 
+# Every store test runs on both kinds: the embedded SQLite file and a real PostgreSQL.
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'keys.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def lifecycle_audit_lines(path: Path) -> list[dict[str, Any]]:
+    """The key-lifecycle lines (``"event": "keyLifecycle"``) of an audit log."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [line for line in lines if line.get("event") == "keyLifecycle"]
+
+
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
     document: dict[str, Any] = json.loads(VECTORS_PATH.read_text())

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.conftest import make_deployment
+from tests.conftest import lifecycle_audit_lines, make_deployment
 from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
 from tests.xks_client import METADATA_BODY, encrypt_body, unb64
 from xks_proxy.aad import ekm_aad
@@ -62,19 +62,6 @@ def wrap(public_pem: Path, material: bytes, algorithm: str, work: Path) -> Path:
     )  # fmt: skip
     out.write_bytes((work / "aes.wrapped").read_bytes() + (work / "material.wrapped").read_bytes())
     return out
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'keys.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-def audit_lines(path: Path) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    return [line for line in lines if line.get("event") == "keyLifecycle"]
 
 
 class Importer:
@@ -166,7 +153,7 @@ def test_import_installs_the_material_and_refuses_what_kms_refuses(
         database.close()
     text = audit.read_text()
     assert material.hex() not in text and other.hex() not in text
-    outcomes = [(line["action"], line["outcome"]) for line in audit_lines(audit)]
+    outcomes = [(line["action"], line["outcome"]) for line in lifecycle_audit_lines(audit)]
     for expected in [
         ("create", "success"), ("import-parameters", "refused"), ("import", "success"),
         ("import", "refused"), ("rotate", "refused"), ("delete-material", "success"),
@@ -295,7 +282,7 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
         "--valid-to", "2030-01-01T00:00:00",
     )  # fmt: skip
     assert naive.returncode == 2 and "time zone" in naive.stderr
-    lines = audit_lines(deployment.directory / "audit.log")
+    lines = lifecycle_audit_lines(deployment.directory / "audit.log")
     actions = [(line["action"], line["outcome"]) for line in lines]
     assert actions[:4] == [
         ("create", "success"), ("import-parameters", "success"), ("import", "success"),

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import KEY_BOTH, make_deployment
+from tests.conftest import KEY_BOTH, lifecycle_audit_lines, make_deployment
 from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
 from tests.xks_client import METADATA_BODY, encrypt_body
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
@@ -29,19 +29,6 @@ from xks_proxy.keystore.store import KeyDatabase, KeyStateError, UnknownKeyError
 
 BOTH = frozenset({ENCRYPT, DECRYPT})
 PREFIX = "/keystores/dev/kms/xks/v1"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'keys.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-def audit_lines(path: Path) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    return [line for line in lines if line.get("event") == "keyLifecycle"]
 
 
 def manager(database: KeyDatabase, audit_path: Path) -> KeyManager:
@@ -79,7 +66,7 @@ def test_the_deletion_window_disables_refuses_changes_and_cancels_to_disabled(
         assert keys.keys()[0].enabled
     finally:
         database.close()
-    lines = audit_lines(audit)
+    lines = lifecycle_audit_lines(audit)
     outcomes = [(line["action"], line["outcome"]) for line in lines]
     assert outcomes[:2] == [("create", "success"), ("schedule-deletion", "success")]
     assert ("rotate", "refused") in outcomes and ("cancel-deletion", "success") in outcomes
@@ -196,7 +183,7 @@ def test_cli_schedule_deletion_makes_the_proxy_refuse_the_key(tmp_path: Path) ->
     listed = json.loads(cli("list", "--json").stdout)
     (row,) = [r for r in listed if r["keyId"] == KEY_BOTH]
     assert row["keyStatus"] == "DISABLED" and row["deletionDate"] is None
-    lines = audit_lines(deployment.directory / "audit.log")
+    lines = lifecycle_audit_lines(deployment.directory / "audit.log")
     assert [(line["action"], line["outcome"]) for line in lines] == [
         ("schedule-deletion", "success"),
         ("rotate", "refused"),

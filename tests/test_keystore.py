@@ -30,14 +30,6 @@ from xks_proxy.keystore.store import (
 BOTH = frozenset({ENCRYPT, DECRYPT})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'keys.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def execute_raw(location: str, sql: str) -> None:
     """SQL on the store's database behind the store's back, as an attacker or operator might."""
     parsed = StoreLocation.parse(location)
