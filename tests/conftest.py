@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -163,15 +164,21 @@ async def json_of(response: ClientResponse) -> dict[str, Any]:
     return document
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL for the session; each test gets a database of its own."""
+@contextlib.contextmanager
+def _started_postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()
     try:
         server.start()
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session; each test gets a database of its own."""
+    with _started_postgres() as server:
+        yield server
 
 
 _databases = itertools.count()
@@ -186,9 +193,5 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 @pytest.fixture
 def private_postgres() -> Iterator[PostgresServer]:
     """A server of the test's own, for tests that stop and start it."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with _started_postgres() as server:
         yield server
-    finally:
-        server.destroy()
