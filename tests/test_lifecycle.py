@@ -41,12 +41,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def ping(port: int) -> int:
-    """The status of GET /ping, or 0 when nothing accepts the connection."""
+    """The status of GET /ping, or 0 when nothing serves it: the connection is refused, or it
+    was still waiting in the listen backlog when the listener closed (the kernel resets it)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.request("GET", "/ping")
         return connection.getresponse().status
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
         return 0
     finally:
         connection.close()
