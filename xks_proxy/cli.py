@@ -49,8 +49,10 @@ from xks_proxy.keymgmt.byok import (
     WRAPPING_ALGORITHMS,
     WRAPPING_KEY_BITS,
 )
+from xks_proxy.keymgmt.hsm import open_lifecycle_keys
 from xks_proxy.keymgmt.service import (
     DEFAULT_DELETION_DAYS,
+    HSM_KEYS_HINT,
     MAX_DELETION_DAYS,
     MIN_DELETION_DAYS,
     KeyManager,
@@ -89,14 +91,6 @@ def describe_os_error(error: OSError) -> str:
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config))
-
-
-# What works for HSM keys, for operators who reach for `keys disable|rotate` on one.
-HSM_KEYS_HINT = (
-    "HSM keys are made with `xks-proxy pkcs11 create-key`; to switch one off, list it in "
-    "`disabled_keys` of its key store and run `xks-proxy reload` (the kill switch for every "
-    "backend); HSM keys have no versions to rotate"
-)
 
 
 def _has_hsm_backend(config: Config) -> bool:
@@ -286,12 +280,14 @@ def _key_manager(args: argparse.Namespace) -> Iterator[KeyManager]:
     from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
 
     config = _config(args)
-    database = open_key_database(_software_backend(config, args.backend))
+    database = open_lifecycle_keys(config, args.backend)
     try:
         yield KeyManager(database, LifecycleAudit(config.audit), local_actor())
     except UnknownKeyError:
-        hint = f" ({HSM_KEYS_HINT})" if _has_hsm_backend(config) else ""
-        raise CommandError(f"no key {args.key_id} in the software key store{hint}") from None
+        if isinstance(database, KeyDatabase):
+            hint = f" ({HSM_KEYS_HINT})" if _has_hsm_backend(config) else ""
+            raise CommandError(f"no key {args.key_id} in the software key store{hint}") from None
+        raise CommandError(f"no key {args.key_id} on the HSM token") from None
     except KeyExistsError:
         raise CommandError(f"key {args.key_id} already exists") from None
     except KeyStateError as error:
@@ -348,7 +344,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         deletion = f"  deletion {row['deletionDate']}" if row["deletionDate"] else ""
         print(
             f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  "
-            f"{row['createdAt']}{deletion}"
+            f"{row['createdAt'] or row['origin']}{deletion}"
         )
     return 0
 

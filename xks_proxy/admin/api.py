@@ -34,15 +34,15 @@ from xks_proxy.config import (
     AuditConfig,
     Config,
     KeyStoreConfig,
-    SoftwareBackendConfig,
     load_config,
     require_key_id,
 )
 from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.keymgmt.audit import LifecycleAudit
+from xks_proxy.keymgmt.hsm import lifecycle_keys
 from xks_proxy.keymgmt.service import DEFAULT_DELETION_DAYS, KeyManager, describe_key
 from xks_proxy.keystore.records import KeyExistsError, KeyStateError, UnknownKeyError
-from xks_proxy.keystore.store import KeyStoreUnavailableError, open_key_database
+from xks_proxy.keystore.store import KeyStoreUnavailableError
 from xks_proxy.safelog import log_unexpected
 from xks_proxy.web.responses import json_response
 
@@ -154,16 +154,6 @@ def _describe_store(store: KeyStoreConfig) -> dict[str, Any]:
     }
 
 
-def _software_backend(config: Config, store: KeyStoreConfig) -> SoftwareBackendConfig:
-    backend = config.backends[store.backend]
-    if not isinstance(backend, SoftwareBackendConfig):
-        raise CommandError(
-            f"key store {store.name} uses HSM backend {store.backend}: its keys are managed on "
-            "the token (xks-proxy pkcs11 create-key), not through this API"
-        )
-    return backend
-
-
 def _with_keys(request: web.Request, action: Callable[[KeyManager], T]) -> Callable[[], T]:
     """A thread's work: open the key store of the request's key store, act, close it."""
     name = request.match_info["store"]
@@ -171,7 +161,7 @@ def _with_keys(request: web.Request, action: Callable[[KeyManager], T]) -> Calla
 
     def work() -> T:
         config = _config(request)
-        database = open_key_database(_software_backend(config, _store(config, name)))
+        database = lifecycle_keys(config, config.backends[_store(config, name).backend])
         try:
             return action(KeyManager(database, LifecycleAudit(config.audit), actor))
         finally:

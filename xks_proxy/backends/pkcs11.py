@@ -11,8 +11,20 @@
   it, even if the request gave up earlier.
 * Blocking PKCS#11 calls run in a thread pool (python-pkcs11 releases the GIL), never on the
   event loop. The module is initialised for OS locking (see ``pkcs11_library``).
-* Key handles are cached per session and looked up again when the token calls them stale;
-  key descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
+* Key objects are found by ``pkcs11_keys.KeyFinder`` (handles cached per session); key
+  descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
+* Key versions (``pkcs11_versions``): version 1 is the object named by the key id, version n ≥ 2
+  the object named ``<key id>#<n>`` (``xks-proxy keys rotate`` makes them). Encrypt uses the
+  newest and records it in ciphertextMetadata, in the layout the software backend writes
+  (``xks_proxy.aad.CiphertextMetadata``; every ciphertext this backend ever made carries it, with
+  version 1 before rotation existed). Decrypt uses the version the metadata names. A version the
+  token does not have, or metadata that does not parse, is InvalidCiphertextException, once the
+  token is confirmed: the metadata is part of what Encrypt returned and the spec makes any change
+  to it a ciphertext that does not decrypt (xks-spec §4.3, §7.2); the key itself exists, so it is
+  not KeyNotFoundException. A running proxy learns of a rotation made elsewhere (the CLI, the
+  admin API, another proxy on the same token) without a reload: Decrypt looks up the version it
+  is given, and Encrypt looks for a newer version at most ``VERSION_RESCAN_SECONDS`` (1 s) after
+  it last looked, so every proxy on a token encrypts under a new version within about a second.
 * Errors are translated once, by ``pkcs11_errors.translate``. A session or device failure
   discards the session (it is reopened on next use), marks the token unhealthy until the next
   health check, and answers InternalException (retryable). A failure that would blame the
@@ -45,18 +57,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date
 from typing import Any, TypeVar
 
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
 from xks_proxy.aad import CiphertextMetadata, ekm_aad
 from xks_proxy.backends import pkcs11_library
 from xks_proxy.backends.base import (
-    DECRYPT,
-    ENCRYPT,
     Backend,
     EkmHealth,
     HealthState,
@@ -65,10 +73,11 @@ from xks_proxy.backends.base import (
 )
 from xks_proxy.backends.pkcs11_errors import (
     SESSION_FAILURES,
-    STALE_HANDLE,
     TokenLostError,
     translate,
 )
+from xks_proxy.backends.pkcs11_keys import HEALTH_KEY, KeyFinder, PooledSession
+from xks_proxy.backends.pkcs11_versions import FIRST_VERSION
 from xks_proxy.backends.session_pool import SessionPoolObserver, SilentObserver
 from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
 from xks_proxy.errors import (
@@ -78,6 +87,7 @@ from xks_proxy.errors import (
     InvalidCiphertextError,
     InvalidKeyUsageError,
     KeyNotFoundError,
+    XksError,
 )
 
 log = logging.getLogger(__name__)
@@ -87,41 +97,14 @@ TAG_BYTES = 16
 DESCRIBE_TTL_SECONDS = 5.0
 # Reinitialising the module when a token fails is worth it at most this often.
 RECONNECT_INTERVAL_SECONDS = 10.0
-# HSM keys have no versions of their own; the metadata layout keeps the field for later.
-KEY_VERSION = 1
 _HEALTH_PLAINTEXT = b"xks-proxy health check"
-_HEALTH_CACHE_KEY = "\x00health"
-_USAGE_ATTRIBUTES = (
-    (Attribute.ENCRYPT, ENCRYPT),
-    (Attribute.DECRYPT, DECRYPT),
-    (Attribute.WRAP, "WRAP"),
-    (Attribute.UNWRAP, "UNWRAP"),
-    (Attribute.SIGN, "SIGN"),
-    (Attribute.VERIFY, "VERIFY"),
-    (Attribute.DERIVE, "DERIVE"),
-)
-
-
-@dataclass(eq=False)
-class _Session:
-    """One pooled session and the key objects resolved in it."""
-
-    session: Any = None
-    keys: dict[str, Any] = field(default_factory=dict)
-
-    def discard(self) -> None:
-        if self.session is not None:
-            with contextlib.suppress(Exception):  # the session is already broken
-                self.session.close()
-        self.session = None
-        self.keys.clear()
 
 
 class _Token:
     def __init__(self, selector: TokenSelector, size: int) -> None:
         self.selector = selector
-        self.sessions = [_Session() for _ in range(size)]
-        self.pool: asyncio.Queue[_Session] = asyncio.Queue()
+        self.sessions = [PooledSession() for _ in range(size)]
+        self.pool: asyncio.Queue[PooledSession] = asyncio.Queue()
         for each in self.sessions:
             self.pool.put_nowait(each)
         self.token: Any = None
@@ -144,28 +127,6 @@ class _Token:
         self.token = None
 
 
-def _flag(key: Any, attribute: Attribute) -> bool:
-    try:
-        return bool(key[attribute])
-    except (p11.PKCS11Error, KeyError):
-        return False
-
-
-def _optional(key: Any, attribute: Attribute) -> Any:
-    try:
-        return key[attribute]
-    except (p11.PKCS11Error, KeyError, ValueError):
-        # ValueError: python-pkcs11 cannot parse an empty CKA_START_DATE / CKA_END_DATE.
-        return None
-
-
-def _within_dates(key: Any, today: date) -> bool:
-    start, end = _optional(key, Attribute.START_DATE), _optional(key, Attribute.END_DATE)
-    return not (isinstance(start, date) and today < start) and not (
-        isinstance(end, date) and today > end
-    )
-
-
 class Pkcs11Backend:
     def __init__(
         self, config: Pkcs11BackendConfig, pool_observer: SessionPoolObserver | None = None
@@ -180,6 +141,7 @@ class Pkcs11Backend:
             thread_name_prefix=f"pkcs11-{config.name}",
         )
         self._library: Any = None
+        self._keys = KeyFinder(config.key_lookup, config.health_key_label)
         self._described: dict[str, tuple[float, KeyInfo]] = {}
         self._reconnecting = asyncio.Lock()
         self._last_reconnect = -RECONNECT_INTERVAL_SECONDS
@@ -200,7 +162,7 @@ class Pkcs11Backend:
         assert selector.serial is not None
         return self._library.get_token(token_serial=selector.serial.encode())
 
-    def _ensure(self, token: _Token, pooled: _Session) -> Any:
+    def _ensure(self, token: _Token, pooled: PooledSession) -> Any:
         """The session, opening it (and logging in to the token) when needed."""
         if pooled.session is not None:
             return pooled.session
@@ -243,7 +205,7 @@ class Pkcs11Backend:
 
     # -- the pool ------------------------------------------------------------------------------
     async def _call(
-        self, token: _Token, work: Callable[[_Session], T], *, decrypting: bool = False
+        self, token: _Token, work: Callable[[PooledSession], T], *, decrypting: bool = False
     ) -> T:
         """Run ``work`` on a free session of ``token`` in the thread pool."""
         observer, ekm_id = self._observer, token.ekm_id
@@ -274,9 +236,9 @@ class Pkcs11Backend:
                 self._ensure(token, pooled)
                 try:
                     return work(pooled)
-                except p11.PKCS11Error as error:
+                except (p11.PKCS11Error, XksError) as error:
                     if not translate(error, decrypting=decrypting).retryable:
-                        self._confirm_token(pooled)
+                        self._keys.confirm_token(pooled)
                     raise
             except SESSION_FAILURES:
                 pooled.discard()
@@ -287,7 +249,7 @@ class Pkcs11Backend:
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(give_back))
         try:
             return await asyncio.wrap_future(future)
-        except (p11.PKCS11Error, AttributeError, TokenLostError) as error:
+        except (p11.PKCS11Error, AttributeError, TokenLostError, XksError) as error:
             if isinstance(error, SESSION_FAILURES):
                 token.healthy = False
                 log.warning("PKCS#11 session on token %s failed: %s", token.ekm_id,
@@ -297,44 +259,11 @@ class Pkcs11Backend:
                 raise InvalidKeyUsageError("The HSM key does not permit this operation.") from None
             raise translate(error, decrypting=decrypting) from None
 
-    def _confirm_token(self, pooled: _Session) -> None:
-        """Before an answer that blames the request (no such key, bad ciphertext: permanent
-        for KMS), prove that the token still answers: the health key is on every token."""
-        try:
-            pooled.session.get_key(
-                object_class=ObjectClass.SECRET_KEY, label=self._config.health_key_label
-            )
-        except p11.PKCS11Error:
-            raise TokenLostError() from None
-
     def _token(self) -> _Token:
         for token in self._tokens:
             if token.healthy:
                 return token
         raise InternalError("No HSM token is available.")
-
-    def _lookup(self, key_id: str) -> dict[str, Any]:
-        if self._config.key_lookup == "id":
-            return {"id": key_id.encode()}
-        return {"label": key_id}
-
-    def _key(self, pooled: _Session, key_id: str, fresh: bool = False) -> Any:
-        key = None if fresh else pooled.keys.get(key_id)
-        if key is None:
-            lookup = (
-                {"label": self._config.health_key_label}
-                if key_id == _HEALTH_CACHE_KEY
-                else self._lookup(key_id)
-            )
-            key = pooled.session.get_key(object_class=ObjectClass.SECRET_KEY, **lookup)
-            pooled.keys[key_id] = key
-        return key
-
-    def _with_key(self, pooled: _Session, key_id: str, use: Callable[[Any], T]) -> T:
-        try:
-            return use(self._key(pooled, key_id))
-        except STALE_HANDLE:
-            return use(self._key(pooled, key_id, fresh=True))
 
     # -- Backend -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -354,46 +283,28 @@ class Pkcs11Backend:
         await asyncio.get_running_loop().run_in_executor(self._executor, close_all)
         self._executor.shutdown(wait=False)
 
-    def _describe_in_session(self, pooled: _Session, key_id: str) -> KeyInfo:
-        today = date.today()
-        try:
-            key = self._with_key(pooled, key_id, lambda k: k)
-        except p11.NoSuchKey:
-            # Not a secret key: an asymmetric key still gets an honest (non-AES) description.
-            key = pooled.session.get_key(object_class=ObjectClass.PRIVATE_KEY,
-                                         **self._lookup(key_id))  # fmt: skip
-        key_type = _optional(key, Attribute.KEY_TYPE)
-        if key_type == KeyType.AES:
-            key_spec = f"AES_{(_optional(key, Attribute.VALUE_LEN) or 0) * 8}"
-        elif key_type == KeyType.RSA:
-            key_spec = f"RSA_{getattr(key, 'key_length', 0)}"
-        elif key_type == KeyType.EC:
-            key_spec = "ECC"
-        else:
-            key_spec = "UNSUPPORTED"
-        usage = frozenset(name for attribute, name in _USAGE_ATTRIBUTES if _flag(key, attribute))
-        return KeyInfo(key_id, key_spec, usage, _within_dates(key, today))
-
     async def describe_key(self, key_id: str) -> KeyInfo:
         cached = self._described.get(key_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         if key_id == self._config.health_key_label:
             raise KeyNotFoundError()  # the health key is never a customer key
-        info = await self._call(self._token(), lambda s: self._describe_in_session(s, key_id))
+        info = await self._call(self._token(), lambda s: self._keys.describe(s, key_id))
         self._described[key_id] = (time.monotonic() + DESCRIBE_TTL_SECONDS, info)
         return info
 
     def _encrypt_in_session(
-        self, pooled: _Session, key_id: str, plaintext: bytes, aad: bytes | None
+        self, pooled: PooledSession, key_id: str, plaintext: bytes, aad: bytes | None
     ) -> SealedData:
-        metadata = CiphertextMetadata(key_version=KEY_VERSION).encode()
+        version = self._keys.newest(pooled, key_id)
+        metadata = CiphertextMetadata(key_version=version).encode()
         token_iv = self._config.iv_source == "token"
         iv = bytes(IV_BYTES) if token_iv else os.urandom(IV_BYTES)
         params = pkcs11_library.GcmParams(iv, ekm_aad(aad, metadata))
-        sealed = self._with_key(
+        sealed = self._keys.with_key(
             pooled,
             key_id,
+            version,
             lambda key: key.encrypt(
                 plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
             ),
@@ -412,18 +323,26 @@ class Pkcs11Backend:
         )
 
     def _decrypt_in_session(
-        self, pooled: _Session, key_id: str, sealed: SealedData, aad: bytes | None
+        self, pooled: PooledSession, key_id: str, sealed: SealedData, aad: bytes | None
     ) -> bytes:
         try:
             version = CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
         except ValueError:
             raise InvalidCiphertextError() from None
-        if version != KEY_VERSION:
+        if version < FIRST_VERSION:
             raise InvalidCiphertextError()
+        try:
+            self._keys.key(pooled, key_id, version)  # which version: an error of its own
+        except p11.NoSuchKey:
+            if version == FIRST_VERSION:
+                raise  # the key itself is missing: KeyNotFoundException
+            raise InvalidCiphertextError() from None  # a version this key never had
+        self._keys.learn(key_id, version)
         params = pkcs11_library.GcmParams(sealed.iv, ekm_aad(aad, sealed.ciphertext_metadata))
-        plaintext: bytes = self._with_key(
+        plaintext: bytes = self._keys.with_key(
             pooled,
             key_id,
+            version,
             lambda key: key.decrypt(
                 sealed.ciphertext + sealed.tag,
                 mechanism=Mechanism.AES_GCM,
@@ -439,9 +358,9 @@ class Pkcs11Backend:
             decrypting=True,
         )
 
-    def _probe_in_session(self, pooled: _Session) -> bool:
-        sealed = self._encrypt_in_session(pooled, _HEALTH_CACHE_KEY, _HEALTH_PLAINTEXT, None)
-        plaintext = self._decrypt_in_session(pooled, _HEALTH_CACHE_KEY, sealed, None)
+    def _probe_in_session(self, pooled: PooledSession) -> bool:
+        sealed = self._encrypt_in_session(pooled, HEALTH_KEY, _HEALTH_PLAINTEXT, None)
+        plaintext = self._decrypt_in_session(pooled, HEALTH_KEY, sealed, None)
         return plaintext == _HEALTH_PLAINTEXT
 
     async def _probe(self, token: _Token) -> bool:
@@ -475,7 +394,7 @@ class Pkcs11Backend:
     async def _reconnect(self) -> None:
         """Finalise and initialise the module again, with every session out of every pool."""
         async with self._reconnecting:
-            taken: list[tuple[_Token, _Session]] = []
+            taken: list[tuple[_Token, PooledSession]] = []
             try:
                 for token in self._tokens:
                     for _ in token.sessions:
@@ -500,12 +419,12 @@ class Pkcs11Backend:
         self._library = pkcs11_library.reinitialize(self._config.module)
 
     # -- for tests and provisioning ---------------------------------------------------------------
-    async def hold_session(self, token_index: int = 0) -> _Session:
+    async def hold_session(self, token_index: int = 0) -> PooledSession:
         """Take a session out of the pool (tests of pool exhaustion); give it back with
         ``release_session``."""
         return await self._tokens[token_index].pool.get()
 
-    def release_session(self, pooled: _Session, token_index: int = 0) -> None:
+    def release_session(self, pooled: PooledSession, token_index: int = 0) -> None:
         self._tokens[token_index].pool.put_nowait(pooled)
 
 

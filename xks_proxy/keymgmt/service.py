@@ -8,6 +8,10 @@ Scheduled deletion follows KMS: a waiting period of 7 to 30 days (default 30); t
 DISABLED at once (GetKeyMetadata says DISABLED, Encrypt and Decrypt answer
 InvalidStateException); cancelling leaves it DISABLED; after the date, the proxies' sweeper
 purges it for good and its id is never reused.
+
+The service runs over a software key store or over the token of a PKCS#11 backend
+(``keymgmt.hsm.TokenKeys``): for HSM keys it lists keys with their versions and rotates them;
+every other action is refused, audited as refused, with what to do instead.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from xks_proxy.keymgmt.backup import (
     restore_keys,
     write_backup,
 )
+from xks_proxy.keymgmt.hsm import HsmKey, TokenKeys
 from xks_proxy.keystore.imported import ImportedMaterial
 from xks_proxy.keystore.records import (
     ORIGIN_EXTERNAL,
@@ -45,7 +50,15 @@ T = TypeVar("T")
 REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError, BackupError)
 
 
-def key_status(record: KeyRecord) -> str:
+# What works for HSM keys, for operators who reach for another `keys` action on one.
+HSM_KEYS_HINT = (
+    "HSM keys are made with `xks-proxy pkcs11 create-key`; to switch one off, list it in "
+    "`disabled_keys` of its key store and run `xks-proxy reload` (the kill switch for every "
+    "backend); `keys list` and `keys rotate` work for them"
+)
+
+
+def key_status(record: KeyRecord | HsmKey) -> str:
     if record.deletion_date is not None:
         return "PENDING_DELETION"
     if not record.versions:
@@ -53,7 +66,7 @@ def key_status(record: KeyRecord) -> str:
     return "ENABLED" if record.enabled else "DISABLED"
 
 
-def describe_key(record: KeyRecord) -> dict[str, Any]:
+def describe_key(record: KeyRecord | HsmKey) -> dict[str, Any]:
     """One key as ``keys list --json`` and the admin API show it (never material)."""
     return {
         "keyId": record.key_id,
@@ -68,10 +81,20 @@ def describe_key(record: KeyRecord) -> dict[str, Any]:
 
 
 class KeyManager:
-    def __init__(self, database: KeyDatabase, audit: LifecycleAudit, actor: str) -> None:
-        self._database = database
+    def __init__(
+        self, database: KeyDatabase | TokenKeys, audit: LifecycleAudit, actor: str
+    ) -> None:
+        self._keys = database
         self._audit = audit
         self._actor = actor
+
+    @property
+    def _database(self) -> KeyDatabase:
+        """The software key store, for the actions only it has (read inside ``_audited``, so
+        that the refusal for an HSM key is audited too)."""
+        if isinstance(self._keys, TokenKeys):
+            raise KeyStateError(f"not available for HSM keys: {HSM_KEYS_HINT}")
+        return self._keys
 
     def _audited(self, action: str, key_id: str | None, run: Callable[[], T], detail: str) -> T:
         try:
@@ -88,10 +111,15 @@ class KeyManager:
         )
         return result
 
-    def keys(self) -> list[KeyRecord]:
-        """Every customer key, sorted by id, still sealed."""
-        records = [r for r in self._database.records() if not r.internal]
-        return sorted(records, key=lambda r: r.key_id)
+    def keys(self) -> list[KeyRecord | HsmKey]:
+        """Every customer key, sorted by id, still sealed (HSM keys: with their versions)."""
+        records: list[KeyRecord | HsmKey] = []
+        if isinstance(self._keys, TokenKeys):
+            records.extend(self._keys.records())  # sorted by the token listing
+        else:
+            records.extend(sorted((r for r in self._keys.records() if not r.internal),
+                                  key=lambda r: r.key_id))  # fmt: skip
+        return records
 
     def create(self, key_id: str, usage: frozenset[str]) -> None:
         detail = f"usage {','.join(sorted(usage)) or 'NONE'}"
@@ -143,7 +171,8 @@ class KeyManager:
         self._audited("disable", key_id, lambda: self._database.set_enabled(key_id, False), "")
 
     def rotate(self, key_id: str) -> int:
-        return self._audited("rotate", key_id, lambda: self._database.rotate_key(key_id), "")
+        """Add a version; new encryptions use it, older versions still decrypt."""
+        return self._audited("rotate", key_id, lambda: self._keys.rotate_key(key_id), "")
 
     def schedule_deletion(
         self, key_id: str, days: int = DEFAULT_DELETION_DAYS, now: datetime | None = None
