@@ -37,7 +37,12 @@ SUBJECT = "alice@example.com"
 
 def admin_deployment(directory: Path) -> Deployment:
     """An ``init`` deployment whose [admin.auth] also trusts the test issuer's RSA key."""
-    deployment = make_deployment(directory)
+    return trust_test_issuer(make_deployment(directory))
+
+
+def trust_test_issuer(deployment: Deployment) -> Deployment:
+    """``deployment`` with [admin.auth] also trusting the test issuer's RSA key."""
+    directory = deployment.directory
     (directory / "rsa-1.pem").write_bytes(public_pem(RSA_KEY))
     path = deployment.config_path
     text = path.read_text()

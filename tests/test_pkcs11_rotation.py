@@ -3,6 +3,7 @@ real ``xks-proxy serve`` processes over HTTPS and made by the real ``keys rotate
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -27,7 +28,10 @@ from tests.conftest import (
 )
 from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, connect, post
 from tests.softhsm import USER_PIN, SoftHsm, make_softhsm
-from tests.xks_client import METADATA_BODY, b64, decrypt_body, encrypt_body, unb64
+from tests.test_admin_api import STORE, call, token, trust_test_issuer
+from tests.xks_client import METADATA_BODY, XksClient, b64, decrypt_body, encrypt_body, unb64
+from xks_proxy.admin.api import create_admin_app
+from xks_proxy.admin.settings import build_guard
 from xks_proxy.backends import pkcs11_library
 from xks_proxy.backends.pkcs11_keys import VERSION_RESCAN_SECONDS
 from xks_proxy.backends.pkcs11_versions import parse_version_name, version_name
@@ -37,7 +41,9 @@ from xks_proxy.keymgmt.hsm import TokenKeys
 from xks_proxy.keymgmt.service import KeyManager
 from xks_proxy.keystore.records import KeyStateError, UnknownKeyError
 from xks_proxy.pkcs11_admin import create_key, rotate_key
+from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.sigv4 import Credential
+from xks_proxy.web.app import create_app
 
 BOTH = frozenset({"ENCRYPT", "DECRYPT"})
 # xks-spec §7.3: KMS retries only these; a lost token is never the caller's mistake.
@@ -335,3 +341,76 @@ def test_token_loss_with_versions_is_never_a_client_error(tmp_path: Path) -> Non
             time.sleep(0.3)
         assert proxy.decrypts(key_id, kept) == b"kept"
         assert metadata_version(proxy.encrypt(key_id, b"after")) == 2
+
+
+async def encrypt_until_version(xks: XksClient, key_id: str, version: int) -> dict[str, Any]:
+    """Encrypt b"2" through an in-process proxy until it uses ``version`` (bounded)."""
+    deadline = time.monotonic() + PICK_UP_BOUND
+    while True:
+        encrypted = await xks.call("encrypt", key_id, encrypt_body(b"2", b"ctx"))
+        if metadata_version(encrypted) == version:
+            return encrypted
+        assert time.monotonic() < deadline, f"the backend never encrypted under v{version}"
+        await asyncio.sleep(0.1)
+
+
+async def in_process_xks(deployment: Deployment, aiohttp_client: Any) -> XksClient:
+    store = deployment.config.key_stores[0]
+    app = create_app(ProxyRuntime(deployment.config))
+    return XksClient(await aiohttp_client(app), store.uri_path, store.region,
+                     store.credentials[0])  # fmt: skip
+
+
+async def test_rotation_with_keys_found_by_cka_id(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, key_lookup="id")
+    backend = deployment.config.backends["hsm"]
+    assert isinstance(backend, Pkcs11BackendConfig)
+    key_id = fresh_key_id()
+    create_key(backend, backend.tokens[0], key_id, BOTH)
+    xks = await in_process_xks(deployment, aiohttp_client)
+    one = await xks.call("encrypt", key_id, encrypt_body(b"one", b"ctx"))
+    manager = KeyManager(TokenKeys(backend), LifecycleAudit(deployment.config.audit), "tester")
+    assert manager.rotate(key_id) == 2
+    listed = [list(k.versions) for k in manager.keys() if k.key_id == key_id]  # noqa: SIM118 (a method)
+    assert listed == [[1, 2]]
+    two = await encrypt_until_version(xks, key_id, 2)
+    for encrypted, plaintext in ((one, b"one"), (two, b"2")):
+        decrypted = await xks.call("decrypt", key_id, decrypt_body(encrypted, b"ctx"))
+        assert unb64(decrypted["plaintext"]) == plaintext
+
+
+async def test_rotation_through_the_admin_api(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    """The admin API rotates HSM keys with the CLI's service, inside a running proxy whose
+    backend stays logged in to the token (the rotation must not log the process out)."""
+    deployment = trust_test_issuer(make_pkcs11_deployment(tmp_path, softhsm))
+    config = deployment.config
+    assert config.admin.auth is not None
+    admin = await aiohttp_client(create_admin_app(config, build_guard(config.admin.auth)))
+    key_id = fresh_key_id()
+    create_key(hsm_config(softhsm), hsm_config(softhsm).tokens[0], key_id, BOTH)
+    xks = await in_process_xks(deployment, aiohttp_client)
+    one = await xks.call("encrypt", key_id, encrypt_body(b"one", b"ctx"))
+    assert metadata_version(one) == 1
+
+    status, rotated = await call(admin, "POST", f"{STORE}/keys/{key_id}/rotate", token("key-admin"))
+    assert (status, rotated["versions"], rotated["origin"]) == (200, 2, "hsm"), rotated
+    two = await encrypt_until_version(xks, key_id, 2)
+    for encrypted, plaintext in ((one, b"one"), (two, b"2")):
+        decrypted = await xks.call("decrypt", key_id, decrypt_body(encrypted, b"ctx"))
+        assert unb64(decrypted["plaintext"]) == plaintext
+
+    status, listed = await call(admin, "GET", STORE + "/keys", token("viewer"))
+    row = next(k for k in listed["keys"] if k["keyId"] == key_id)
+    assert (status, row["versions"], row["keyStatus"]) == (200, 2, "ENABLED")
+    status, refused = await call(admin, "POST", f"{STORE}/keys/{key_id}/disable", token("operator"))
+    assert status == 409 and "disabled_keys" in refused["message"]
+    status, _ = await call(admin, "POST", f"{STORE}/keys/key-never-made/rotate", token("key-admin"))
+    assert status == 404
+    audit = [a for a in lifecycle_audit_lines(tmp_path / "audit.log") if a["keyId"] == key_id]
+    assert [(a["action"], a["outcome"]) for a in audit] == [
+        ("rotate", "success"), ("disable", "refused")
+    ]  # fmt: skip
