@@ -724,7 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(check)
     check.set_defaults(func=cmd_check_config)
 
-    keys = commands.add_parser("keys", help="manage keys of the embedded software key store")
+    keys = commands.add_parser(
+        "keys", help="manage keys of the software key store (HSM keys: list and rotate)"
+    )
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     key_actions: list[tuple[str, str, Callable[[argparse.Namespace], int], bool]] = [
         ("create", "create a key", cmd_keys_create, True),
