@@ -26,6 +26,7 @@ from pkcs11 import exceptions as p11
 
 from xks_proxy.backends import pkcs11_library
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.backends.pkcs11_tokens import find_token
 from xks_proxy.backends.pkcs11_versions import (
     FIRST_VERSION,
     find_version,
@@ -67,11 +68,7 @@ def _usage(key: Any) -> tuple[str, ...]:
 def _open(config: Pkcs11BackendConfig, selector: TokenSelector) -> Any:
     library = pkcs11_library.load(config.module)
     try:
-        if selector.label is not None:
-            token = library.get_token(token_label=selector.label)
-        else:
-            assert selector.serial is not None
-            token = library.get_token(token_serial=selector.serial.encode())
+        token = find_token(library, selector)
         session = token.open(rw=True)
         # Login state belongs to the process: inside a running proxy (the admin API) the backend
         # is logged in already; a second login would fail, and its logout on close would log the

@@ -4,27 +4,23 @@
   same keys (an HSM cluster seen as separate slots): requests go to the first healthy one, and
   each token is one ``ekmFleetDetails`` entry, ACTIVE or UNAVAILABLE (xks-spec §4.4: one entry
   per EKM instance; KMS counts the states).
-* Sessions: each token has a fixed pool of sessions opened without a PIN and one extra session
-  that logs in and stays open, since PKCS#11 login state belongs to the application, not to the
-  session. A request waits for a free session up to ``session_wait_ms`` and then answers
-  DependencyTimeoutException. A session only returns to the pool when its thread is done with
-  it, even if the request gave up earlier.
+* Sessions: each token (``pkcs11_tokens``) has a fixed pool of sessions opened without a PIN
+  and one extra session that logs in and stays open. A request waits for a free session up to
+  ``session_wait_ms`` and then answers DependencyTimeoutException. A session only returns to
+  the pool when its thread is done with it, even if the request gave up earlier.
 * Blocking PKCS#11 calls run in a thread pool (python-pkcs11 releases the GIL), never on the
   event loop. The module is initialised for OS locking (see ``pkcs11_library``).
-* Key objects are found by ``pkcs11_keys.KeyFinder`` (handles cached per session); key
-  descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
+* Key objects, their versions and their descriptions come from ``pkcs11_keys.KeyFinder``
+  (which says how a running proxy learns of a rotation made elsewhere, within
+  ``VERSION_RESCAN_SECONDS``); descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
 * Key versions (``pkcs11_versions``): version 1 is the object named by the key id, version n ≥ 2
-  the object named ``<key id>#<n>`` (``xks-proxy keys rotate`` makes them). Encrypt uses the
-  newest and records it in ciphertextMetadata, in the layout the software backend writes
-  (``xks_proxy.aad.CiphertextMetadata``; every ciphertext this backend ever made carries it, with
-  version 1 before rotation existed). Decrypt uses the version the metadata names. A version the
-  token does not have, or metadata that does not parse, is InvalidCiphertextException, once the
-  token is confirmed: the metadata is part of what Encrypt returned and the spec makes any change
-  to it a ciphertext that does not decrypt (xks-spec §4.3, §7.2); the key itself exists, so it is
-  not KeyNotFoundException. A running proxy learns of a rotation made elsewhere (the CLI, the
-  admin API, another proxy on the same token) without a reload: Decrypt looks up the version it
-  is given, and Encrypt looks for a newer version at most ``VERSION_RESCAN_SECONDS`` (1 s) after
-  it last looked, so every proxy on a token encrypts under a new version within about a second.
+  the object named ``<key id>#<n>`` (``xks-proxy keys rotate``). Encrypt uses the newest and
+  records it in ciphertextMetadata in the software backend's layout (``aad.CiphertextMetadata``;
+  this backend always wrote it, version 1 before rotation existed). Decrypt uses the version
+  the metadata names. A version the key lacks, or metadata that does not parse, is
+  InvalidCiphertextException once the token is confirmed: the metadata is part of what Encrypt
+  returned, and any change to it makes a ciphertext that does not decrypt (xks-spec §4.3,
+  §7.2); the key exists, so it is not KeyNotFoundException.
 * Errors are translated once, by ``pkcs11_errors.translate``. A session or device failure
   discards the session (it is reopened on next use), marks the token unhealthy until the next
   health check, and answers InternalException (retryable). A failure that would blame the
@@ -36,12 +32,8 @@
   fails, the backend finalises and initialises the module again and reconnects (at most every
   ``RECONNECT_INTERVAL_SECONDS``), which is also how it notices a token that came back. While
   no token works, requests answer InternalException at once.
-* GetKeyMetadata reads the object's attributes: keySpec from CKA_KEY_TYPE and CKA_VALUE_LEN
-  (AES_256 only for a 32-byte AES key; RSA keys report RSA_<bits>), keyUsage from CKA_ENCRYPT,
-  CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_SIGN, CKA_VERIFY and CKA_DERIVE, keyStatus DISABLED
-  outside the key's CKA_START_DATE..CKA_END_DATE where the token can report them (SoftHSM
-  2.6.1 cannot read them back). PKCS#11 has no other on/off state, so the key store's
-  ``disabled_keys`` kill switch is the way to disable an HSM key.
+* GetKeyMetadata: see ``KeyFinder.describe``. PKCS#11 has no on/off state of its own, so the
+  key store's ``disabled_keys`` kill switch is the way to disable an HSM key.
 * IVs: with ``iv_source = "proxy"`` each IV is 12 random bytes from the OS; with ``"token"``
   the HSM writes the IV into the parameter buffer (CloudHSM, Luna in FIPS mode), and an IV the
   token left untouched fails the request instead of encrypting under a fixed IV.
@@ -54,7 +46,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -77,9 +68,10 @@ from xks_proxy.backends.pkcs11_errors import (
     translate,
 )
 from xks_proxy.backends.pkcs11_keys import HEALTH_KEY, KeyFinder, PooledSession
+from xks_proxy.backends.pkcs11_tokens import PooledToken
 from xks_proxy.backends.pkcs11_versions import FIRST_VERSION
 from xks_proxy.backends.session_pool import SessionPoolObserver, SilentObserver
-from xks_proxy.config import Pkcs11BackendConfig, TokenSelector
+from xks_proxy.config import Pkcs11BackendConfig
 from xks_proxy.errors import (
     ConfigError,
     DependencyTimeoutError,
@@ -100,39 +92,12 @@ RECONNECT_INTERVAL_SECONDS = 10.0
 _HEALTH_PLAINTEXT = b"xks-proxy health check"
 
 
-class _Token:
-    def __init__(self, selector: TokenSelector, size: int) -> None:
-        self.selector = selector
-        self.sessions = [PooledSession() for _ in range(size)]
-        self.pool: asyncio.Queue[PooledSession] = asyncio.Queue()
-        for each in self.sessions:
-            self.pool.put_nowait(each)
-        self.token: Any = None
-        self.login: Any = None
-        self.healthy = True
-        self.model = "PKCS#11 token"
-        self.manufacturer = ""
-        self.connect_lock = threading.Lock()
-
-    @property
-    def ekm_id(self) -> str:
-        return self.selector.label or self.selector.serial or "token"
-
-    def forget(self) -> None:
-        """Drop every session and the login (after the module was finalised)."""
-        for each in self.sessions:
-            each.session = None
-            each.keys.clear()
-        self.login = None
-        self.token = None
-
-
 class Pkcs11Backend:
     def __init__(
         self, config: Pkcs11BackendConfig, pool_observer: SessionPoolObserver | None = None
     ) -> None:
         self._config = config
-        self._tokens = [_Token(selector, config.sessions) for selector in config.tokens]
+        self._tokens = [PooledToken(selector, config.sessions) for selector in config.tokens]
         self._observer = pool_observer or SilentObserver()
         for token in self._tokens:
             self._observer.pool_size(token.ekm_id, config.sessions)
@@ -155,27 +120,8 @@ class Pkcs11Backend:
         return self._config.vendor or self._tokens[0].manufacturer or "PKCS#11"
 
     # -- connection, on a pool thread ------------------------------------------------------------
-    def _find_token(self, selector: TokenSelector) -> Any:
-        assert self._library is not None
-        if selector.label is not None:
-            return self._library.get_token(token_label=selector.label)
-        assert selector.serial is not None
-        return self._library.get_token(token_serial=selector.serial.encode())
-
-    def _ensure(self, token: _Token, pooled: PooledSession) -> Any:
-        """The session, opening it (and logging in to the token) when needed."""
-        if pooled.session is not None:
-            return pooled.session
-        with token.connect_lock:
-            if token.login is None:
-                found = self._find_token(token.selector)
-                token.login = found.open(user_pin=self._config.user_pin)
-                token.token = found
-                token.manufacturer = found.manufacturer_id
-                token.model = self._config.model or f"{found.manufacturer_id} {found.model}"
-        pooled.session = token.token.open()
-        pooled.keys.clear()
-        return pooled.session
+    def _ensure(self, token: PooledToken, pooled: PooledSession) -> Any:
+        return token.ensure(pooled, self._library, self._config.user_pin, self._config.model)
 
     def _connect_all(self) -> None:
         self._library = pkcs11_library.load(self._config.module)
@@ -205,7 +151,7 @@ class Pkcs11Backend:
 
     # -- the pool ------------------------------------------------------------------------------
     async def _call(
-        self, token: _Token, work: Callable[[PooledSession], T], *, decrypting: bool = False
+        self, token: PooledToken, work: Callable[[PooledSession], T], *, decrypting: bool = False
     ) -> T:
         """Run ``work`` on a free session of ``token`` in the thread pool."""
         observer, ekm_id = self._observer, token.ekm_id
@@ -259,7 +205,7 @@ class Pkcs11Backend:
                 raise InvalidKeyUsageError("The HSM key does not permit this operation.") from None
             raise translate(error, decrypting=decrypting) from None
 
-    def _token(self) -> _Token:
+    def _token(self) -> PooledToken:
         for token in self._tokens:
             if token.healthy:
                 return token
@@ -363,7 +309,7 @@ class Pkcs11Backend:
         plaintext = self._decrypt_in_session(pooled, HEALTH_KEY, sealed, None)
         return plaintext == _HEALTH_PLAINTEXT
 
-    async def _probe(self, token: _Token) -> bool:
+    async def _probe(self, token: PooledToken) -> bool:
         try:
             healthy = await self._call(token, self._probe_in_session)
         except Exception as error:
@@ -394,7 +340,7 @@ class Pkcs11Backend:
     async def _reconnect(self) -> None:
         """Finalise and initialise the module again, with every session out of every pool."""
         async with self._reconnecting:
-            taken: list[tuple[_Token, PooledSession]] = []
+            taken: list[tuple[PooledToken, PooledSession]] = []
             try:
                 for token in self._tokens:
                     for _ in token.sessions:

@@ -8,7 +8,11 @@
   same token) is encrypted under by every proxy within that bound. Decrypt never waits for it:
   it looks up the version its ciphertextMetadata names, and a newer version found that way is
   remembered at once.
-* Descriptions (GetKeyMetadata) read version 1, the object that is the key's identity.
+* Descriptions (GetKeyMetadata) read version 1, the object that is the key's identity: keySpec
+  from CKA_KEY_TYPE and CKA_VALUE_LEN (AES_256 only for a 32-byte AES key; RSA keys report
+  RSA_<bits>), keyUsage from CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_SIGN,
+  CKA_VERIFY and CKA_DERIVE, keyStatus DISABLED outside the key's CKA_START_DATE..CKA_END_DATE
+  where the token can report them (SoftHSM 2.6.1 cannot read them back).
 * ``confirm_token`` is the rule that a lost token is never a missing key (issue 9, finding 3).
 """
 
