@@ -37,7 +37,7 @@ from xks_proxy.backends.pkcs11_keys import VERSION_RESCAN_SECONDS
 from xks_proxy.backends.pkcs11_versions import parse_version_name, version_name
 from xks_proxy.config import Pkcs11BackendConfig, load_config
 from xks_proxy.keymgmt.audit import LifecycleAudit
-from xks_proxy.keymgmt.hsm import TokenKeys
+from xks_proxy.keymgmt.hsm import TokenKeys, TokenUnavailableError
 from xks_proxy.keymgmt.service import KeyManager
 from xks_proxy.keystore.records import KeyStateError, UnknownKeyError
 from xks_proxy.pkcs11_admin import create_key, rotate_key
@@ -283,6 +283,18 @@ def test_a_rotation_racing_another_changes_nothing(softhsm: SoftHsm) -> None:
             s.get_key(object_class=ObjectClass.SECRET_KEY, label=f"{key_id}#2")
 
 
+def test_a_token_without_its_health_key_is_not_a_missing_key(softhsm: SoftHsm) -> None:
+    """A token whose objects all vanished also lost the health key: then "no such key" is the
+    token's failure (KeyStoreUnavailable: CLI exit 1, admin API 503), not the key's."""
+    vanished = TokenKeys(softhsm.backend_config(CONFORMANCE_TOKEN, health_key_label="gone"))
+    with pytest.raises(TokenUnavailableError, match="the token failed"):
+        vanished.rotate_key("key-never-made")
+    with pytest.raises(TokenUnavailableError):
+        vanished.records()
+    with pytest.raises(UnknownKeyError):
+        TokenKeys(hsm_config(softhsm)).rotate_key("key-never-made")
+
+
 def test_refused_lifecycle_actions_on_hsm_keys_are_audited(tmp_path: Path, softhsm: SoftHsm
                                                            ) -> None:  # fmt: skip
     deployment = make_pkcs11_deployment(tmp_path, softhsm)
@@ -333,6 +345,8 @@ def test_token_loss_with_versions_is_never_a_client_error(tmp_path: Path) -> Non
         for status, answer in answers:
             assert status == 200 or answer["errorName"] in RETRYABLE, answers
         assert answers[0][0] == answers[-1][0] == 500, "version 7 can never decrypt"
+        rotation = cli(deployment, "keys", "rotate", "--key-id", key_id, env=environment, expect=2)
+        assert "no token" in rotation.stderr and "no key" not in rotation.stderr
 
         hsm.restore_token(away)
         deadline = time.monotonic() + 60

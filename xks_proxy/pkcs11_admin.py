@@ -26,6 +26,7 @@ from pkcs11 import exceptions as p11
 
 from xks_proxy.backends import pkcs11_library
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.backends.pkcs11_errors import TokenLostError
 from xks_proxy.backends.pkcs11_tokens import find_token
 from xks_proxy.backends.pkcs11_versions import (
     FIRST_VERSION,
@@ -127,6 +128,15 @@ def _secret_key_labels(session: Any) -> list[str]:
     return [key.label for key in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})]
 
 
+def _confirm_token(session: Any, config: Pkcs11BackendConfig) -> None:
+    """A missing key is only missing while the health key (on every token) is there: a token
+    whose storage vanished finds no objects at all (``backends.pkcs11``, issue 9 finding 3)."""
+    try:
+        session.get_key(object_class=ObjectClass.SECRET_KEY, label=config.health_key_label)
+    except p11.PKCS11Error:
+        raise TokenLostError() from None
+
+
 def rotate_key(config: Pkcs11BackendConfig, selector: TokenSelector, key_id: str) -> int:
     """Make the next version of ``key_id``; returns its number.
 
@@ -140,6 +150,7 @@ def rotate_key(config: Pkcs11BackendConfig, selector: TokenSelector, key_id: str
         try:
             first = find_version(session, key_id, FIRST_VERSION, config.key_lookup)
         except p11.NoSuchKey:
+            _confirm_token(session, config)
             raise UnknownKeyError(key_id) from None
         if first[Attribute.KEY_TYPE] != KeyType.AES or first[Attribute.VALUE_LEN] != 32:
             raise KeyStateError(f"key {key_id} is not an AES-256 key; only those are rotated")
@@ -171,6 +182,7 @@ def key_versions(config: Pkcs11BackendConfig, selector: TokenSelector) -> list[V
     try:
         usages: dict[str, frozenset[str]] = {}
         versions: dict[str, list[int]] = {}
+        _confirm_token(session, config)  # an empty list must mean no keys, not no token
         for key in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
             name = (
                 key[Attribute.ID].decode(errors="replace")

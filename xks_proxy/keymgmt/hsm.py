@@ -20,6 +20,7 @@ from typing import NamedTuple, TypeVar
 from pkcs11 import exceptions as p11
 
 from xks_proxy import pkcs11_admin
+from xks_proxy.backends.pkcs11_errors import TokenLostError
 from xks_proxy.config import BackendConfig, Config, Pkcs11BackendConfig, SoftwareBackendConfig
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.records import KeyStoreUnavailableError
@@ -57,7 +58,7 @@ class TokenKeys:
     def _on_token(self, work: Callable[[], T]) -> T:
         try:
             return work()
-        except p11.PKCS11Error as error:
+        except (p11.PKCS11Error, TokenLostError) as error:
             # The return code's name only: no module text reaches logs or the audit line.
             raise TokenUnavailableError(
                 f"backends.{self._config.name}: the token failed ({type(error).__name__}); "

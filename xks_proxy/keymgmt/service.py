@@ -54,7 +54,8 @@ REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError, BackupEr
 HSM_KEYS_HINT = (
     "HSM keys are made with `xks-proxy pkcs11 create-key`; to switch one off, list it in "
     "`disabled_keys` of its key store and run `xks-proxy reload` (the kill switch for every "
-    "backend); `keys list` and `keys rotate` work for them"
+    "backend); `keys list` and `keys rotate` work for them (with `--backend NAME` when the "
+    "configuration has a software backend too)"
 )
 
 
