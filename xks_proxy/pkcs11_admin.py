@@ -12,11 +12,14 @@ object is made under a private name (``<key id>#<n>~<random>``, which no proxy l
 token is then searched for any other object named version n or on its way to be; only when there
 is none is the object renamed to version n, else it is destroyed, unused, and the rotation
 refused. Of two racing rotations, the later search always sees the earlier object, so at most
-one of them completes (both may refuse; running it again then works).
+one of them completes (both may refuse; running it again then works). A rotation that fails
+after making its object destroys it; one killed in between leaves its ``~<random>`` object,
+which later rotations name in their refusal so that an operator can delete it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -158,19 +161,29 @@ def rotate_key(config: Pkcs11BackendConfig, selector: TokenSelector, key_id: str
         name = version_name(key_id, version)
         pending = f"{name}{_PENDING}{secrets.token_hex(8)}"
         made = _generate(session, pending, frozenset(_usage(first)))
-        rivals = [
-            label
-            for label in _secret_key_labels(session)
-            if label != pending and (label == name or label.startswith(name + _PENDING))
-        ]
-        if rivals:
-            made.destroy()
-            raise KeyStateError(
-                f"another rotation of key {key_id} is making version {version} at this moment; "
-                "this one changed nothing (run `keys list`, and rotate again if still needed)"
-            )
-        made[Attribute.LABEL] = name
-        made[Attribute.ID] = name.encode()
+        try:
+            rivals = [
+                label
+                for label in _secret_key_labels(session)
+                if label != pending and (label == name or label.startswith(name + _PENDING))
+            ]
+            if rivals:
+                raise KeyStateError(
+                    f"another rotation of key {key_id} is making version {version} at this "
+                    f"moment ({', '.join(sorted(rivals))}); this one changed nothing: run "
+                    "`keys list` and rotate again if still needed (an object whose label ends "
+                    f"in {_PENDING}<hex> that stays is left by a crashed rotation: delete it)"
+                )
+            # Proxies find a version by one attribute (``key_lookup``); set it last, so that no
+            # proxy can use the object before it is complete, and it can still be destroyed.
+            final = {Attribute.LABEL: name, Attribute.ID: name.encode()}
+            last = Attribute.ID if config.key_lookup == "id" else Attribute.LABEL
+            for attribute in sorted(final, key=lambda each: each == last):
+                made[attribute] = final[attribute]
+        except BaseException:
+            with contextlib.suppress(p11.PKCS11Error):
+                made.destroy()
+            raise
         return version
     finally:
         session.close()
