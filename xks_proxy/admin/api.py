@@ -41,7 +41,13 @@ from xks_proxy.config import (
 from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.keymgmt.audit import LifecycleAudit
 from xks_proxy.keymgmt.service import DEFAULT_DELETION_DAYS, KeyManager, describe_key
-from xks_proxy.keystore.records import KeyExistsError, KeyStateError, UnknownKeyError
+from xks_proxy.keystore.records import (
+    ORIGIN_EXTERNAL,
+    ORIGIN_PROXY,
+    KeyExistsError,
+    KeyStateError,
+    UnknownKeyError,
+)
 from xks_proxy.keystore.store import KeyStoreUnavailableError, open_key_database
 from xks_proxy.safelog import log_unexpected
 from xks_proxy.web.responses import json_response
@@ -50,6 +56,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 64 * 1024
 USAGES = frozenset({ENCRYPT, DECRYPT})
+ORIGINS = (ORIGIN_PROXY, ORIGIN_EXTERNAL)
 T = TypeVar("T")
 CONFIG_PATH = web.AppKey("admin_config_path", Path)
 
@@ -254,8 +261,12 @@ async def create_key(request: web.Request) -> web.Response:
     usage = json_field(document, "keyUsage", list, [ENCRYPT, DECRYPT])
     if not all(isinstance(u, str) for u in usage) or not set(usage) <= USAGES:
         raise ApiError(400, "bad_request", "keyUsage: a list of ENCRYPT and DECRYPT")
-    request[DETAIL] = f"key {key_id}"
-    await run_blocking(_with_keys(request, lambda keys: keys.create(key_id, frozenset(usage))))
+    origin = json_field(document, "origin", str, ORIGIN_PROXY).lower()
+    if origin not in ORIGINS:
+        raise ApiError(400, "bad_request", "origin: proxy, or external for imported material")
+    request[DETAIL] = f"key {key_id}, origin {origin}"
+    create = KeyManager.create_external if origin == ORIGIN_EXTERNAL else KeyManager.create
+    await run_blocking(_with_keys(request, lambda keys: create(keys, key_id, frozenset(usage))))
     return await _described(request, key_id, 201)
 
 
@@ -391,7 +402,10 @@ def create_admin_app(config: Config, guard: AdminGuard) -> web.Application:
     app.router.add_post(store + "/credentials", create_credential)
     app.router.add_put(credential, add_credential)
     app.router.add_delete(credential, revoke_credential)
-    from xks_proxy.admin.api_policies import add_policy_routes  # it builds on this module
+    # They build on this module.
+    from xks_proxy.admin.api_import import add_import_routes
+    from xks_proxy.admin.api_policies import add_policy_routes
 
+    add_import_routes(app, key)
     add_policy_routes(app, store)
     return app

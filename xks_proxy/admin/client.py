@@ -11,6 +11,7 @@ becomes ``CommandError`` with the API's message; a 401/403 also says which.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import ssl
 import urllib.error
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.keymgmt.byok import ImportParameters
 
 TIMEOUT_SECONDS = 30
 API_PREFIX = "/admin/v1"
@@ -109,8 +111,41 @@ class RemoteKeys:
         rows: list[dict[str, Any]] = self._client.call("GET", self._base)["keys"]
         return rows
 
-    def create(self, key_id: str, usage: frozenset[str]) -> None:
-        self._client.call("POST", self._base, {"keyId": key_id, "keyUsage": sorted(usage)})
+    def create(self, key_id: str, usage: frozenset[str], origin: str = "proxy") -> None:
+        self._client.call(
+            "POST", self._base, {"keyId": key_id, "keyUsage": sorted(usage), "origin": origin}
+        )
+
+    def create_external(self, key_id: str, usage: frozenset[str]) -> None:
+        self.create(key_id, usage, "external")
+
+    def import_parameters(self, key_id: str, algorithm: str, spec: str) -> ImportParameters:
+        quoted = urllib.parse.quote(key_id, safe="")
+        answer = self._client.call(
+            "POST", f"{self._base}/{quoted}/import-parameters",
+            {"wrappingAlgorithm": algorithm, "wrappingKeySpec": spec},
+        )  # fmt: skip
+        return ImportParameters(
+            answer["publicKey"].encode(),
+            answer["importToken"],
+            datetime.fromisoformat(answer["parametersValidTo"]),
+        )
+
+    def import_material(
+        self, key_id: str, wrapped: bytes, token: str, valid_to: datetime | None = None
+    ) -> None:
+        body = {
+            "encryptedKeyMaterial": base64.b64encode(wrapped).decode(),
+            "importToken": token.strip(),
+        }
+        if valid_to is not None:
+            body["validTo"] = valid_to.isoformat()
+        self._client.call(
+            "POST", f"{self._base}/{urllib.parse.quote(key_id, safe='')}/import-material", body
+        )
+
+    def delete_material(self, key_id: str) -> None:
+        self._key(key_id, "delete-material")
 
     def enable(self, key_id: str) -> None:
         self._key(key_id, "enable")
