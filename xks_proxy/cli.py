@@ -837,7 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_credential_commands(commands, config_arg)
     add_admin_commands(commands, config_arg)
-    add_policy_commands(commands, config_arg)
+    add_policy_commands(commands)
 
     emulator = commands.add_parser(
         "kms-emulator", help="run a local AWS KMS whose external key stores call XKS proxies"

@@ -59,6 +59,13 @@ USAGES = frozenset({ENCRYPT, DECRYPT})
 ORIGINS = (ORIGIN_PROXY, ORIGIN_EXTERNAL)
 T = TypeVar("T")
 CONFIG_PATH = web.AppKey("admin_config_path", Path)
+# How the API makes the proxy reload (``/reload``, a policy put): SIGHUP to this process, as
+# `xks-proxy reload` does (a supervisor passes it on to its workers). Tests put their own.
+RELOAD: web.AppKey[Callable[[], None]] = web.AppKey("admin_reload")
+
+
+def send_sighup() -> None:
+    os.kill(os.getpid(), signal.SIGHUP)
 
 
 class ApiError(Exception):
@@ -207,7 +214,7 @@ async def health(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     # The same SIGHUP as `xks-proxy reload`: this process reloads (a supervisor passes it on).
     await run_blocking(lambda: _config(request).check_serving())
-    os.kill(os.getpid(), signal.SIGHUP)
+    request.app[RELOAD]()
     request[DETAIL] = "SIGHUP sent"
     return json_response({"reload": "requested", "log": "the proxy's log says how it went"}, 202)
 
@@ -381,6 +388,7 @@ def create_admin_app(config: Config, guard: AdminGuard) -> web.Application:
     app[GUARD] = guard
     app[CONFIG_PATH] = config.path
     app[AUDIT] = _audit_hook(config.audit)
+    app[RELOAD] = send_sighup
     store = PREFIX + "/key-stores/{store}"
     key = store + "/keys/{key}"
     credential = store + "/credentials/{access_key_id}"

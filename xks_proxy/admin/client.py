@@ -193,3 +193,30 @@ class RemoteCredentials:
         answer = self._client.call("DELETE", path + ("?force=true" if force else ""))
         name: str = answer["keyStore"]
         return name
+
+
+class RemotePolicies:
+    """A key store's secondary-authorization policy over the API (``admin/api_policies.py``)."""
+
+    def __init__(self, client: AdminClient, key_store: str | None) -> None:
+        self._client = client
+        self._base = f"/key-stores/{client.key_store(key_store)}/policy"
+
+    def get(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client.call("GET", self._base)
+        return answer
+
+    def put(self, text: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client.call("PUT", self._base, {"policies": text})
+        return answer
+
+    def validate(self, text: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client.call(
+            "POST", self._base + "/validate", {"policies": text}
+        )
+        return answer
+
+    def explain(self, request: Any) -> dict[str, Any]:
+        """``request``: a request document (``authz/explain.py``) as the body."""
+        answer: dict[str, Any] = self._client.call("POST", self._base + "/explain", request)
+        return answer
