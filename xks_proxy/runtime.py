@@ -55,7 +55,7 @@ class ProxyRuntime:
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)
         self.service = XksService(self.health, config.health, self.metrics)
         # Parsed here, so a bad policy file stops start-up and rejects a reload (authz/load.py).
-        authorizers = load_authorizers(config)
+        authorizers = load_authorizers(config, self.metrics.authz_observer)
         # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
         self.key_stores = {
             ks.uri_path: KeyStore.build(ks, self.backends[ks.backend], authorizers[ks.name])

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from xks_proxy import __version__, credential_service
 from xks_proxy.admin.http import AUDIT, CALLER, DETAIL, GUARD, AdminGuard, actor_of, requires
+from xks_proxy.admin.metrics import AdminMetrics
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import (
     AuditConfig,
@@ -367,10 +368,15 @@ async def revoke_credential(request: web.Request) -> web.Response:
     return json_response({"keyStore": store, "accessKeyId": access_key_id, "revoked": True})
 
 
-def _audit_hook(config: AuditConfig) -> Callable[[str, str, int, str], None]:
+def _audit_hook(
+    config: AuditConfig, metrics: AdminMetrics | None
+) -> Callable[[str, str, int, str], None]:
+    """One audit line, and one count, per guarded request."""
     audit = LifecycleAudit(config)
 
     def record(actor: str, operation: str, status: int, detail: str) -> None:
+        if metrics is not None:
+            metrics.observe(operation, status)
         outcome = "success" if status < 400 else f"refused ({status})"
         try:
             audit.record(
@@ -383,11 +389,13 @@ def _audit_hook(config: AuditConfig) -> Callable[[str, str, int, str], None]:
     return record
 
 
-def create_admin_app(config: Config, guard: AdminGuard) -> web.Application:
+def create_admin_app(
+    config: Config, guard: AdminGuard, metrics: AdminMetrics | None = None
+) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
     app[GUARD] = guard
     app[CONFIG_PATH] = config.path
-    app[AUDIT] = _audit_hook(config.audit)
+    app[AUDIT] = _audit_hook(config.audit, metrics)
     app[RELOAD] = send_sighup
     store = PREFIX + "/key-stores/{store}"
     key = store + "/keys/{key}"

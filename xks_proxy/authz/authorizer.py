@@ -17,6 +17,7 @@ then names the failing policy. Should cedarpy refuse a request outright, that is
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,18 +56,29 @@ class PolicyDeniedError(AccessDeniedError):
 class Authorizer:
     """One key store's policies; ``check`` raises ``PolicyDeniedError`` on a deny."""
 
-    def __init__(self, key_store: str, policies: PolicyFile) -> None:
+    def __init__(
+        self,
+        key_store: str,
+        policies: PolicyFile,
+        observe: Callable[[bool], None] | None = None,
+    ) -> None:
         self.key_store = key_store
         self.policies = policies
+        # Told every decision of ``check`` (the metrics' xks_authz_decisions_total).
+        self._observe = observe
         # Per instance, so the cache lives and dies with these policies.
         self.decide = lru_cache(maxsize=DECISION_CACHE_SIZE)(self.evaluate)
 
     @classmethod
-    def load(cls, key_store: str, path: Path) -> Authorizer:
-        return cls(key_store, load_policy_file(path))
+    def load(
+        cls, key_store: str, path: Path, observe: Callable[[bool], None] | None = None
+    ) -> Authorizer:
+        return cls(key_store, load_policy_file(path), observe)
 
     def check(self, key_id: str, xks_operation: str, metadata: RequestMetadata) -> None:
         decision = self.decide(AuthzInput.of(self.key_store, key_id, xks_operation, metadata))
+        if self._observe is not None:
+            self._observe(decision.allowed)
         if not decision.allowed:
             raise PolicyDeniedError(decision)
 

@@ -10,6 +10,7 @@ the schema check finds (authz/schema.py) is logged as a warning and does not sto
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from xks_proxy.authz.authorizer import Authorizer
 from xks_proxy.authz.policy import PolicyError
@@ -19,14 +20,18 @@ from xks_proxy.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def load_authorizers(config: Config) -> dict[str, Authorizer | None]:
-    """Key store name → its authorizer, or None where no policy is configured."""
+def load_authorizers(
+    config: Config, observer_for: Callable[[str], Callable[[bool], None]] | None = None
+) -> dict[str, Authorizer | None]:
+    """Key store name → its authorizer, or None where no policy is configured.
+    ``observer_for(key_store)`` is told each of that key store's decisions (metrics)."""
     authorizers: dict[str, Authorizer | None] = {}
     for index, store in enumerate(config.key_stores):
         path = store.authorization_policy
         where = f"key_stores[{index}].authorization_policy"
         try:
-            authorizer = None if path is None else Authorizer.load(store.name, path)
+            observe = observer_for(store.name) if observer_for and path else None
+            authorizer = None if path is None else Authorizer.load(store.name, path, observe)
         except PolicyError as error:
             raise ConfigError(f"{where}: {error}") from None
         if authorizer is not None:
