@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.admin_tokens import ISSUER, mint, public_pem
 from tests.conftest import KEY_BOTH, Deployment, make_deployment
-from tests.test_admin_auth import RSA_KEY, _attacks
+from tests.test_admin_auth import ATTACK_NAMES, RSA_KEY, attack
 from tests.xks_client import XksClient, encrypt_body
 from xks_proxy.admin.api import create_admin_app
 from xks_proxy.admin.roles import OPERATIONS, PERMISSIONS, Role
@@ -141,10 +141,9 @@ async def test_the_role_matrix_over_every_endpoint(admin: TestClient[Any, Any], 
             assert answer["error"] == "insufficient_scope"
 
 
-@pytest.mark.parametrize(("name", "bearer", "headers"), _attacks(), ids=[a[0] for a in _attacks()])
-async def test_each_attack_token_is_401_on_the_api(
-    admin: TestClient[Any, Any], name: str, bearer: str | None, headers: dict[str, str]
-) -> None:
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+async def test_each_attack_token_is_401_on_the_api(admin: TestClient[Any, Any], name: str) -> None:
+    bearer, headers = attack(name)
     response = await admin.post(
         "/admin/v1" + STORE + "/keys",
         json={"keyId": "key-attacker"},
