@@ -21,6 +21,7 @@ from xks_proxy.errors import ConfigError
 
 if TYPE_CHECKING:
     from xks_proxy.admin.client import RemotePolicies
+    from xks_proxy.authz.authorizer import Authorizer
     from xks_proxy.authz.explain import ExplainRequest
 
 ALLOW, DENY = 0, 1
@@ -65,6 +66,24 @@ def _describe(request: ExplainRequest) -> str:
     )
 
 
+def _stored_authorizer(config_path: Path, store: KeyStoreConfig) -> tuple[Authorizer | None, str]:
+    """The authorizer of a policy kept in the key store database (``authz/stored.py``)."""
+    from xks_proxy.authz.authorizer import Authorizer
+    from xks_proxy.authz.policy import PolicyError
+    from xks_proxy.authz.stored import parse_stored, read_stored_policy
+
+    # The database's location and KEK are in the backend's configuration.
+    row = read_stored_policy(load_config(config_path), store)
+    if row is None:
+        return None, ""
+    try:
+        policies = parse_stored(row)
+    except PolicyError as error:
+        raise ConfigError(str(error)) from None
+    where = f"policy: key store database, revision {row.revision}, put by {row.updated_by}"
+    return Authorizer(store.name, policies), where
+
+
 def cmd_policy_test(args: argparse.Namespace) -> int:
     # cedarpy takes a tenth of a second to import: only this command pays for it.
     from xks_proxy.authz.explain import HEALTH, explain, request_from_document
@@ -86,10 +105,14 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config), with_backends=False)
     store: KeyStoreConfig = config.key_store(args.key_store)
     request = request_from_document(document, where)
-    authorizer = load_authorizers(config)[store.name]
+    if store.authorization_policy_in_store:
+        authorizer, source = _stored_authorizer(Path(args.config), store)
+    else:
+        authorizer = load_authorizers(config)[store.name]
+        source = f"policy file: {store.authorization_policy}"
     print(f"key store: {store.name}")
     if request.xks_operation != HEALTH and authorizer is not None:
-        print(f"policy file: {store.authorization_policy}")
+        print(source)
         print(_describe(request))
     return print_explanation(explain(store.name, authorizer, request).as_json())
 

@@ -82,12 +82,13 @@ def request_from_document(document: object, where: str) -> ExplainRequest:
 def explain(key_store: str, authorizer: Authorizer | None, request: ExplainRequest) -> Explanation:
     if request.xks_operation == HEALTH:
         return Explanation(allowed=True, reason=NEVER_CHECKED)
-    if authorizer is None:
+    if authorizer is None or authorizer.policies is None:
         return Explanation(allowed=True, reason=NO_POLICY)
     decision = authorizer.evaluate(
         AuthzInput.of(key_store, request.key_id, request.xks_operation, request.metadata)
     )
-    by_name = {policy.name: policy for policy in authorizer.policies.policies.values()}
+    policies = authorizer.policies  # the ones evaluate used: one event-loop turn, no await
+    by_name = {policy.name: policy for policy in policies.policies.values()}
     deciding = []
     for name in decision.policies:
         policy = by_name.get(name)

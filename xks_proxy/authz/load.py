@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from xks_proxy.authz.authorizer import Authorizer
-from xks_proxy.authz.policy import PolicyError
+from xks_proxy.authz.policy import PolicyError, load_policy_file
 from xks_proxy.config import Config
 from xks_proxy.errors import ConfigError
 
@@ -29,13 +29,21 @@ def load_authorizers(
     for index, store in enumerate(config.key_stores):
         path = store.authorization_policy
         where = f"key_stores[{index}].authorization_policy"
+        configured = path is not None or store.authorization_policy_in_store
+        observe = observer_for(store.name) if observer_for and configured else None
+        if store.authorization_policy_in_store:
+            # Its policies come from the key store database once the backend is open
+            # (authz/stored.py); until then, none.
+            authorizers[store.name] = Authorizer(store.name, None, observe)
+            continue
+        if path is None:
+            authorizers[store.name] = None
+            continue
         try:
-            observe = observer_for(store.name) if observer_for and path else None
-            authorizer = None if path is None else Authorizer.load(store.name, path, observe)
+            policies = load_policy_file(path)
         except PolicyError as error:
             raise ConfigError(f"{where}: {error}") from None
-        if authorizer is not None:
-            for warning in authorizer.policies.warnings:
-                log.warning("%s: %s: %s", where, path, warning)
-        authorizers[store.name] = authorizer
+        for warning in policies.warnings:
+            log.warning("%s: %s: %s", where, path, warning)
+        authorizers[store.name] = Authorizer(store.name, policies, observe)
     return authorizers
