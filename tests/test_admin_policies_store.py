@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.authz_policies import ALICE, ALICE_ENCRYPTS_ONLY, BASELINE, DENY_ALL
-from tests.conftest import KEY_BOTH, Deployment
+from tests.conftest import KEY_BOTH, Deployment, make_pkcs11_deployment
 from tests.proxy_process import ProxyProcess, close_all, free_port
+from tests.softhsm import SoftHsm
 from tests.test_admin_api import AiohttpClient, admin_deployment, call, token
 from tests.test_admin_policies import BROKEN, admin_audit
 from tests.test_admin_process import mint
@@ -25,6 +26,7 @@ from tests.xks_client import XksClient, decrypt_body, encrypt_body
 from xks_proxy.admin.api import RELOAD, create_admin_app
 from xks_proxy.admin.settings import build_guard
 from xks_proxy.config import load_config
+from xks_proxy.errors import ConfigError
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.web.app import create_app
 
@@ -137,3 +139,17 @@ def test_a_running_proxy_follows_a_put_through_the_cli(tmp_path: Path) -> None:
     local = run("policy", "test", "--config", str(config), "--request", str(request), check=False)
     assert local.returncode == 1 and "key store database" in local.stdout
     assert "nothing (line 1):" in local.stdout
+
+
+def test_a_key_store_on_an_hsm_cannot_keep_its_policy_in_a_database(
+    tmp_path: Path, softhsm: SoftHsm
+) -> None:
+    deployment = make_pkcs11_deployment(tmp_path, softhsm)
+    text = deployment.config_path.read_text()
+    deployment.config_path.write_text(text.replace('keys = ["key-*"]', IN_STORE, 1))
+    config = load_config(deployment.config_path)
+    assert config.key_stores[0].authorization_policy_in_store
+    with pytest.raises(ConfigError, match="backend hsm is not one"):
+        ProxyRuntime(config)
+    refused = run("serve", "--config", str(deployment.config_path), "--port", "0", check=False)
+    assert refused.returncode == 2 and "software backend" in refused.stderr

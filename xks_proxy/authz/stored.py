@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from xks_proxy.authz.authorizer import Authorizer
@@ -73,34 +74,36 @@ class StoredPolicyFollower:
         self._revision = -1
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._remove_listener: object = None
+        self._remove_listener: Callable[[], None] | None = None
 
     @property
     def key_store(self) -> str:
         return self._authorizer.key_store
 
     async def start(self) -> None:
-        """The first read, which must work and parse; then follow the store."""
-        rows = PolicyRows(self._backend.database)
-        row = await asyncio.to_thread(rows.get, self.key_store)
-        if row is None:
-            log.warning(
-                "key store %s: no policy in the key store database yet: every request is "
-                "allowed until one is put (admin API PUT …/policy)",
-                self.key_store,
-            )
-        else:
+        """The first read, which must work and parse; then follow the store. Listening starts
+        first, so a put during the read is not missed (revisions only go forward)."""
+        self._remove_listener = self._backend.add_store_listener(self._store_changed)
+        async with self._lock:
+            rows = PolicyRows(self._backend.database)
+            row = await asyncio.to_thread(rows.get, self.key_store)
+            if row is None:
+                log.warning(
+                    "key store %s: no policy in the key store database yet: every request is "
+                    "allowed until one is put (admin API PUT …/policy)",
+                    self.key_store,
+                )
+                return
             try:
                 policies = await asyncio.to_thread(parse_stored, row)
             except PolicyError as error:
                 raise ConfigError(f"key store {self.key_store}: {error}") from None
             self._install(row, policies)
-        self._remove_listener = self._backend.add_store_listener(self._store_changed)
 
     def stop(self) -> None:
-        remove = self._remove_listener
-        if callable(remove):
-            remove()
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
         for task in self._tasks:
             task.cancel()
 
