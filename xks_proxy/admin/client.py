@@ -1,8 +1,10 @@
-"""The CLI's side of the admin API: ``--admin-url URL --token-file F`` on ``keys`` and
-``credentials`` make the same calls over HTTP that the API makes locally on the proxy host.
+"""The CLI's side of the admin API: ``--admin-url URL --token-file F`` on ``keys``,
+``credentials`` and ``policy`` make the same calls over HTTP that the API makes locally on the
+proxy host.
 
-``RemoteKeys`` has the method names of ``keymgmt.service.KeyManager`` and ``RemoteCredentials``
-the function names of ``credential_service``, so each CLI command reads the same either way.
+``RemoteKeys`` has the method names of ``keymgmt.service.KeyManager`` (imports included) and
+``RemoteCredentials`` the function names of ``credential_service``, so each CLI command reads
+the same either way; ``RemotePolicies`` is the policy endpoints.
 The token is read from a file (never argv, which every local user sees in ``ps``) and is never
 printed. An https URL is verified against the system's CAs or ``--admin-cacert``. An API error
 becomes ``CommandError`` with the API's message; a 401/403 also says which.
