@@ -35,9 +35,9 @@ AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 SUBJECT = "alice@example.com"
 
 
-def admin_deployment(directory: Path) -> Deployment:
+def admin_deployment(directory: Path, database_url: str | None = None) -> Deployment:
     """An ``init`` deployment whose [admin.auth] also trusts the test issuer's RSA key."""
-    deployment = make_deployment(directory)
+    deployment = make_deployment(directory, database_url=database_url)
     (directory / "rsa-1.pem").write_bytes(public_pem(RSA_KEY))
     path = deployment.config_path
     text = path.read_text()

@@ -61,10 +61,12 @@ async def until(xks: XksClient, encrypted: dict[str, Any], status: int) -> None:
     raise AssertionError(f"decrypt never answered {status}")
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_a_put_reaches_every_proxy_of_the_store_without_a_reload(
-    tmp_path: Path, aiohttp_client: AiohttpClient
+    tmp_path: Path, aiohttp_client: AiohttpClient, request: pytest.FixtureRequest, database: str
 ) -> None:
-    deployment = in_store(admin_deployment(tmp_path))
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
+    deployment = in_store(admin_deployment(tmp_path, database_url=url))
     config = deployment.config
     store = config.key_stores[0]
     assert store.authorization_policy_in_store and store.authorization_policy is None
@@ -96,8 +98,8 @@ async def test_a_put_reaches_every_proxy_of_the_store_without_a_reload(
     assert got["text"] == ALICE_ENCRYPTS_ONLY and got["revision"] == put["revision"]
     assert got["updatedBy"].startswith("alice@example.com")
     metadata = {"kmsOperation": "Decrypt", "awsPrincipalArn": ALICE}
-    request = {"xksOperation": "Decrypt", "keyId": KEY_BOTH, "requestMetadata": metadata}
-    status, explained = await call(admin, "POST", POLICY + "/explain", token("viewer"), request)
+    asked = {"xksOperation": "Decrypt", "keyId": KEY_BOTH, "requestMetadata": metadata}
+    status, explained = await call(admin, "POST", POLICY + "/explain", token("viewer"), asked)
     assert explained["decision"] == "DENY"
     assert [p["id"] for p in explained["determiningPolicies"]] == ["alice-may-not-decrypt"]
 
