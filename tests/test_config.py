@@ -58,7 +58,7 @@ def test_example_configuration_loads(tmp_path: Path) -> None:
     authorizers = load_authorizers(config)
     assert authorizers["analytics"] is None
     payments_authorizer = authorizers["payments"]
-    assert payments_authorizer is not None
+    assert payments_authorizer is not None and payments_authorizer.policies is not None
     assert [p.name for p in payments_authorizer.policies.policies.values()] == [
         "allow-the-rest",
         "payments-ebs-only-through-ebs",

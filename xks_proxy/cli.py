@@ -48,6 +48,8 @@ from xks_proxy.keymgmt.byok import (
     DEFAULT_WRAPPING_KEY_SPEC,
     WRAPPING_ALGORITHMS,
     WRAPPING_KEY_BITS,
+    ImportRefusedError,
+    parse_valid_to,
 )
 from xks_proxy.keymgmt.hsm import open_lifecycle_keys
 from xks_proxy.keymgmt.service import (
@@ -316,12 +318,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     if usage is None:
         raise ConfigError("--usage: one of ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE")
     with _key_actions(args) as keys:
-        if args.origin != "external":
-            keys.create(args.key_id, usage)
-        elif isinstance(keys, RemoteKeys):
-            raise CommandError("--origin external is not available over the admin API yet")
-        else:
+        if args.origin == "external":
             keys.create_external(args.key_id, usage)
+        else:
+            keys.create(args.key_id, usage)
     print(f"created key {args.key_id} ({', '.join(sorted(usage)) or 'no usage'})")
     if args.origin == "external":
         print("it has no key material and is DISABLED until `keys import` (see import-parameters)")
@@ -399,7 +399,7 @@ def cmd_keys_import_parameters(args: argparse.Namespace) -> int:
     from xks_proxy.credentials import write_private_file
 
     out = Path(args.out)
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         parameters = keys.import_parameters(
             args.key_id, args.wrapping_algorithm, args.wrapping_key_spec
         )
@@ -422,21 +422,11 @@ def _read_file(path: str) -> bytes:
 
 
 def _valid_to(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--valid-to: not an ISO 8601 date and time: {text!r}") from None
-    if when.tzinfo is None:
-        raise ConfigError("--valid-to: give a time zone, e.g. 2027-01-31T00:00:00Z")
-    return when
+    return None if text is None else parse_valid_to(text, "--valid-to")
 
 
 @_key_store_command
 def cmd_keys_import(args: argparse.Namespace) -> int:
-    from xks_proxy.keymgmt.byok import ImportRefusedError
-
     valid_to = _valid_to(args.valid_to)
     wrapped = _read_file(args.material)
     try:
@@ -444,7 +434,7 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
     except UnicodeDecodeError:
         raise CommandError(f"{args.import_token}: not an import token") from None
     try:
-        with _key_manager(args) as keys:
+        with _key_actions(args) as keys:
             keys.import_material(args.key_id, wrapped, token, valid_to)
     except ImportRefusedError as error:
         raise CommandError(str(error)) from None
@@ -455,7 +445,7 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
 
 @_key_store_command
 def cmd_keys_delete_material(args: argparse.Namespace) -> int:
-    with _key_manager(args) as keys:
+    with _key_actions(args) as keys:
         keys.delete_material(args.key_id)
     print(f"deleted the key material of {args.key_id}; it is DISABLED until the same is imported")
     return 0
@@ -845,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_credential_commands(commands, config_arg)
     add_admin_commands(commands, config_arg)
-    add_policy_commands(commands, config_arg)
+    add_policy_commands(commands)
 
     emulator = commands.add_parser(
         "kms-emulator", help="run a local AWS KMS whose external key stores call XKS proxies"

@@ -120,6 +120,10 @@ class HealthConfig:
     ping_fails_when_ekms_unavailable: bool = True
 
 
+# ``authorization_policy = "database"``: the policy is kept in the key store database, not a file.
+POLICY_IN_STORE = "database"
+
+
 @dataclass(frozen=True, slots=True)
 class MutualTlsConfig:
     ca_bundle: Path
@@ -200,6 +204,9 @@ class KeyStoreConfig:
     # xks-spec §6.5: a Cedar policy file (authz/); parsed when a runtime is built, so start-up,
     # reload and check-config refuse a bad one. None: every authenticated request is allowed.
     authorization_policy: Path | None = None
+    # ``authorization_policy = "database"``: the policy text lives in the key store database of
+    # the key store's software backend (authz/stored.py), shared by every proxy of a fleet.
+    authorization_policy_in_store: bool = False
 
 
 # No slots: the class attributes serve as the documented defaults below.
@@ -645,6 +652,7 @@ def _key_store(
         raise ConfigError(f"{table.where('disabled_keys')}: a list of key ids")
     _refuse_dot_segments(disabled, table.where("disabled_keys"))
     policy = table.get("authorization_policy", str, "")
+    in_store = policy == POLICY_IN_STORE
     table.done()
     return KeyStoreConfig(
         name=name,
@@ -656,7 +664,8 @@ def _key_store(
         requests_per_second=rate or None,
         burst=burst if rate else None,
         disabled_keys=frozenset(disabled),
-        authorization_policy=base_dir / policy if policy else None,
+        authorization_policy=base_dir / policy if policy and not in_store else None,
+        authorization_policy_in_store=in_store,
     )
 
 

@@ -42,8 +42,8 @@ class CredentialEntry:
         return Credential(self.access_key_id, self.secret_access_key)
 
 
-def write_private_file(path: Path, content: str) -> None:
-    """Atomically replace ``path`` with ``content``, readable by the owner only."""
+def write_private_file(path: Path, content: str, mode: int = 0o600) -> None:
+    """Atomically replace ``path`` with ``content``, readable by the owner only (or ``mode``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -51,7 +51,7 @@ def write_private_file(path: Path, content: str) -> None:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except OSError as error:
         os.unlink(temporary)

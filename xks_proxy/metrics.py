@@ -11,6 +11,7 @@ workers, and each gauge declares how its per-process values combine.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -121,6 +122,14 @@ class ProxyMetrics:
             "line or header).",
             registry=self.registry,
         )
+        self.authz_decisions = Counter(
+            "xks_authz_decisions",
+            "Secondary-authorization (Cedar) decisions of XKS requests, by key store and "
+            "decision (allow or deny), cached decisions included; only for key stores with an "
+            "authorization_policy.",
+            ["key_store", "decision"],
+            registry=self.registry,
+        )
         self.config_reloads = Counter(
             "xks_config_reloads",
             "Configuration reloads, by result (applied or rejected).",
@@ -182,6 +191,16 @@ class ProxyMetrics:
     def count_reload(self, result: str) -> None:
         if self.counts_reloads:
             self.config_reloads.labels(result).inc()
+
+    def authz_observer(self, key_store: str) -> Callable[[bool], None]:
+        """Counts one key store's decisions; the two children are bound once, not per request."""
+        allow = self.authz_decisions.labels(key_store, "allow")
+        deny = self.authz_decisions.labels(key_store, "deny")
+
+        def observe(allowed: bool) -> None:
+            (allow if allowed else deny).inc()
+
+        return observe
 
     def session_pool(self, backend: str) -> SessionPoolObserver:
         return _PoolMetrics(self, backend)

@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 
 from xks_proxy.audit import AuditLog
 from xks_proxy.authz.load import load_authorizers
+from xks_proxy.authz.stored import StoredPolicyFollower, backend_config
 from xks_proxy.backends import create_backend
 from xks_proxy.backends.base import Backend
-from xks_proxy.config import Config
+from xks_proxy.backends.software import SoftwareBackend
+from xks_proxy.config import Config, KeyStoreConfig
 from xks_proxy.health import HealthMonitor
 from xks_proxy.metrics import ProxyMetrics
 from xks_proxy.service import KeyStore, XksService
@@ -55,27 +57,44 @@ class ProxyRuntime:
         self.health = HealthMonitor(self.backends, config.health.interval_seconds, self.metrics)
         self.service = XksService(self.health, config.health, self.metrics)
         # Parsed here, so a bad policy file stops start-up and rejects a reload (authz/load.py).
-        authorizers = load_authorizers(config)
+        authorizers = load_authorizers(config, self.metrics.authz_observer)
         # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
         self.key_stores = {
             ks.uri_path: KeyStore.build(ks, self.backends[ks.backend], authorizers[ks.name])
             for ks in config.key_stores
         }
+        self._stored_policies = [
+            StoredPolicyFollower(authorizer, self._software_backend(ks))
+            for ks in config.key_stores
+            if ks.authorization_policy_in_store and (authorizer := authorizers[ks.name])
+        ]
         self.audit = (
             AuditLog(config.audit.path, self.metrics.audit_write_failures.inc)
             if config.audit.enabled
             else None
         )
 
+    def _software_backend(self, store: KeyStoreConfig) -> SoftwareBackend:
+        """The backend that keeps ``store``'s policy (``authorization_policy = "database"``)."""
+        backend_config(self.config, store)  # ConfigError unless a software backend
+        backend = self.backends[store.backend]
+        assert isinstance(backend, SoftwareBackend)
+        return backend
+
     async def open(self) -> None:
-        """Open the backends this runtime created, then start health checks."""
+        """Open the backends this runtime created, read the policies kept in key store
+        databases, then start health checks."""
         opened: list[Backend] = []
         try:
             for name in self._owned:
                 await self.backends[name].open()
                 opened.append(self.backends[name])
+            for stored in self._stored_policies:
+                await stored.start()
             await self.health.start()
         except BaseException:
+            for stored in self._stored_policies:
+                stored.stop()
             for backend in opened:
                 await backend.close()
             if self.audit is not None:
@@ -83,6 +102,8 @@ class ProxyRuntime:
             raise
 
     async def close(self, keep: frozenset[str] = frozenset()) -> None:
+        for stored in self._stored_policies:
+            stored.stop()
         await self.health.stop()
         for name, backend in self.backends.items():
             if name not in keep:

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from xks_proxy import __version__, credential_service
 from xks_proxy.admin.http import AUDIT, CALLER, DETAIL, GUARD, AdminGuard, actor_of, requires
+from xks_proxy.admin.metrics import AdminMetrics
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import (
     AuditConfig,
@@ -41,7 +42,13 @@ from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.keymgmt.audit import LifecycleAudit
 from xks_proxy.keymgmt.hsm import lifecycle_keys
 from xks_proxy.keymgmt.service import DEFAULT_DELETION_DAYS, KeyManager, describe_key
-from xks_proxy.keystore.records import KeyExistsError, KeyStateError, UnknownKeyError
+from xks_proxy.keystore.records import (
+    ORIGIN_EXTERNAL,
+    ORIGIN_PROXY,
+    KeyExistsError,
+    KeyStateError,
+    UnknownKeyError,
+)
 from xks_proxy.keystore.store import KeyStoreUnavailableError
 from xks_proxy.safelog import log_unexpected
 from xks_proxy.web.responses import json_response
@@ -50,8 +57,16 @@ log = logging.getLogger(__name__)
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 64 * 1024
 USAGES = frozenset({ENCRYPT, DECRYPT})
+ORIGINS = (ORIGIN_PROXY, ORIGIN_EXTERNAL)
 T = TypeVar("T")
 CONFIG_PATH = web.AppKey("admin_config_path", Path)
+# How the API makes the proxy reload (``/reload``, a policy put): SIGHUP to this process, as
+# `xks-proxy reload` does (a supervisor passes it on to its workers). Tests put their own.
+RELOAD: web.AppKey[Callable[[], None]] = web.AppKey("admin_reload")
+
+
+def send_sighup() -> None:
+    os.kill(os.getpid(), signal.SIGHUP)
 
 
 class ApiError(Exception):
@@ -190,7 +205,7 @@ async def health(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     # The same SIGHUP as `xks-proxy reload`: this process reloads (a supervisor passes it on).
     await run_blocking(lambda: _config(request).check_serving())
-    os.kill(os.getpid(), signal.SIGHUP)
+    request.app[RELOAD]()
     request[DETAIL] = "SIGHUP sent"
     return json_response({"reload": "requested", "log": "the proxy's log says how it went"}, 202)
 
@@ -244,8 +259,12 @@ async def create_key(request: web.Request) -> web.Response:
     usage = json_field(document, "keyUsage", list, [ENCRYPT, DECRYPT])
     if not all(isinstance(u, str) for u in usage) or not set(usage) <= USAGES:
         raise ApiError(400, "bad_request", "keyUsage: a list of ENCRYPT and DECRYPT")
-    request[DETAIL] = f"key {key_id}"
-    await run_blocking(_with_keys(request, lambda keys: keys.create(key_id, frozenset(usage))))
+    origin = json_field(document, "origin", str, ORIGIN_PROXY).lower()
+    if origin not in ORIGINS:
+        raise ApiError(400, "bad_request", "origin: proxy, or external for imported material")
+    request[DETAIL] = f"key {key_id}, origin {origin}"
+    create = KeyManager.create_external if origin == ORIGIN_EXTERNAL else KeyManager.create
+    await run_blocking(_with_keys(request, lambda keys: create(keys, key_id, frozenset(usage))))
     return await _described(request, key_id, 201)
 
 
@@ -339,10 +358,15 @@ async def revoke_credential(request: web.Request) -> web.Response:
     return json_response({"keyStore": store, "accessKeyId": access_key_id, "revoked": True})
 
 
-def _audit_hook(config: AuditConfig) -> Callable[[str, str, int, str], None]:
+def _audit_hook(
+    config: AuditConfig, metrics: AdminMetrics | None
+) -> Callable[[str, str, int, str], None]:
+    """One audit line, and one count, per guarded request."""
     audit = LifecycleAudit(config)
 
     def record(actor: str, operation: str, status: int, detail: str) -> None:
+        if metrics is not None:
+            metrics.observe(operation, status)
         outcome = "success" if status < 400 else f"refused ({status})"
         try:
             audit.record(
@@ -355,11 +379,14 @@ def _audit_hook(config: AuditConfig) -> Callable[[str, str, int, str], None]:
     return record
 
 
-def create_admin_app(config: Config, guard: AdminGuard) -> web.Application:
+def create_admin_app(
+    config: Config, guard: AdminGuard, metrics: AdminMetrics | None = None
+) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
     app[GUARD] = guard
     app[CONFIG_PATH] = config.path
-    app[AUDIT] = _audit_hook(config.audit)
+    app[AUDIT] = _audit_hook(config.audit, metrics)
+    app[RELOAD] = send_sighup
     store = PREFIX + "/key-stores/{store}"
     key = store + "/keys/{key}"
     credential = store + "/credentials/{access_key_id}"
@@ -381,7 +408,10 @@ def create_admin_app(config: Config, guard: AdminGuard) -> web.Application:
     app.router.add_post(store + "/credentials", create_credential)
     app.router.add_put(credential, add_credential)
     app.router.add_delete(credential, revoke_credential)
-    from xks_proxy.admin.api_policies import add_policy_routes  # it builds on this module
+    # They build on this module.
+    from xks_proxy.admin.api_import import add_import_routes
+    from xks_proxy.admin.api_policies import add_policy_routes
 
+    add_import_routes(app, key)
     add_policy_routes(app, store)
     return app

@@ -1,8 +1,10 @@
-"""The CLI's side of the admin API: ``--admin-url URL --token-file F`` on ``keys`` and
-``credentials`` make the same calls over HTTP that the API makes locally on the proxy host.
+"""The CLI's side of the admin API: ``--admin-url URL --token-file F`` on ``keys``,
+``credentials`` and ``policy`` make the same calls over HTTP that the API makes locally on the
+proxy host.
 
-``RemoteKeys`` has the method names of ``keymgmt.service.KeyManager`` and ``RemoteCredentials``
-the function names of ``credential_service``, so each CLI command reads the same either way.
+``RemoteKeys`` has the method names of ``keymgmt.service.KeyManager`` (imports included) and
+``RemoteCredentials`` the function names of ``credential_service``, so each CLI command reads
+the same either way; ``RemotePolicies`` is the policy endpoints.
 The token is read from a file (never argv, which every local user sees in ``ps``) and is never
 printed. An https URL is verified against the system's CAs or ``--admin-cacert``. An API error
 becomes ``CommandError`` with the API's message; a 401/403 also says which.
@@ -11,6 +13,7 @@ becomes ``CommandError`` with the API's message; a 401/403 also says which.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import ssl
 import urllib.error
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.keymgmt.byok import ImportParameters
 
 TIMEOUT_SECONDS = 30
 API_PREFIX = "/admin/v1"
@@ -109,8 +113,41 @@ class RemoteKeys:
         rows: list[dict[str, Any]] = self._client.call("GET", self._base)["keys"]
         return rows
 
-    def create(self, key_id: str, usage: frozenset[str]) -> None:
-        self._client.call("POST", self._base, {"keyId": key_id, "keyUsage": sorted(usage)})
+    def create(self, key_id: str, usage: frozenset[str], origin: str = "proxy") -> None:
+        self._client.call(
+            "POST", self._base, {"keyId": key_id, "keyUsage": sorted(usage), "origin": origin}
+        )
+
+    def create_external(self, key_id: str, usage: frozenset[str]) -> None:
+        self.create(key_id, usage, "external")
+
+    def import_parameters(self, key_id: str, algorithm: str, spec: str) -> ImportParameters:
+        quoted = urllib.parse.quote(key_id, safe="")
+        answer = self._client.call(
+            "POST", f"{self._base}/{quoted}/import-parameters",
+            {"wrappingAlgorithm": algorithm, "wrappingKeySpec": spec},
+        )  # fmt: skip
+        return ImportParameters(
+            answer["publicKey"].encode(),
+            answer["importToken"],
+            datetime.fromisoformat(answer["parametersValidTo"]),
+        )
+
+    def import_material(
+        self, key_id: str, wrapped: bytes, token: str, valid_to: datetime | None = None
+    ) -> None:
+        body = {
+            "encryptedKeyMaterial": base64.b64encode(wrapped).decode(),
+            "importToken": token.strip(),
+        }
+        if valid_to is not None:
+            body["validTo"] = valid_to.isoformat()
+        self._client.call(
+            "POST", f"{self._base}/{urllib.parse.quote(key_id, safe='')}/import-material", body
+        )
+
+    def delete_material(self, key_id: str) -> None:
+        self._key(key_id, "delete-material")
 
     def enable(self, key_id: str) -> None:
         self._key(key_id, "enable")
@@ -158,3 +195,30 @@ class RemoteCredentials:
         answer = self._client.call("DELETE", path + ("?force=true" if force else ""))
         name: str = answer["keyStore"]
         return name
+
+
+class RemotePolicies:
+    """A key store's secondary-authorization policy over the API (``admin/api_policies.py``)."""
+
+    def __init__(self, client: AdminClient, key_store: str | None) -> None:
+        self._client = client
+        self._base = f"/key-stores/{client.key_store(key_store)}/policy"
+
+    def get(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client.call("GET", self._base)
+        return answer
+
+    def put(self, text: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client.call("PUT", self._base, {"policies": text})
+        return answer
+
+    def validate(self, text: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client.call(
+            "POST", self._base + "/validate", {"policies": text}
+        )
+        return answer
+
+    def explain(self, request: Any) -> dict[str, Any]:
+        """``request``: a request document (``authz/explain.py``) as the body."""
+        answer: dict[str, Any] = self._client.call("POST", self._base + "/explain", request)
+        return answer

@@ -17,8 +17,9 @@ then names the failing policy. Should cedarpy refuse a request outright, that is
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import cedarpy
@@ -55,27 +56,54 @@ class PolicyDeniedError(AccessDeniedError):
 class Authorizer:
     """One key store's policies; ``check`` raises ``PolicyDeniedError`` on a deny."""
 
-    def __init__(self, key_store: str, policies: PolicyFile) -> None:
+    def __init__(
+        self,
+        key_store: str,
+        policies: PolicyFile | None,
+        observe: Callable[[bool], None] | None = None,
+    ) -> None:
         self.key_store = key_store
+        # Told every decision of ``check`` (the metrics' xks_authz_decisions_total).
+        self._observe = observe
+        self.policies: PolicyFile | None = None
+        self.replace(policies)
+
+    def replace(self, policies: PolicyFile | None) -> None:
+        """Put ``policies`` in force with an empty decision cache (a policy file is replaced by
+        building a new Authorizer at reload; a policy kept in the key store changes here).
+
+        ``check`` uses only ``decide``, which is bound to its policies and replaced in one
+        assignment, so a request sees the old policies or the new ones, never a mix. None (a
+        key store whose policy in the store is not written yet) allows, as no policy does.
+        """
         self.policies = policies
-        # Per instance, so the cache lives and dies with these policies.
-        self.decide = lru_cache(maxsize=DECISION_CACHE_SIZE)(self.evaluate)
+        # Per policy set, so the cache lives and dies with these policies.
+        self.decide = lru_cache(maxsize=DECISION_CACHE_SIZE)(partial(self._evaluate, policies))
 
     @classmethod
-    def load(cls, key_store: str, path: Path) -> Authorizer:
-        return cls(key_store, load_policy_file(path))
+    def load(
+        cls, key_store: str, path: Path, observe: Callable[[bool], None] | None = None
+    ) -> Authorizer:
+        return cls(key_store, load_policy_file(path), observe)
 
     def check(self, key_id: str, xks_operation: str, metadata: RequestMetadata) -> None:
         decision = self.decide(AuthzInput.of(self.key_store, key_id, xks_operation, metadata))
+        if self._observe is not None:
+            self._observe(decision.allowed)
         if not decision.allowed:
             raise PolicyDeniedError(decision)
 
     def evaluate(self, request: AuthzInput) -> Decision:
-        """The uncached decision."""
+        """The uncached decision, by the policies in force."""
+        return self._evaluate(self.policies, request)
+
+    def _evaluate(self, policies: PolicyFile | None, request: AuthzInput) -> Decision:
+        if policies is None:
+            return Decision(allowed=True, policies=())
         try:
             result = cedarpy.is_authorized(
                 request.cedar_request(),
-                self.policies.policy_set,
+                policies.policy_set,
                 action_entities(request.kms_operation, request.xks_operation),
             )
         except Exception as error:
@@ -85,16 +113,17 @@ class Authorizer:
             return Decision(allowed=False, policies=(ENGINE_ERROR,), errors=(ENGINE_ERROR,))
         diagnostics = result.diagnostics
         errors = tuple(diagnostics.errors)
-        reasons = tuple(self.policies.name_of(cedar_id) for cedar_id in diagnostics.reasons)
+        reasons = tuple(policies.name_of(cedar_id) for cedar_id in diagnostics.reasons)
         if errors:
             forbids = () if result.allowed else reasons
-            failing = tuple(self._failing(error) for error in errors)
+            failing = tuple(_failing(policies, error) for error in errors)
             return Decision(allowed=False, policies=forbids + failing, errors=errors)
         return Decision(allowed=result.allowed, policies=reasons)
 
-    def _failing(self, error: str) -> str:
-        # cedarpy reports "error while evaluating policy `policy3`: …".
-        for cedar_id in self.policies.policies:
-            if f"`{cedar_id}`" in error:
-                return self.policies.name_of(cedar_id)
-        return "(evaluation error)"
+
+def _failing(policies: PolicyFile, error: str) -> str:
+    # cedarpy reports "error while evaluating policy `policy3`: …".
+    for cedar_id in policies.policies:
+        if f"`{cedar_id}`" in error:
+            return policies.name_of(cedar_id)
+    return "(evaluation error)"

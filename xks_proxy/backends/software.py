@@ -88,10 +88,25 @@ class SoftwareBackend:
         self._keys: dict[str, _LoadedKey] = {}
         self._health_key: _LoadedKey | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Told the store's revision after each change is taken in (authz/stored.py).
+        self._store_listeners: list[Callable[[int], None]] = []
 
     @property
     def name(self) -> str:
         return self._config.name
+
+    @property
+    def database(self) -> KeyDatabase:
+        """The open key store (after ``open``), for what else it keeps (stored policies)."""
+        if self._db is None:
+            raise ConfigError(f"backend {self.name} is not open")
+        return self._db
+
+    def add_store_listener(self, listener: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``listener(revision)`` on the event loop whenever the store moved on; returns
+        the function that removes it."""
+        self._store_listeners.append(listener)
+        return lambda: self._store_listeners.remove(listener)
 
     @property
     def vendor(self) -> str:
@@ -161,6 +176,8 @@ class SoftwareBackend:
                     self._keys[record.key_id] = loaded
                 elif record.key_id == HEALTH_KEY_ID:
                     self._health_key = loaded
+        for listener in tuple(self._store_listeners):
+            listener(changes.revision)
 
     async def _sweep_forever(self) -> None:
         """Purge keys whose scheduled deletion date has passed; every proxy sweeps, and the

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
+from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.imported import SIGNING_KEY_NAME, ImportedMaterial, iso
 from xks_proxy.keystore.sealing import KEY_BYTES
 from xks_proxy.keystore.store import KeyDatabase
@@ -56,6 +57,18 @@ class ImportParameters:
     public_key_pem: bytes
     token: str
     expires_at: datetime
+
+
+def parse_valid_to(text: str, name: str) -> datetime:
+    """An ISO 8601 instant with a time zone (``--valid-to`` of the CLI, ``validTo`` of the API):
+    a naive one would mean a different instant on every host."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{name}: not an ISO 8601 date and time: {text[:64]!r}") from None
+    if when.tzinfo is None:
+        raise ConfigError(f"{name}: give a time zone, e.g. 2027-01-31T00:00:00Z")
+    return when
 
 
 def material_fingerprint(key_id: str, material: bytes) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.connections import StoreConnection, transaction
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _migrations(blob: str) -> list[list[str]]:
@@ -54,6 +54,14 @@ def _migrations(blob: str) -> list[list[str]]:
             "CREATE TABLE import_secrets ("
             f" name TEXT PRIMARY KEY, key_id TEXT, nonce {blob} NOT NULL, sealed {blob} NOT NULL,"
             " expires_at TEXT)",
+        ],
+        [
+            # Secondary-authorization policies kept in the store (``authorization_policy =
+            # "database"``, ``authz/stored.py``): one Cedar text per key store name, stamped
+            # with the revision that wrote it, so every proxy's follower sees a put.
+            "CREATE TABLE authz_policies ("
+            " key_store TEXT PRIMARY KEY, policy TEXT NOT NULL, revision BIGINT NOT NULL,"
+            " updated_at TEXT NOT NULL, updated_by TEXT NOT NULL)",
         ],
     ]
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from xks_proxy.admin.api import create_admin_app
+from xks_proxy.admin.metrics import AdminMetrics
 from xks_proxy.admin.settings import build_guard
 from xks_proxy.config import Config
 from xks_proxy.web.connection import ConnectionRegistry, XksSite
@@ -37,13 +39,17 @@ class AdminListener:
         await self.runner.cleanup()
 
 
-async def start_admin_listener(config: Config) -> AdminListener | None:
-    """Start the admin API if ``[admin] enabled``; ConfigError names an unusable setting."""
+async def start_admin_listener(
+    config: Config, registry: CollectorRegistry | None = None
+) -> AdminListener | None:
+    """Start the admin API if ``[admin] enabled``; ConfigError names an unusable setting.
+    Its request counter goes into ``registry`` (the metrics the process serves), if given."""
     admin = config.admin
     if not admin.enabled or admin.auth is None:
         return None
     tls = TlsState.load(admin.tls) if admin.tls is not None else None
-    app = create_admin_app(config, build_guard(admin.auth))
+    metrics = AdminMetrics(registry) if registry is not None else None
+    app = create_admin_app(config, build_guard(admin.auth), metrics)
     handler_options: dict[str, Any] = {
         "access_log": None,
         "keepalive_timeout": IDLE_TIMEOUT_SECONDS,

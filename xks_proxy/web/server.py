@@ -226,7 +226,7 @@ async def _serve(config: Config, options: ServeOptions) -> None:
             extra_runners.append(metrics)
             log.info("metrics on http://%s:%d/metrics", *metrics.addresses[0][:2])
         if not options.worker:  # with workers, the supervisor serves the admin API
-            admin = await start_admin_listener(config)
+            admin = await start_admin_listener(config, runtime.metrics.registry)
         for store in config.key_stores:
             log.info("key store %s at %s (region %s)", store.name, store.uri_path, store.region)
         await signals.wait_for_stop(stopping)

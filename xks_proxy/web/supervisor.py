@@ -141,9 +141,10 @@ class Supervisor:
         admin: AdminListener | None = None
         keepers: list[asyncio.Task[None]] = []
         try:
-            admin = await start_admin_listener(self._config)
+            # The workers' metrics and the supervisor's own: the admin API's counter.
+            registry = CollectorRegistry()
+            admin = await start_admin_listener(self._config, registry)
             if self._config.metrics.enabled:
-                registry = CollectorRegistry()
                 MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
                 metrics_runner = await start_runner(
                     create_metrics_app(registry), self._config.metrics.host,
