@@ -1,12 +1,14 @@
 """Start-up time and memory of a real ``xks-proxy serve`` over a large key store.
 
-Fills a store (SQLite by default, or PostgreSQL with ``--database-url``) with ``--keys`` keys in
-one transaction, then starts ``xks-proxy serve`` and reports: seconds from exec to "ready" (the
+Fills a store (SQLite by default; PostgreSQL with ``--database-url``, or ``--postgresql`` for a
+throw-away server this tool starts itself, the tests' ``tests/postgres.py``) with ``--keys`` keys
+in one transaction, then starts ``xks-proxy serve`` and reports: seconds from exec to "ready" (the
 log line naming the key store), its RSS then, and its RSS after encrypting once under
 ``--touch`` distinct keys (each first use unseals one version into the bounded cache). Issue 12's
 target: 100,000 keys start in under 5 s and serve within 200 MiB RSS. A measurement, not a test.
 
-    .venv/bin/python -m tools.keystore_scale [--keys 100000] [--touch 2000] [--database-url URL]
+    .venv/bin/python -m tools.keystore_scale [--keys 100000] [--touch 2000]
+        [--database-url URL | --postgresql]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.postgres import PostgresServer
 from tests.proxy_process import XKS_PROXY, free_port, post
 from tests.xks_client import encrypt_body
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
@@ -105,10 +108,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--touch", type=int, default=2_000)
-    parser.add_argument("--database-url", help="postgresql://... (default: an SQLite file)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--database-url", help="postgresql://... (default: an SQLite file)")
+    where.add_argument(
+        "--postgresql", action="store_true", help="start a throw-away PostgreSQL server for it"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        measure(Path(scratch), args.keys, args.touch, args.database_url)
+        if not args.postgresql:
+            measure(Path(scratch), args.keys, args.touch, args.database_url)
+            return
+        server = PostgresServer()
+        try:
+            server.start()
+            url = server.create_database("xks_scale")
+            measure(Path(scratch), args.keys, args.touch, url)
+        finally:
+            server.destroy()
 
 
 if __name__ == "__main__":

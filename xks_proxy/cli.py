@@ -523,29 +523,46 @@ def _store_argument(value: str, option: str) -> StoreLocation:
 
 @_key_store_command
 def cmd_keys_migrate(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
     from xks_proxy.keymgmt.migrate import migrate_keys
 
     source_location = _store_argument(args.source, "--from")
     destination_location = _store_argument(args.destination, "--to")
     if source_location == destination_location:
         raise ConfigError("--from and --to name the same store")
-    kek = _software_backend(_config(args), args.backend).kek if args.config else None
+    config = _config(args) if args.config else None
+    kek = _software_backend(config, args.backend).kek if config is not None else None
+    moved = f"from {source_location.display} to {destination_location.display}"
+
+    def audit(outcome: str, detail: str) -> None:
+        # Without --config there is no audit log to write to (the command says so in --help).
+        if config is not None:
+            LifecycleAudit(config.audit).record(
+                actor=local_actor(), action="migrate", key_id=None, outcome=outcome, detail=detail
+            )
+
     source = KeyDatabase(source_location, kek)
     try:
         destination = KeyDatabase(destination_location, kek)
         try:
             result = migrate_keys(source, destination, verify=kek is not None)
         except KeyExistsError as error:
+            audit("refused", f"{moved}: key {error} exists there")
             raise CommandError(
                 f"{destination_location.display} already has key {error}; nothing was copied"
             ) from None
+        except (ConfigError, CommandError) as error:
+            audit("refused", f"{moved}: {error}"[:300])
+            raise
         finally:
             destination.close()
     finally:
         source.close()
+    credentials = f" and {result.credentials} credentials" if result.credentials else ""
+    copied = f"{result.keys} keys ({result.versions} versions){credentials}"
+    audit("success", f"{copied} {moved}")
     print(
-        f"copied {result.keys} keys ({result.versions} versions) from "
-        f"{source_location.display} to {destination_location.display}, sealed as they were"
+        f"copied {copied} {moved}, sealed as they were"
         + ("" if kek is not None else " (not verified: give --config to check the kek)")
     )
     return 0
@@ -841,7 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--to", dest="destination", required=True, help="sqlite:PATH | postgresql://... | env:NAME"
     )
-    migrate.add_argument("--config", help="check every version unseals under this config's kek")
+    migrate.add_argument(
+        "--config", help="check every version unseals under its kek; audit to its audit log"
+    )
     migrate.add_argument("--backend", help="software backend name (default: the only one)")
     migrate.set_defaults(func=cmd_keys_migrate)
 

@@ -7,6 +7,10 @@ installs a given one, reading the secret from standard input or a file, never fr
 is visible to every local user in ``ps``). ``add`` is idempotent for the same secret, so a
 deployment script can run it again; another secret under the same access key id is refused.
 
+With ``credentials_store = "database"`` a key store's credentials live in the shared key store
+instead of this host's file, and a command on any one host reaches every proxy within a second
+(no ``add`` on the other hosts, no reload): ``credential_service`` decides where.
+
 A key store with no credential answers every request 401, so ``revoke`` refuses to remove a
 key store's last credential unless ``--force``, and start-up and reload refuse a configuration
 that leaves a key store without one (``Config.check_serving``).
@@ -56,12 +60,16 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.secret_out:
         write_private_file(Path(args.secret_out), document["RawSecretAccessKey"] + "\n")
     print(json.dumps(document, indent=2))
-    print(
-        "Install the same credential on every other proxy of the fleet with `xks-proxy "
-        f"credentials add --access-key-id {document['AccessKeyId']} --secret-file FILE`, reload "
-        "them, then give it to KMS.",
-        file=sys.stderr,
-    )
+    if api is None and credential_service.applied_at_once(Path(args.config), args.key_store):
+        hint = "Every proxy sharing the key store accepts it within a second; give it to KMS."
+    else:
+        hint = (
+            "Install the same credential on every other proxy of the fleet with `xks-proxy "
+            f"credentials add --access-key-id {document['AccessKeyId']} --secret-file FILE`, "
+            'reload them, then give it to KMS (with credentials_store = "database" every '
+            "proxy has it within a second)."
+        )
+    print(hint, file=sys.stderr)
     return 0
 
 
@@ -82,7 +90,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         if api is not None
         else credential_service.add(Path(args.config), args.key_store, args.access_key_id, secret)
     )
-    if added:
+    if added and api is None and credential_service.applied_at_once(Path(args.config), store):
+        print(f"added {args.access_key_id} to key store {store}; every proxy applies it at once")
+    elif added:
         print(f"added {args.access_key_id} to key store {store}; reload to apply")
     else:
         print(f"key store {store} already has {args.access_key_id}")

@@ -12,6 +12,7 @@ requests that started on them are done. Metrics live across reloads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -20,10 +21,16 @@ from xks_proxy.audit import AuditLog
 from xks_proxy.authz.load import load_authorizers
 from xks_proxy.backends import create_backend
 from xks_proxy.backends.base import Backend
-from xks_proxy.config import Config
+from xks_proxy.backends.faults import DelayedBackend
+from xks_proxy.backends.software import SoftwareBackend
+from xks_proxy.config import Config, KeyStoreConfig
+from xks_proxy.errors import ConfigError
 from xks_proxy.health import HealthMonitor
+from xks_proxy.keymgmt.audit import LifecycleAudit
+from xks_proxy.live_credentials import LiveCredentials
 from xks_proxy.metrics import ProxyMetrics
 from xks_proxy.service import KeyStore, XksService
+from xks_proxy.sigv4 import Credential
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -58,7 +65,9 @@ class ProxyRuntime:
         authorizers = load_authorizers(config)
         # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
         self.key_stores = {
-            ks.uri_path: KeyStore.build(ks, self.backends[ks.backend], authorizers[ks.name])
+            ks.uri_path: KeyStore.build(
+                ks, self.backends[ks.backend], authorizers[ks.name], self._credentials(ks)
+            )
             for ks in config.key_stores
         }
         self.audit = (
@@ -67,6 +76,30 @@ class ProxyRuntime:
             else None
         )
 
+    def _credentials(self, store: KeyStoreConfig) -> Mapping[str, Credential] | None:
+        """Live credentials of a key store whose credentials are in a shared store, else None."""
+        if store.credentials_backend is None:
+            return None
+        backend = _software(self.backends[store.credentials_backend])
+        if backend is None:
+            raise ConfigError(
+                f"key store {store.name}: credentials_backend {store.credentials_backend} is not "
+                "a software backend"
+            )
+        inline = {c.access_key_id: c for c in store.credentials}
+        return LiveCredentials(inline, functools.partial(backend.stored_credentials, store.name))
+
+    def _check_stored_credentials(self) -> None:
+        """``Config.check_serving`` for credentials that are known once the backends are open."""
+        for key_store in self.key_stores.values():
+            if key_store.config.credentials_backend is not None and not key_store.credentials:
+                raise ConfigError(
+                    f"key store {key_store.config.name} has no credential, neither in the "
+                    f"configuration nor in the key store of backend "
+                    f"{key_store.config.credentials_backend}, so every request would be refused "
+                    "(xks-proxy credentials add|create)"
+                )
+
     async def open(self) -> None:
         """Open the backends this runtime created, then start health checks."""
         opened: list[Backend] = []
@@ -74,6 +107,12 @@ class ProxyRuntime:
             for name in self._owned:
                 await self.backends[name].open()
                 opened.append(self.backends[name])
+            self._check_stored_credentials()
+            lifecycle_audit = LifecycleAudit(self.config.audit)
+            for backend in self.backends.values():
+                software = _software(backend)
+                if software is not None:
+                    software.audit_lifecycle_to(lifecycle_audit)
             await self.health.start()
         except BaseException:
             for backend in opened:
@@ -89,6 +128,13 @@ class ProxyRuntime:
                 await backend.close()
         if self.audit is not None:
             self.audit.close()
+
+
+def _software(backend: Backend) -> SoftwareBackend | None:
+    """The software backend ``backend`` is (or wraps with an injected delay), else None."""
+    if isinstance(backend, DelayedBackend):
+        backend = backend.inner
+    return backend if isinstance(backend, SoftwareBackend) else None
 
 
 class LiveRuntime:
