@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xks_proxy import __version__
+from xks_proxy import __version__, credential_service
 from xks_proxy.admin.client import AdminClient, RemoteKeys, add_admin_url_options
 from xks_proxy.admin.token_command import add_admin_commands
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
@@ -263,10 +263,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         else:
             # Opening an HSM backend proves the module, token, PIN and health key.
             asyncio.run(_open_and_close(backend))
+    credentials = credential_service.check_stored(config)
     for store in config.key_stores:
         print(
             f"key store {store.name}: {store.uri_path}, region {store.region}, "
-            f"backend {store.backend}, {len(store.credentials)} credential(s)"
+            f"backend {store.backend}, {credentials[store.name]} credential(s)"
         )
     print(f"{config.path}: ok")
     return 0

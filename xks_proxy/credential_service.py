@@ -26,7 +26,7 @@ from xks_proxy.config import (
 )
 from xks_proxy.credentials import CredentialEntry, CredentialsFile, generate_credential
 from xks_proxy.errors import CommandError, ConfigError
-from xks_proxy.keystore.credentials import CredentialTable
+from xks_proxy.keystore.credentials import CredentialTable, unseal_credential
 from xks_proxy.keystore.store import open_key_database
 from xks_proxy.sigv4 import Credential
 
@@ -172,3 +172,25 @@ def revoke(config_path: Path, key_store: str | None, access_key_id: str, force: 
     if config.credentials_file is None or credentials_file(config).remove(access_key_id) is None:
         raise CommandError(f"{access_key_id} is written in the configuration file; remove it there")
     return store.name
+
+
+def check_stored(config: Config) -> dict[str, int]:
+    """``check-config`` for stored credentials: each unseals under the KEK, and every key store
+    whose credentials live in a store has at least one (inline ones count). Returns the number
+    each key store accepts. ``config`` must have its backends parsed."""
+    counts = {store.name: len(store.credentials) for store in config.key_stores}
+    for index, store in enumerate(config.key_stores):
+        if store.credentials_backend is None:
+            continue
+        with _table(config, store) as table:
+            stored = table.live(store.name)
+            for entry in stored:
+                unseal_credential(table.sealer, entry)
+        counts[store.name] += len(stored)
+        if not counts[store.name]:
+            raise ConfigError(
+                f"key_stores[{index}]: key store {store.name} has no credential, neither in the "
+                f"configuration nor in {_location(config, store)}, so every request would be "
+                "refused (xks-proxy credentials add|create)"
+            )
+    return counts

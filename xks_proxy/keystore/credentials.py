@@ -73,6 +73,10 @@ class CredentialTable:
     def __init__(self, database: KeyDatabase) -> None:
         self._database = database
 
+    @property
+    def sealer(self) -> KeySealer:
+        return self._database.sealer
+
     def all_live(self) -> list[StoredCredential]:
         """Every key store's credentials, sealed (``keys migrate`` copies them as they are)."""
         return stored_credentials(self._database.read(_LIVE + " ORDER BY access_key_id"))
