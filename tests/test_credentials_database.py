@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Deployment, make_deployment
+from tests.conftest import Deployment, lifecycle_audit_lines, make_deployment
 from tests.postgres import PostgresServer
 from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, free_port
 from tests.test_admin_api import AiohttpClient, admin_deployment, call, token
@@ -179,6 +179,13 @@ def test_add_is_idempotent_and_an_id_names_one_secret(
     assert "B" * 43 not in other.stderr
     (line,) = [x for x in host_a.credentials("list").splitlines() if x]
     assert first.access_key_id in line and "in the key store of backend local" in line
+    # Each local change is one audit line on the host that ran it; never a secret.
+    lines = lifecycle_audit_lines(host_b.config.parent / "audit.log")
+    outcomes = [(x["action"], x["outcome"]) for x in lines if x["action"].startswith("cred")]
+    assert outcomes[-2:] == [("credentials-add", "success"), ("credentials-add", "refused")]
+    assert first.access_key_id in lines[-1]["detail"] + lines[-2]["detail"]
+    text = (host_b.config.parent / "audit.log").read_text()
+    assert first.secret_access_key not in text and "B" * 43 not in text
 
 
 def test_a_key_store_without_any_credential_is_refused_at_serve(
