@@ -26,6 +26,7 @@ through the admin API, the API writes its own ``adminRequest`` line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
@@ -84,7 +85,9 @@ def audited(action: str) -> Callable[[Command], Command]:
                     "failed" if isinstance(error, KeyStoreUnavailableError | OSError) else "refused"
                 )
                 where = f"key store {args.key_store or '(the only one)'}"
-                audit(args, action, outcome, f"{where}: {type(error).__name__}: {error}")
+                # A full disk fails the audit line too: the command's own error is the one to show.
+                with contextlib.suppress(OSError):
+                    audit(args, action, outcome, f"{where}: {type(error).__name__}: {error}")
                 raise
 
         return run
