@@ -249,6 +249,9 @@ async def test_the_admin_api_manages_stored_credentials_through_the_same_service
     assert set(origins) == {first.access_key_id, made["AccessKeyId"]}
     assert all("in the key store of backend local" in origin for origin in origins.values())
     assert made["RawSecretAccessKey"] not in json.dumps(listed)
+    status, described = await call(admin, "GET", "/key-stores/dev", token("viewer"))
+    assert status == 200
+    assert (described["credentials"], described["credentialsStore"]) == (2, "database")
     path = f"/key-stores/dev/credentials/{first.access_key_id}"
     assert (await call(admin, "DELETE", path, security))[0] == 200
     status, last = await call(
