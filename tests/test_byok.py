@@ -295,6 +295,8 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
     listed = json.loads(cli("list", "--json").stdout)
     (row,) = [r for r in listed if r["keyId"] == key_id]
     assert row["origin"] == "external" and row["validTo"]
+    (text,) = [line for line in cli("list").stdout.splitlines() if line.startswith(key_id)]
+    assert text.endswith(f"  external  valid to {row['validTo']}")
     refused = cli("rotate", "--key-id", key_id)
     assert refused.returncode == 1 and "imported keys cannot be rotated" in refused.stderr
     material = os.urandom(32)

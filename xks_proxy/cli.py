@@ -347,9 +347,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     for row in rows:
         usage = ",".join(row["keyUsage"]) or "NONE"
         deletion = f"  deletion {row['deletionDate']}" if row["deletionDate"] else ""
+        imported = f"  {row['origin']}" if row.get("origin", "proxy") != "proxy" else ""
+        expiry = f"  valid to {row['validTo']}" if row.get("validTo") else ""
         print(
             f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  "
-            f"{row['createdAt']}{deletion}"
+            f"{row['createdAt']}{deletion}{imported}{expiry}"
         )
     return 0
 
