@@ -37,11 +37,14 @@ test: lint typecheck unit
 
 check: test
 
-# Writes docs/benchmarks.md and docs/latency.png (about 5 minutes; needs wrk and SoftHSM2).
+# Writes docs/benchmarks.md and docs/latency.png (about 10 minutes; needs wrk and SoftHSM2;
+# the 100,000-key store scale figures fill an SQLite file and a PostgreSQL database first).
 bench: $(INSTALLED)
 	bash scripts/install-system-deps.sh --bench
 	$(BIN)/python -m tools.bench
 	$(BIN)/python -m tools.authz_bench --append docs/benchmarks.md
+	$(BIN)/python -m tools.keystore_scale --append docs/benchmarks.md
+	$(BIN)/python -m tools.keystore_scale --postgresql --append docs/benchmarks.md
 
 # The property-test targets (body parsing, SigV4 verification) at scale, for release checks:
 # `make fuzz FUZZ_SECONDS=600`. Prints the number of inputs run; fails on any exception that is

@@ -161,6 +161,29 @@ def test_import_installs_the_material_and_refuses_what_kms_refuses(
         assert expected in outcomes
 
 
+def test_valid_to_must_be_ahead_and_within_365_days_as_in_kms(tmp_path: Path) -> None:
+    database = KeyDatabase(tmp_path / "keys.db", os.urandom(32))
+    audit = tmp_path / "audit.log"
+    keys = KeyManager(database, LifecycleAudit(AuditConfig(path=str(audit))), "tester@host")
+    importer = Importer(keys, tmp_path / "work")
+    try:
+        keys.create_external("byok", BOTH)
+        wrapped, token = importer.wrapped("byok", os.urandom(32), "RSAES_OAEP_SHA_256")
+        now = datetime.now(UTC)
+        with pytest.raises(ImportRefusedError, match="is not in the future"):
+            keys.import_material("byok", wrapped, token, now - timedelta(seconds=1))
+        with pytest.raises(ImportRefusedError, match="more than 365 days ahead"):
+            keys.import_material("byok", wrapped, token, now + timedelta(days=365, minutes=1))
+        # A refused --valid-to leaves the token usable: nothing was consumed.
+        keys.import_material("byok", wrapped, token, now + timedelta(days=364, hours=23))
+        (record,) = keys.keys()
+        assert record.versions and record.valid_to is not None
+    finally:
+        database.close()
+    outcomes = [(line["action"], line["outcome"]) for line in lifecycle_audit_lines(audit)]
+    assert outcomes.count(("import", "refused")) == 2
+
+
 async def test_material_past_valid_to_is_disabled_at_once_and_swept(tmp_path: Path) -> None:
     kek = os.urandom(32)
     path = tmp_path / "keys.db"
@@ -180,7 +203,7 @@ async def test_material_past_valid_to_is_disabled_at_once_and_swept(tmp_path: Pa
         while datetime.now(UTC) < valid_to:
             time.sleep(0.1)
         assert not (await backend.describe_key("short")).enabled  # no sweep needed
-        assert ImportedMaterial(database).expire(datetime.now(UTC)) == ["short"]
+        assert ImportedMaterial(database).expire(datetime.now(UTC)).material == ["short"]
         (record, _) = sorted(database.records(), key=lambda r: r.key_id != "short")[:2]
         assert record.key_id == "short" and not record.versions
     finally:
@@ -272,6 +295,8 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
     listed = json.loads(cli("list", "--json").stdout)
     (row,) = [r for r in listed if r["keyId"] == key_id]
     assert row["origin"] == "external" and row["validTo"]
+    (text,) = [line for line in cli("list").stdout.splitlines() if line.startswith(key_id)]
+    assert text.endswith(f"  external  valid to {row['validTo']}")
     refused = cli("rotate", "--key-id", key_id)
     assert refused.returncode == 1 and "imported keys cannot be rotated" in refused.stderr
     material = os.urandom(32)

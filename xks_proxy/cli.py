@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xks_proxy import __version__
+from xks_proxy import __version__, credential_service
 from xks_proxy.admin.client import AdminClient, RemoteKeys, add_admin_url_options
 from xks_proxy.admin.token_command import add_admin_commands
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
@@ -259,10 +259,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         else:
             # Opening an HSM backend proves the module, token, PIN and health key.
             asyncio.run(_open_and_close(backend))
+    credentials = credential_service.check_stored(config)
     for store in config.key_stores:
         print(
             f"key store {store.name}: {store.uri_path}, region {store.region}, "
-            f"backend {store.backend}, {len(store.credentials)} credential(s)"
+            f"backend {store.backend}, {credentials[store.name]} credential(s)"
         )
     print(f"{config.path}: ok")
     return 0
@@ -342,9 +343,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     for row in rows:
         usage = ",".join(row["keyUsage"]) or "NONE"
         deletion = f"  deletion {row['deletionDate']}" if row["deletionDate"] else ""
+        imported = f"  {row['origin']}" if row.get("origin") == "external" else ""
+        expiry = f"  valid to {row['validTo']}" if row.get("validTo") else ""
         print(
             f"{row['keyId']}  {row['keyStatus']}  {usage}  v{row['versions']}  "
-            f"{row['createdAt'] or row['origin']}{deletion}"
+            f"{row['createdAt'] or row['origin']}{deletion}{imported}{expiry}"
         )
     return 0
 
@@ -509,29 +512,46 @@ def _store_argument(value: str, option: str) -> StoreLocation:
 
 @_key_store_command
 def cmd_keys_migrate(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
     from xks_proxy.keymgmt.migrate import migrate_keys
 
     source_location = _store_argument(args.source, "--from")
     destination_location = _store_argument(args.destination, "--to")
     if source_location == destination_location:
         raise ConfigError("--from and --to name the same store")
-    kek = _software_backend(_config(args), args.backend).kek if args.config else None
+    config = _config(args) if args.config else None
+    kek = _software_backend(config, args.backend).kek if config is not None else None
+    moved = f"from {source_location.display} to {destination_location.display}"
+
+    def audit(outcome: str, detail: str) -> None:
+        # Without --config there is no audit log to write to (the command says so in --help).
+        if config is not None:
+            LifecycleAudit(config.audit).record(
+                actor=local_actor(), action="migrate", key_id=None, outcome=outcome, detail=detail
+            )
+
     source = KeyDatabase(source_location, kek)
     try:
         destination = KeyDatabase(destination_location, kek)
         try:
             result = migrate_keys(source, destination, verify=kek is not None)
         except KeyExistsError as error:
+            audit("refused", f"{moved}: key {error} exists there")
             raise CommandError(
                 f"{destination_location.display} already has key {error}; nothing was copied"
             ) from None
+        except (ConfigError, CommandError) as error:
+            audit("refused", f"{moved}: {error}"[:300])
+            raise
         finally:
             destination.close()
     finally:
         source.close()
+    credentials = f" and {result.credentials} credentials" if result.credentials else ""
+    copied = f"{result.keys} keys ({result.versions} versions){credentials}"
+    audit("success", f"{copied} {moved}")
     print(
-        f"copied {result.keys} keys ({result.versions} versions) from "
-        f"{source_location.display} to {destination_location.display}, sealed as they were"
+        f"copied {copied} {moved}, sealed as they were"
         + ("" if kek is not None else " (not verified: give --config to check the kek)")
     )
     return 0
@@ -829,7 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--to", dest="destination", required=True, help="sqlite:PATH | postgresql://... | env:NAME"
     )
-    migrate.add_argument("--config", help="check every version unseals under this config's kek")
+    migrate.add_argument(
+        "--config", help="check every version unseals under its kek; audit to its audit log"
+    )
     migrate.add_argument("--backend", help="software backend name (default: the only one)")
     migrate.set_defaults(func=cmd_keys_migrate)
 

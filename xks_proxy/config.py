@@ -15,8 +15,12 @@ commands need none of the backends' secrets (an HSM PIN in ``env:``, the KEK) in
 environment. Their ``Config.backends`` is empty.
 
 SigV4 credentials come from two places, merged: ``[[key_stores.credentials]]`` tables in the TOML
-(for configuration managed as code, secrets by reference) and the JSON ``credentials_file`` that
-the ``xks-proxy credentials`` commands manage.
+(for configuration managed as code, secrets by reference) and the place the ``xks-proxy
+credentials`` commands manage, which a key store's ``credentials_store`` chooses: ``"file"`` (the
+default) is the JSON ``credentials_file`` of this host; ``"database"`` is the key store of a
+software backend (``credentials_backend``, default the key store's own backend), which every
+proxy of a fleet shares (``keystore/credentials.py``). Stored credentials are known only once
+that backend is open, so ``ProxyRuntime.open`` checks that such a key store has one.
 """
 
 from __future__ import annotations
@@ -207,6 +211,9 @@ class KeyStoreConfig:
     # ``authorization_policy = "database"``: the policy text lives in the key store database of
     # the key store's software backend (authz/stored.py), shared by every proxy of a fleet.
     authorization_policy_in_store: bool = False
+    # ``credentials_store = "database"``: the software backend whose key store holds this key
+    # store's managed credentials. None: they are in ``credentials_file``.
+    credentials_backend: str | None = None
 
 
 # No slots: the class attributes serve as the documented defaults below.
@@ -247,7 +254,8 @@ class Config:
     def check_serving(self) -> None:
         """What serving needs beyond a well-formed file; start-up and reload both call this."""
         for index, store in enumerate(self.key_stores):
-            if not store.credentials:
+            # Stored credentials are read when the backend opens (``ProxyRuntime.open``).
+            if not store.credentials and store.credentials_backend is None:
                 raise ConfigError(
                     f"key_stores[{index}]: key store {store.name} has no credential, so every "
                     "request would be refused (xks-proxy credentials add|create)"
@@ -642,6 +650,13 @@ def _key_store(
     ):
         raise ConfigError(f"{table.where('keys')}: a non-empty list of key ids or glob patterns")
     _refuse_dot_segments(patterns, table.where("keys"))
+    credentials_backend = _credentials_backend(table, backend, backends)
+    if credentials_backend is not None and name in extra_credentials:
+        raise ConfigError(
+            f"credentials_file: holds credentials of key store {name}, whose credentials_store "
+            "is database; add them to the database (xks-proxy credentials add) and remove them "
+            "from the file"
+        )
     credentials = _inline_credentials(table, base_dir, environ) + extra_credentials.get(name, [])
     rate = table.get("requests_per_second", float, 0.0)
     if rate < 0:
@@ -666,7 +681,29 @@ def _key_store(
         disabled_keys=frozenset(disabled),
         authorization_policy=base_dir / policy if policy and not in_store else None,
         authorization_policy_in_store=in_store,
+        credentials_backend=credentials_backend,
     )
+
+
+CREDENTIALS_STORES = ("file", "database")
+
+
+def _credentials_backend(table: _Table, backend: str, backends: Collection[str]) -> str | None:
+    """The backend whose key store holds the credentials (``"database"``), or None (file)."""
+    kind = table.get("credentials_store", str, "file")
+    if kind not in CREDENTIALS_STORES:
+        raise ConfigError(f"{table.where('credentials_store')}: must be file or database")
+    name = table.get("credentials_backend", str, "")
+    if kind == "file":
+        if name:
+            raise ConfigError(
+                f'{table.where("credentials_backend")}: only with credentials_store = "database"'
+            )
+        return None
+    name = name or backend
+    if name not in backends:
+        raise ConfigError(f"{table.where('credentials_backend')}: no backend named {name!r}")
+    return name
 
 
 def read_credentials_file(path: Path) -> dict[str, list[Credential]]:
@@ -711,15 +748,28 @@ def _check_unique(stores: list[KeyStoreConfig]) -> None:
         seen_paths.add(store.uri_path)
 
 
+def _check_credential_backends(
+    stores: list[KeyStoreConfig], backends: Mapping[str, BackendConfig]
+) -> None:
+    for index, store in enumerate(stores):
+        backend = backends.get(store.credentials_backend or "")
+        name = store.credentials_backend
+        if backend is not None and not isinstance(backend, SoftwareBackendConfig):
+            raise ConfigError(
+                f"key_stores[{index}].credentials_backend: {name} is not a software backend, "
+                "and only a software backend's key store holds credentials"
+            )
+
+
 def parse_config(
     document: dict[str, Any],
     path: Path,
     environ: Mapping[str, str] | None = None,
     *,
-    with_backends: bool = True,
+    with_backends: bool | Collection[str] = True,
 ) -> Config:
     """Build a validated ``Config`` from a parsed TOML document (see the module docstring for
-    ``with_backends``)."""
+    ``with_backends``; a collection of names parses those backends only)."""
     env = os.environ if environ is None else environ
     base_dir = path.parent
     top = _Table(document, "")
@@ -733,7 +783,8 @@ def parse_config(
         name: _backend(
             name, _Table(backends_table.get(name, dict, {}), f"backends.{name}"), base_dir, env
         )
-        for name in (backend_names if with_backends else [])
+        for name in backend_names
+        if with_backends is True or (with_backends is not False and name in with_backends)
     }
     extra = read_credentials_file(credentials_file) if credentials_file else {}
     raw_stores = top.get("key_stores", list, [])
@@ -747,6 +798,7 @@ def parse_config(
     unknown_stores = sorted(set(extra) - {store.name for store in stores})
     if unknown_stores:
         raise ConfigError(f"credentials_file: names unknown key store {unknown_stores[0]!r}")
+    _check_credential_backends(stores, backends)
     tls_table = top.get("tls", dict, None)
     tls = (
         _tls(_Table(tls_table, "tls"), base_dir, env, [s.region for s in stores])
@@ -770,7 +822,10 @@ def parse_config(
 
 
 def load_config(
-    path: Path, environ: Mapping[str, str] | None = None, *, with_backends: bool = True
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    with_backends: bool | Collection[str] = True,
 ) -> Config:
     """Read and validate a configuration file."""
     try:

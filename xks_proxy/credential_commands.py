@@ -7,17 +7,27 @@ installs a given one, reading the secret from standard input or a file, never fr
 is visible to every local user in ``ps``). ``add`` is idempotent for the same secret, so a
 deployment script can run it again; another secret under the same access key id is refused.
 
+With ``credentials_store = "database"`` a key store's credentials live in the shared key store
+instead of this host's file, and a command on any one host reaches every proxy within a second
+(no ``add`` on the other hosts, no reload): ``credential_service`` decides where.
+
 A key store with no credential answers every request 401, so ``revoke`` refuses to remove a
 key store's last credential unless ``--force``, and start-up and reload refuse a configuration
 that leaves a key store without one (``Config.check_serving``).
 
 With ``--admin-url URL --token-file F`` each command runs on the proxy through the admin API
 (``admin/client.py``) instead of on this host's files: the same ``credential_service`` runs there.
+
+Run locally, ``create``, ``add`` and ``revoke`` each write one ``keyLifecycle`` audit line to the
+configuration's audit log (who, which key store and access key id, the outcome; never a secret);
+through the admin API, the API writes its own ``adminRequest`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -25,8 +35,10 @@ from pathlib import Path
 
 from xks_proxy import credential_service
 from xks_proxy.admin.client import AdminClient, RemoteCredentials, add_admin_url_options
+from xks_proxy.config import load_config
 from xks_proxy.credentials import write_private_file
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.keystore.records import KeyStoreUnavailableError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -41,12 +53,56 @@ def remote(args: argparse.Namespace) -> RemoteCredentials | None:
     return RemoteCredentials(client, args.key_store)
 
 
+def audit(args: argparse.Namespace, action: str, outcome: str, detail: str) -> None:
+    """One lifecycle line for a local credential change; no line if the configuration (and so
+    its audit log) cannot be read: the command's own error says why."""
+    from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
+
+    if not args.config:
+        return
+    try:
+        config = load_config(Path(args.config), with_backends=False)
+    except ConfigError:
+        return
+    LifecycleAudit(config.audit).record(
+        actor=local_actor(), action=f"credentials-{action}", key_id=None, outcome=outcome,
+        detail=detail[:300],
+    )  # fmt: skip
+
+
+def audited(action: str) -> Callable[[Command], Command]:
+    """Audit a refused local ``action`` (the command audits its own success, with the ids)."""
+
+    def wrap(command: Command) -> Command:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            if args.admin_url:
+                return command(args)
+            try:
+                return command(args)
+            except (CommandError, ConfigError, OSError) as error:
+                outcome = (
+                    "failed" if isinstance(error, KeyStoreUnavailableError | OSError) else "refused"
+                )
+                where = f"key store {args.key_store or '(the only one)'}"
+                # A full disk fails the audit line too: the command's own error is the one to show.
+                with contextlib.suppress(OSError):
+                    audit(args, action, outcome, f"{where}: {type(error).__name__}: {error}")
+                raise
+
+        return run
+
+    return wrap
+
+
+@audited("create")
 def cmd_create(args: argparse.Namespace) -> int:
     api = remote(args)
     if api is not None:
         document = api.create()
     else:
         store, entry = credential_service.create(Path(args.config), args.key_store)
+        audit(args, "create", "success", f"key store {store.name}, {entry.access_key_id}")
         document = {
             "keyStore": store.name,
             "uriPath": store.uri_path,
@@ -56,12 +112,16 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.secret_out:
         write_private_file(Path(args.secret_out), document["RawSecretAccessKey"] + "\n")
     print(json.dumps(document, indent=2))
-    print(
-        "Install the same credential on every other proxy of the fleet with `xks-proxy "
-        f"credentials add --access-key-id {document['AccessKeyId']} --secret-file FILE`, reload "
-        "them, then give it to KMS.",
-        file=sys.stderr,
-    )
+    if api is None and credential_service.applied_at_once(Path(args.config), args.key_store):
+        hint = "Every proxy sharing the key store accepts it within a second; give it to KMS."
+    else:
+        hint = (
+            "Install the same credential on every other proxy of the fleet with `xks-proxy "
+            f"credentials add --access-key-id {document['AccessKeyId']} --secret-file FILE`, "
+            'reload them, then give it to KMS (with credentials_store = "database" every '
+            "proxy has it within a second)."
+        )
+    print(hint, file=sys.stderr)
     return 0
 
 
@@ -74,6 +134,7 @@ def read_secret(args: argparse.Namespace) -> str:
         raise CommandError(f"--secret-file {args.secret_file}: {error.strerror}") from None
 
 
+@audited("add")
 def cmd_add(args: argparse.Namespace) -> int:
     api = remote(args)
     secret = read_secret(args)
@@ -82,7 +143,12 @@ def cmd_add(args: argparse.Namespace) -> int:
         if api is not None
         else credential_service.add(Path(args.config), args.key_store, args.access_key_id, secret)
     )
-    if added:
+    if api is None:
+        done = "added" if added else "already there"
+        audit(args, "add", "success", f"key store {store}, {args.access_key_id} {done}")
+    if added and api is None and credential_service.applied_at_once(Path(args.config), store):
+        print(f"added {args.access_key_id} to key store {store}; every proxy applies it at once")
+    elif added:
         print(f"added {args.access_key_id} to key store {store}; reload to apply")
     else:
         print(f"key store {store} already has {args.access_key_id}")
@@ -100,6 +166,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@audited("revoke")
 def cmd_revoke(args: argparse.Namespace) -> int:
     api = remote(args)
     name = (
@@ -109,6 +176,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             Path(args.config), args.key_store, args.access_key_id, args.force
         )
     )
+    if api is None:
+        forced = " (forced)" if args.force else ""
+        audit(args, "revoke", "success", f"key store {name}, {args.access_key_id}{forced}")
     print(f"revoked {args.access_key_id} from key store {name}")
     return 0
 

@@ -12,6 +12,7 @@ requests that started on them are done. Metrics live across reloads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -21,11 +22,16 @@ from xks_proxy.authz.load import load_authorizers
 from xks_proxy.authz.stored import StoredPolicyFollower, backend_config
 from xks_proxy.backends import create_backend
 from xks_proxy.backends.base import Backend
+from xks_proxy.backends.faults import DelayedBackend
 from xks_proxy.backends.software import SoftwareBackend
 from xks_proxy.config import Config, KeyStoreConfig
+from xks_proxy.errors import ConfigError
 from xks_proxy.health import HealthMonitor
+from xks_proxy.keymgmt.audit import LifecycleAudit
+from xks_proxy.live_credentials import LiveCredentials
 from xks_proxy.metrics import ProxyMetrics
 from xks_proxy.service import KeyStore, XksService
+from xks_proxy.sigv4 import Credential
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -60,7 +66,9 @@ class ProxyRuntime:
         authorizers = load_authorizers(config, self.metrics.authz_observer)
         # Keyed by URI path, the way requests find their key store (xks-spec §2.1).
         self.key_stores = {
-            ks.uri_path: KeyStore.build(ks, self.backends[ks.backend], authorizers[ks.name])
+            ks.uri_path: KeyStore.build(
+                ks, self.backends[ks.backend], authorizers[ks.name], self._credentials(ks)
+            )
             for ks in config.key_stores
         }
         self._stored_policies = [
@@ -77,9 +85,33 @@ class ProxyRuntime:
     def _software_backend(self, store: KeyStoreConfig) -> SoftwareBackend:
         """The backend that keeps ``store``'s policy (``authorization_policy = "database"``)."""
         backend_config(self.config, store)  # ConfigError unless a software backend
-        backend = self.backends[store.backend]
-        assert isinstance(backend, SoftwareBackend)
+        backend = _software(self.backends[store.backend])
+        assert backend is not None
         return backend
+
+    def _credentials(self, store: KeyStoreConfig) -> Mapping[str, Credential] | None:
+        """Live credentials of a key store whose credentials are in a shared store, else None."""
+        if store.credentials_backend is None:
+            return None
+        backend = _software(self.backends[store.credentials_backend])
+        if backend is None:
+            raise ConfigError(
+                f"key store {store.name}: credentials_backend {store.credentials_backend} is not "
+                "a software backend"
+            )
+        inline = {c.access_key_id: c for c in store.credentials}
+        return LiveCredentials(inline, functools.partial(backend.stored_credentials, store.name))
+
+    def _check_stored_credentials(self) -> None:
+        """``Config.check_serving`` for credentials that are known once the backends are open."""
+        for key_store in self.key_stores.values():
+            if key_store.config.credentials_backend is not None and not key_store.credentials:
+                raise ConfigError(
+                    f"key store {key_store.config.name} has no credential, neither in the "
+                    f"configuration nor in the key store of backend "
+                    f"{key_store.config.credentials_backend}, so every request would be refused "
+                    "(xks-proxy credentials add|create)"
+                )
 
     async def open(self) -> None:
         """Open the backends this runtime created, read the policies kept in key store
@@ -91,6 +123,12 @@ class ProxyRuntime:
                 opened.append(self.backends[name])
             for stored in self._stored_policies:
                 await stored.start()
+            self._check_stored_credentials()
+            lifecycle_audit = LifecycleAudit(self.config.audit)
+            for backend in self.backends.values():
+                software = _software(backend)
+                if software is not None:
+                    software.audit_lifecycle_to(lifecycle_audit)
             await self.health.start()
         except BaseException:
             for stored in self._stored_policies:
@@ -110,6 +148,13 @@ class ProxyRuntime:
                 await backend.close()
         if self.audit is not None:
             self.audit.close()
+
+
+def _software(backend: Backend) -> SoftwareBackend | None:
+    """The software backend ``backend`` is (or wraps with an injected delay), else None."""
+    if isinstance(backend, DelayedBackend):
+        backend = backend.inner
+    return backend if isinstance(backend, SoftwareBackend) else None
 
 
 class LiveRuntime:

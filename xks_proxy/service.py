@@ -79,8 +79,13 @@ class KeyStore:
 
     @classmethod
     def build(
-        cls, config: KeyStoreConfig, backend: Backend, authorizer: Authorizer | None = None
+        cls,
+        config: KeyStoreConfig,
+        backend: Backend,
+        authorizer: Authorizer | None = None,
+        credentials: Mapping[str, Credential] | None = None,
     ) -> KeyStore:
+        """``credentials``: live ones (``LiveCredentials``); default the configuration's."""
         pattern = "|".join(f"(?:{fnmatch.translate(p)})" for p in config.key_patterns)
         rate_limit = None
         if config.requests_per_second and config.burst:
@@ -88,7 +93,11 @@ class KeyStore:
         return cls(
             config=config,
             backend=backend,
-            credentials={c.access_key_id: c for c in config.credentials},
+            credentials=(
+                credentials
+                if credentials is not None
+                else {c.access_key_id: c for c in config.credentials}
+            ),
             key_filter=re.compile(pattern),
             rate_limit=rate_limit,
             authorizer=authorizer,

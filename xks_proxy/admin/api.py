@@ -159,13 +159,20 @@ def _store(config: Config, name: str) -> KeyStoreConfig:
     return config.key_store(name)
 
 
-def _describe_store(store: KeyStoreConfig) -> dict[str, Any]:
+def _describe_store(config_path: Path, store: KeyStoreConfig) -> dict[str, Any]:
+    """On a thread: a key store whose credentials live in a shared store counts those too."""
+    credentials = (
+        len(credential_service.list_credentials(config_path, store.name))
+        if store.credentials_backend is not None
+        else len(store.credentials)
+    )
     return {
         "name": store.name,
         "uriPath": store.uri_path,
         "region": store.region,
         "backend": store.backend,
-        "credentials": len(store.credentials),
+        "credentials": credentials,
+        "credentialsStore": "file" if store.credentials_backend is None else "database",
     }
 
 
@@ -215,18 +222,25 @@ async def reload(request: web.Request) -> web.Response:
 
 @requires("key-stores.list")
 async def list_key_stores(request: web.Request) -> web.Response:
-    config = await run_blocking(lambda: load_config(request.app[CONFIG_PATH], with_backends=False))
-    return json_response({"keyStores": [_describe_store(s) for s in config.key_stores]})
+    path = request.app[CONFIG_PATH]
+
+    def work() -> list[dict[str, Any]]:
+        config = load_config(path, with_backends=False)
+        return [_describe_store(path, store) for store in config.key_stores]
+
+    return json_response({"keyStores": await run_blocking(work)})
 
 
 @requires("key-stores.describe")
 async def describe_key_store(request: web.Request) -> web.Response:
     name = request.match_info["store"]
 
-    def work() -> KeyStoreConfig:
-        return _store(load_config(request.app[CONFIG_PATH], with_backends=False), name)
+    path = request.app[CONFIG_PATH]
 
-    return json_response(_describe_store(await run_blocking(work)))
+    def work() -> dict[str, Any]:
+        return _describe_store(path, _store(load_config(path, with_backends=False), name))
+
+    return json_response(await run_blocking(work))
 
 
 # --- keys ----------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ class DelayedBackend:
         return self._inner.name
 
     @property
+    def inner(self) -> Backend:
+        return self._inner
+
+    @property
     def vendor(self) -> str:
         return self._inner.vendor
 

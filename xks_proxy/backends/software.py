@@ -5,8 +5,11 @@ in memory, kept current by a ``StoreFollower`` (PostgreSQL NOTIFY, and a poll on
 ``xks-proxy keys disable`` on any host takes effect on every running proxy within a second. A
 version is unsealed the first time a request needs it, into a bounded cache (``key_cache_size``).
 When the database cannot be read the proxy goes on serving the keys it has and its health check
-reports DEGRADED (the log says why) until the store is back. AES-GCM on a few KiB takes
-microseconds, so it runs on the event loop; database reads run in a thread.
+reports DEGRADED (the log says why) until the store is back. The SigV4 credentials of key stores
+with ``credentials_store = "database"`` arrive the same way (``stored_credentials``), unsealed
+once per change; a credential that does not unseal is left out (refused), never guessed at.
+AES-GCM on a few KiB takes microseconds, so it runs on the event loop; database reads run in a
+thread.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
@@ -34,25 +37,30 @@ from xks_proxy.backends.base import (
     KeyInfo,
     SealedData,
 )
-from xks_proxy.config import SoftwareBackendConfig
+from xks_proxy.config import AuditConfig, SoftwareBackendConfig
 from xks_proxy.errors import ConfigError, InternalError, InvalidCiphertextError, KeyNotFoundError
+from xks_proxy.keymgmt.audit import LifecycleAudit, sweeper_actor
+from xks_proxy.keymgmt.service import KeyManager
 from xks_proxy.keystore.cache import UnsealedKeyCache
+from xks_proxy.keystore.credentials import unseal_credential
 from xks_proxy.keystore.follower import StoreFollower
-from xks_proxy.keystore.imported import ImportedMaterial
 from xks_proxy.keystore.records import (
     HEALTH_KEY_ID,
     KeyRecord,
     KeyStoreUnavailableError,
     StoreChanges,
+    StoredCredential,
     gc_paused,
 )
 from xks_proxy.keystore.store import KeyDatabase, open_key_database
 from xks_proxy.safelog import log_unexpected
+from xks_proxy.sigv4 import Credential
 
 log = logging.getLogger(__name__)
 IV_BYTES = 12
 TAG_BYTES = 16
 _HEALTH_PLAINTEXT = b"xks-proxy health check"
+_NO_CREDENTIALS: Mapping[str, Credential] = {}
 # Deletion dates are days apart (7 to 30); a minute late is on time.
 SWEEP_INTERVAL_SECONDS = 60.0
 
@@ -90,6 +98,10 @@ class SoftwareBackend:
         self._sweeper: asyncio.Task[None] | None = None
         # Told the store's revision after each change is taken in (authz/stored.py).
         self._store_listeners: list[Callable[[int], None]] = []
+        # Until the runtime says where (``audit_lifecycle_to``), sweeps are not audited.
+        self._lifecycle_audit = LifecycleAudit(AuditConfig(enabled=False))
+        # Key store name -> access key id -> credential; replaced whole on each change.
+        self._credentials: dict[str, dict[str, Credential]] = {}
 
     @property
     def name(self) -> str:
@@ -116,6 +128,10 @@ class SoftwareBackend:
     def store_problem(self) -> str | None:
         """Why the key store cannot be read now (health is DEGRADED), or None."""
         return self._follower.problem if self._follower is not None else None
+
+    def stored_credentials(self, key_store: str) -> Mapping[str, Credential]:
+        """The credentials the store holds for ``key_store`` now (empty before ``open``)."""
+        return self._credentials.get(key_store, _NO_CREDENTIALS)
 
     async def open(self) -> None:
         try:
@@ -169,6 +185,8 @@ class SoftwareBackend:
                 if purged is not None:
                     self._cache.forget([purged.record])
             self._cache.forget(changes.keys)
+        if changes.credentials is not None:
+            self._credentials = self._unsealed(changes.credentials)
         with gc_paused():
             for record in changes.keys:
                 loaded = _LoadedKey.from_record(record)
@@ -179,27 +197,40 @@ class SoftwareBackend:
         for listener in tuple(self._store_listeners):
             listener(changes.revision)
 
+    def _unsealed(self, stored: list[StoredCredential]) -> dict[str, dict[str, Credential]]:
+        assert self._db is not None
+        credentials: dict[str, dict[str, Credential]] = {}
+        for entry in stored:
+            try:
+                credential = unseal_credential(self._db.sealer, entry)
+            except ConfigError as error:
+                log.error("%s; credential %s is refused", error, entry.access_key_id)
+                continue
+            credentials.setdefault(entry.key_store, {})[entry.access_key_id] = credential
+        return credentials
+
+    def audit_lifecycle_to(self, audit: LifecycleAudit) -> None:
+        """Where the sweeper writes its ``keyLifecycle`` lines (the runtime's audit log)."""
+        self._lifecycle_audit = audit
+
     async def _sweep_forever(self) -> None:
-        """Purge keys whose scheduled deletion date has passed; every proxy sweeps, and the
-        store makes sure each key is purged once (``KeyDatabase.purge_due``)."""
+        """Purge keys whose scheduled deletion date has passed, and expired imported material
+        and wrapping keys; every proxy sweeps, and the store makes sure each is deleted, and
+        audited, once (``KeyManager.sweep``)."""
         assert self._db is not None
         while True:
+            keys = KeyManager(self._db, self._lifecycle_audit, sweeper_actor())
             try:
-                purged = await asyncio.to_thread(self._db.purge_due, datetime.now(UTC))
-                expired = await asyncio.to_thread(
-                    ImportedMaterial(self._db).expire, datetime.now(UTC)
-                )
-                for key_id in expired:
-                    log.warning(
-                        "deleted the imported material of key %s: --valid-to passed", key_id
-                    )
+                purged, expired = await asyncio.to_thread(keys.sweep)
             except KeyStoreUnavailableError:
-                purged = []  # the follower reports the outage; sweep again later
+                purged, expired = [], None  # the follower reports the outage; sweep again later
             except Exception:
                 log.exception("sweeping key store %s failed", self._db.location.display)
-                purged = []
+                purged, expired = [], None
             for key_id in purged:
                 log.warning("purged key %s: its scheduled deletion date has passed", key_id)
+            for key_id in expired.material if expired else []:
+                log.warning("deleted the imported material of key %s: --valid-to passed", key_id)
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
     def _cipher(self, key: _LoadedKey, version: int) -> AESGCM:

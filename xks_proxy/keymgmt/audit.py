@@ -30,6 +30,11 @@ def local_actor() -> str:
     return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
+def sweeper_actor() -> str:
+    """The actor of what a proxy's sweeper does (purges, expiries): no user ran it."""
+    return f"sweeper@{socket.gethostname()} (pid {os.getpid()})"
+
+
 class LifecycleAudit:
     def __init__(self, config: AuditConfig) -> None:
         self._config = config

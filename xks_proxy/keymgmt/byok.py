@@ -16,8 +16,9 @@
   takes only the same material again (KMS's rule), checked against a fingerprint kept in the
   store: SHA-256 over a domain label, the key id and the material (a 256-bit random key cannot
   be recovered from it; it survives ``delete-material`` so the rule does too).
-- ``--valid-to``: from that instant the key is DISABLED (each request compares the time, so a
-  running proxy refuses at once), and the sweeper (once a minute) deletes the material.
+- ``--valid-to``: as KMS's ValidTo, in the future and at most 365 days ahead; from that instant
+  the key is DISABLED (each request compares the time, so a running proxy refuses at once), and
+  the sweeper (once a minute) deletes the material.
 - ``keys delete-material`` deletes the material at once; the key stays, DISABLED.
 - Imported keys cannot be rotated (``KeyDatabase.rotate_key`` says so).
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import jwt
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +45,9 @@ WRAPPING_ALGORITHMS = ("RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_256")
 WRAPPING_KEY_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
 DEFAULT_WRAPPING_KEY_SPEC = "RSA_2048"
 TOKEN_LIFETIME = timedelta(hours=24)  # as KMS's import tokens and wrapping keys
+# KMS ImportKeyMaterial: "ValidTo must be a future date and time. The maximum value is 365 days
+# from the request date."
+MAX_VALIDITY = timedelta(days=365)
 TOKEN_ISSUER = "xks-proxy key import"  # noqa: S105 (the JWT iss claim, not a secret)
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
@@ -101,7 +105,6 @@ def import_parameters(
         raise ImportRefusedError(f"wrapping key spec: one of {', '.join(WRAPPING_KEY_BITS)}")
     imported = ImportedMaterial(database)
     imported.check_external(key_id)
-    imported.expire(datetime.now(UTC))
     signing = _signing_key(imported)
     private = rsa.generate_private_key(public_exponent=65537, key_size=WRAPPING_KEY_BITS[spec])
     expires = now + TOKEN_LIFETIME
@@ -167,6 +170,11 @@ def import_material(
     """Install the unwrapped material; returns the wrapping algorithm the token named."""
     if valid_to is not None and valid_to <= now:
         raise ImportRefusedError(f"--valid-to {valid_to.isoformat()} is not in the future")
+    if valid_to is not None and valid_to > now + MAX_VALIDITY:
+        raise ImportRefusedError(
+            f"--valid-to {valid_to.isoformat()} is more than 365 days ahead (KMS's limit for "
+            "imported key material); import again before then to extend it"
+        )
     imported = ImportedMaterial(database)
     claims = _claims(imported, token)
     if claims["sub"] != key_id:

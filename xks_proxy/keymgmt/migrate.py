@@ -4,13 +4,16 @@ Rows are copied exactly as sealed: the KEK stays the same, no material is ever u
 move (when a KEK is given, every version is first proved to unseal under it, so a store sealed
 under another KEK is refused before anything is written). The copy is one transaction in the
 destination: all keys or none. The internal health key is not copied: each store has its own.
-A destination that already holds one of the key ids is refused, naming it.
+A destination that already holds one of the key ids is refused, naming it. SigV4 credentials
+kept in the store (``credentials_store = "database"``) move with the keys, sealed as they were
+(their seal binds key store and access key id, not the database).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xks_proxy.keystore.credentials import CredentialTable, unseal_credential
 from xks_proxy.keystore.records import KeyRecord
 from xks_proxy.keystore.store import KeyDatabase
 
@@ -19,14 +22,19 @@ from xks_proxy.keystore.store import KeyDatabase
 class MigrationResult:
     keys: int
     versions: int
+    credentials: int = 0
 
 
 def migrate_keys(source: KeyDatabase, destination: KeyDatabase, *, verify: bool) -> MigrationResult:
     records = [record for record in source.records() if not record.internal]
+    credentials = CredentialTable(source).all_live()
     if verify:
         _prove_unsealable(source, records)
-    destination.copy_records(records)
-    return MigrationResult(len(records), sum(len(r.versions) for r in records))
+        for stored in credentials:
+            unseal_credential(source.sealer, stored)
+    destination.copy_records(records, credentials)
+    versions = sum(len(r.versions) for r in records)
+    return MigrationResult(len(records), versions, len(credentials))
 
 
 def _prove_unsealable(source: KeyDatabase, records: list[KeyRecord]) -> None:

@@ -30,7 +30,7 @@ from xks_proxy.keymgmt.backup import (
     write_backup,
 )
 from xks_proxy.keymgmt.hsm import HsmKey, TokenKeys
-from xks_proxy.keystore.imported import ImportedMaterial
+from xks_proxy.keystore.imported import ExpiredImports, ImportedMaterial
 from xks_proxy.keystore.records import (
     ORIGIN_EXTERNAL,
     KeyExistsError,
@@ -139,6 +139,8 @@ class KeyManager:
     ) -> byok.ImportParameters:
         """A wrapping public key and an import token for ``key_id`` (``byok``)."""
         when = now or datetime.now(UTC)
+        # Expired wrapping keys go now even where no proxy sweeps (a CLI-only host), audited.
+        self.expire_imports()
         return self._audited(
             "import-parameters", key_id,
             lambda: byok.import_parameters(self._database, key_id, algorithm, spec, when),
@@ -214,8 +216,16 @@ class KeyManager:
 
         return self._audited("restore", None, restore, "from a passphrase-sealed backup")
 
+    def sweep(self, now: datetime | None = None) -> tuple[list[str], ExpiredImports]:
+        """What every proxy's sweeper does: purge the keys whose deletion date has passed, and
+        delete expired wrapping keys and imported material past ``valid_to``. Each deletion is
+        one audit line, written by the one sweeper whose transaction made it (the store
+        serialises writers), so several proxies sweeping at once write it exactly once."""
+        when = now or datetime.now(UTC)
+        return self.purge_due(when), self.expire_imports(when)
+
     def purge_due(self, now: datetime | None = None) -> list[str]:
-        """Purge the keys whose deletion date has passed (what every proxy's sweeper does)."""
+        """Purge the keys whose deletion date has passed."""
         purged = self._database.purge_due(now or datetime.now(UTC))
         for key_id in purged:
             self._audit.record(
@@ -223,3 +233,19 @@ class KeyManager:
                 detail="deletion date passed; material destroyed",
             )  # fmt: skip
         return purged
+
+    def expire_imports(self, now: datetime | None = None) -> ExpiredImports:
+        """Delete expired wrapping keys and imported material past its ``valid_to``."""
+        expired = ImportedMaterial(self._database).expire(now or datetime.now(UTC))
+        for key_id in expired.material:
+            self._audit.record(
+                actor=self._actor, action="expire-material", key_id=key_id, outcome="success",
+                detail="--valid-to passed; imported material deleted (import it again to use "
+                "the key)",
+            )  # fmt: skip
+        for key_id in expired.wrapping_keys:
+            self._audit.record(
+                actor=self._actor, action="expire-import-parameters", key_id=key_id,
+                outcome="success", detail="import token expired unused; wrapping key destroyed",
+            )  # fmt: skip
+        return expired

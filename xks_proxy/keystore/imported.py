@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from xks_proxy.keystore.connections import Row, StoreConnection
 from xks_proxy.keystore.records import (
@@ -26,6 +27,16 @@ from xks_proxy.keystore.records import (
 from xks_proxy.keystore.store import KeyDatabase
 
 SIGNING_KEY_NAME = "token-signing-key"
+
+
+class ExpiredImports(NamedTuple):
+    """What one ``expire`` deleted: keys whose material passed ``valid_to``, and the key ids
+    of wrapping keys (with their import tokens) that expired unused."""
+
+    material: list[str]
+    wrapping_keys: list[str]
+
+
 Query = Callable[[str, tuple[object, ...]], list[Row]]
 
 
@@ -126,11 +137,12 @@ class ImportedMaterial:
 
         self._database.write_transaction(delete)
 
-    def expire(self, now: datetime) -> list[str]:
-        """Delete expired wrapping keys, and the material of keys past ``valid_to``; returns the
-        ids of the keys whose material was deleted."""
+    def expire(self, now: datetime) -> ExpiredImports:
+        """Delete expired wrapping keys, and the material of keys past ``valid_to``; says what
+        this call deleted (several proxies may sweep at once: writers serialise, so each row is
+        deleted, and reported, by exactly one of them)."""
         when = iso(now)
-        due_secrets = "SELECT name FROM import_secrets WHERE expires_at <= ?"
+        due_secrets = "SELECT name, key_id FROM import_secrets WHERE expires_at <= ?"
         due_keys = (
             "SELECT k.key_id FROM keys k WHERE k.valid_to IS NOT NULL AND k.valid_to <= ? "
             "AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = k.key_id)"
@@ -138,15 +150,16 @@ class ImportedMaterial:
         if not (
             self._database.read(due_secrets, (when,)) or self._database.read(due_keys, (when,))
         ):
-            return []  # the common case: two reads, no revision
+            return ExpiredImports([], [])  # the common case: two reads, no revision
 
-        def expire(db: StoreConnection, revision: int) -> list[str]:
+        def expire(db: StoreConnection, revision: int) -> ExpiredImports:
+            wrapping = [row[1] for row in db.query(due_secrets, (when,))]
             db.query("DELETE FROM import_secrets WHERE expires_at <= ?", (when,))
             expired = [row[0] for row in db.query(due_keys, (when,))]
             for key_id in expired:
                 db.query("DELETE FROM key_versions WHERE key_id = ?", (key_id,))
                 db.query("UPDATE keys SET revision = ? WHERE key_id = ?", (revision, key_id))
-            return expired
+            return ExpiredImports(expired, wrapping)
 
         return self._database.write_transaction(expire)
 

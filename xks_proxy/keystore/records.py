@@ -53,6 +53,15 @@ class KeyRecord(NamedTuple):
         return max(self.versions, default=0)
 
 
+class StoredCredential(NamedTuple):
+    """A key store's SigV4 credential kept in the store (``keystore.credentials``), sealed."""
+
+    key_store: str
+    access_key_id: str
+    secret: SealedVersion
+    created_at: str
+
+
 @dataclass(frozen=True, slots=True)
 class StoredKey:
     """One key with its versions' material unsealed (the CLI's and check-config's view)."""
@@ -79,12 +88,14 @@ class StoreChanges:
 
     ``complete``: these are all the keys there are; a reader drops any it has beyond them.
     ``deleted``: keys purged since (apply before ``keys``: a key may be made again after).
+    ``credentials``: every live stored credential when any was written since, else None.
     """
 
     revision: int
     keys: list[KeyRecord]
     complete: bool
     deleted: list[str] = field(default_factory=list)
+    credentials: list[StoredCredential] | None = None
 
 
 class KeyExistsError(Exception):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.connections import StoreConnection, transaction
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _migrations(blob: str) -> list[list[str]]:
@@ -62,6 +62,17 @@ def _migrations(blob: str) -> list[list[str]]:
             "CREATE TABLE authz_policies ("
             " key_store TEXT PRIMARY KEY, policy TEXT NOT NULL, revision BIGINT NOT NULL,"
             " updated_at TEXT NOT NULL, updated_by TEXT NOT NULL)",
+        ],
+        [
+            # SigV4 credentials of key stores with ``credentials_store = "database"``
+            # (``keystore.credentials``): the secret sealed under the KEK, bound to the key store
+            # and access key id. A revoked row keeps its id and revision, secret erased (NULL),
+            # so every proxy learns of the revocation from ``changes_since``.
+            "CREATE TABLE credentials ("
+            " access_key_id TEXT PRIMARY KEY, key_store TEXT NOT NULL,"
+            f" nonce {blob}, sealed {blob}, created_at TEXT NOT NULL, revoked_at TEXT,"
+            " revision BIGINT NOT NULL)",
+            "CREATE INDEX credentials_by_revision ON credentials (revision)",
         ],
     ]
 

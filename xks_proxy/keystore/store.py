@@ -7,7 +7,8 @@ says health checks SHOULD NOT use customer keys); it is never reachable by the A
 
 Every write runs in one transaction that bumps the store's revision and stamps it on the keys it
 touched (``schema``), then (PostgreSQL) NOTIFYs the proxies; ``changes_since`` gives a reader
-exactly the keys written after the revision it has. Writers serialise on the revision row, so a
+exactly the keys written after the revision it has, and the store's SigV4 credentials when any
+of them changed (``keystore.credentials``). Writers serialise on the revision row, so a
 rotation's "newest version + 1" cannot race. Access is synchronous: callers choose their thread.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from xks_proxy.config import SoftwareBackendConfig
-from xks_proxy.errors import ConfigError
+from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.keystore.connections import (
     DuplicateRowError,
     Row,
@@ -30,6 +31,7 @@ from xks_proxy.keystore.connections import (
     connect,
     transaction,
 )
+from xks_proxy.keystore.credentials import insert_credential, read_live
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.records import (
     HEALTH_KEY_ID,
@@ -42,6 +44,7 @@ from xks_proxy.keystore.records import (
     KeyStoreUnavailableError,
     SealedVersion,
     StoreChanges,
+    StoredCredential,
     StoredKey,
     UnknownKeyError,
     gc_paused,
@@ -333,8 +336,13 @@ class KeyDatabase:
                 "JOIN keys k ON k.key_id = v.key_id WHERE k.revision > ?",
                 () if complete else (since,),
             )
+            credentials_changed = complete or self._db.query(
+                "SELECT 1 FROM credentials WHERE revision > ? LIMIT 1", (since,)
+            )
+            credentials = read_live(self._db) if credentials_changed else None
         with gc_paused():
-            return StoreChanges(revision, _records(key_rows, version_rows), complete, deleted)
+            keys = _records(key_rows, version_rows)
+            return StoreChanges(revision, keys, complete, deleted, credentials)
 
     def records(self) -> list[KeyRecord]:
         """Every key, sealed, in one consistent snapshot."""
@@ -360,12 +368,17 @@ class KeyDatabase:
             for r in self.records()
         ]
 
-    def copy_records(self, records: Iterable[KeyRecord]) -> int:
-        """Insert keys exactly as sealed elsewhere (same KEK), all or none; for ``keys migrate``.
+    def copy_records(
+        self, records: Iterable[KeyRecord], credentials: Iterable[StoredCredential] = ()
+    ) -> int:
+        """Insert keys (and stored credentials) exactly as sealed elsewhere (same KEK), all or
+        none; for ``keys migrate``.
 
-        Raises ``KeyExistsError`` naming the first key id this store has already.
+        Raises ``KeyExistsError`` naming the first key id this store has already, ``CommandError``
+        for an access key id it has already.
         """
         records = list(records)
+        credentials = list(credentials)
 
         def copy(revision: int) -> int:
             for record in records:
@@ -389,6 +402,14 @@ class KeyDatabase:
                     raise KeyExistsError(record.key_id) from None
                 for version, sealed in sorted(record.versions.items()):
                     self.insert_version(record.key_id, version, sealed)
+            for stored in credentials:
+                try:
+                    insert_credential(self._db, stored, revision)
+                except DuplicateRowError:
+                    raise CommandError(
+                        f"key store {self.location.display} already has credential "
+                        f"{stored.access_key_id}; nothing was copied"
+                    ) from None
             return len(records)
 
         return self._write(copy)

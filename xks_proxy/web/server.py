@@ -101,7 +101,8 @@ async def _reload(live: LiveRuntime, tls: _TlsHolder) -> None:
     for name in RESTART_ONLY:
         if getattr(config.server, name) != getattr(running.server, name):
             log.warning("server.%s changed: it takes effect at the next restart", name)
-    credentials = sum(len(store.credentials) for store in config.key_stores)
+    # Those in a shared store (credentials_store = "database") are counted as the store has them.
+    credentials = sum(len(store.credentials) for store in live.current.key_stores.values())
     log.info(
         "configuration reloaded: %d key store(s), %d credential(s)",
         len(config.key_stores),
