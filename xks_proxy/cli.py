@@ -44,6 +44,7 @@ from xks_proxy.config import (
 )
 from xks_proxy.credential_commands import add_credential_commands
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.kek_commands import add_kek_commands
 from xks_proxy.keymgmt.byok import (
     DEFAULT_WRAPPING_KEY_SPEC,
     WRAPPING_ALGORITHMS,
@@ -886,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(load)
     load.set_defaults(func=cmd_loadtest)
 
-    hsm = commands.add_parser("pkcs11", help="provision keys on a PKCS#11 token")
+    hsm = commands.add_parser("pkcs11", help="provision keys (and KEKs) on a PKCS#11 token")
     hsm_commands = hsm.add_subparsers(dest="pkcs11_command", required=True, metavar="ACTION")
     create = hsm_commands.add_parser("create-key", help="generate an AES-256 key on the token")
     listing = hsm_commands.add_parser("list-keys", help="list the token's secret keys")
@@ -903,6 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.set_defaults(func=cmd_pkcs11_create_key)
     listing.set_defaults(func=cmd_pkcs11_list_keys)
+    add_kek_commands(key_commands, hsm_commands, config_arg)
 
     kms = commands.add_parser(
         "kms-config", help="print the proxy configuration file for the KMS console"

@@ -99,8 +99,10 @@ class SoftwareBackend:
 
     @property
     def store_problem(self) -> str | None:
-        """Why the key store cannot be read now (health is DEGRADED), or None."""
-        return self._follower.problem if self._follower is not None else None
+        """Why the key store cannot be read, or its HSM KEK reached, now (health is DEGRADED),
+        or None."""
+        problem = self._follower.problem if self._follower is not None else None
+        return problem or (self._db.sealer.problem if self._db is not None else None)
 
     async def open(self) -> None:
         try:
@@ -189,6 +191,11 @@ class SoftwareBackend:
         assert self._cache is not None
         try:
             return self._cache.cipher(key.record, version)
+        except KeyStoreUnavailableError as error:
+            # The HSM holding the KEK is out of reach: the key exists, and the request may be
+            # retried (InternalException), never KeyNotFound.
+            log.warning("unsealing key %s version %d: %s", key.info.key_id, version, error)
+            raise InternalError() from None
         except ConfigError:
             # The row does not unseal under this KEK: the store was altered or the KEK is wrong.
             log.exception("unsealing key %s version %d failed", key.info.key_id, version)
@@ -222,6 +229,10 @@ class SoftwareBackend:
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
         key = self._health_key
+        if self._db is not None and self._db.sealer.problem:
+            # An HSM KEK that failed: see whether it is back (its problem clears if so).
+            with contextlib.suppress(ConfigError):
+                await asyncio.to_thread(self._db.sealer.probe)
         if key is not None:
             try:
                 versions = self._versions(key)

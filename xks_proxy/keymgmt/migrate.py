@@ -4,7 +4,9 @@ Rows are copied exactly as sealed: the KEK stays the same, no material is ever u
 move (when a KEK is given, every version is first proved to unseal under it, so a store sealed
 under another KEK is refused before anything is written). The copy is one transaction in the
 destination: all keys or none. The internal health key is not copied: each store has its own.
-A destination that already holds one of the key ids is refused, naming it.
+A destination that already holds one of the key ids is refused, naming it. The destination
+takes on the source's record of its KEK (``sealing``), so a proxy with another KEK is refused
+there too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def migrate_keys(source: KeyDatabase, destination: KeyDatabase, *, verify: bool)
     records = [record for record in source.records() if not record.internal]
     if verify:
         _prove_unsealable(source, records)
-    destination.copy_records(records)
+    destination.copy_records(records, source.kek_check())
     return MigrationResult(len(records), sum(len(r.versions) for r in records))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.connections import StoreConnection, transaction
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _migrations(blob: str) -> list[list[str]]:
@@ -54,6 +54,12 @@ def _migrations(blob: str) -> list[list[str]]:
             "CREATE TABLE import_secrets ("
             f" name TEXT PRIMARY KEY, key_id TEXT, nonce {blob} NOT NULL, sealed {blob} NOT NULL,"
             " expires_at TEXT)",
+        ],
+        [
+            # Which KEK seals the store (``sealing``: kind and check value, "pkcs11:1a2b…"),
+            # so a proxy configured with another one is refused with a clear message. NULL until
+            # a KEK first opens the store (a store made before this step is claimed then).
+            "ALTER TABLE store_meta ADD COLUMN kek_check TEXT",
         ],
     ]
 

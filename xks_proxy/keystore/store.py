@@ -9,6 +9,12 @@ Every write runs in one transaction that bumps the store's revision and stamps i
 touched (``schema``), then (PostgreSQL) NOTIFYs the proxies; ``changes_since`` gives a reader
 exactly the keys written after the revision it has. Writers serialise on the revision row, so a
 rotation's "newest version + 1" cannot race. Access is synchronous: callers choose their thread.
+
+The store records which KEK seals it (``store_meta.kek_check``, see ``sealing``). Opening it
+with a KEK checks that record (a store without one is claimed, once a row proves the KEK opens
+it); every write checks it again inside its transaction, and so does every read of changes: a
+proxy still configured with the KEK a ``keys rewrap`` replaced writes nothing, and goes on
+serving the keys it holds while its follower reports why it sees no more changes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import NoReturn, TypeVar
 
 from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import ConfigError
+from xks_proxy.kek_config import Kek
 from xks_proxy.keystore.connections import (
     DuplicateRowError,
     Row,
@@ -47,7 +54,13 @@ from xks_proxy.keystore.records import (
     gc_paused,
 )
 from xks_proxy.keystore.schema import migrate
-from xks_proxy.keystore.sealing import KEY_BYTES, KeySealer
+from xks_proxy.keystore.sealing import (
+    KEY_BYTES,
+    KekMismatchError,
+    KeySealer,
+    describe_identity,
+    make_sealer,
+)
 
 __all__ = [
     "HEALTH_KEY_ID",
@@ -103,20 +116,27 @@ class KeyDatabase:
     cannot be reached (now, or on any later call), ``ConfigError`` when it is not a key store.
     """
 
-    def __init__(self, location: Path | str | StoreLocation, kek: bytes | None) -> None:
+    def __init__(self, location: Path | str | StoreLocation, kek: Kek | None) -> None:
         self.location = (
             location if isinstance(location, StoreLocation) else StoreLocation.parse(location)
         )
         # Without a KEK the store can still be read and copied sealed (``keys migrate``).
-        self._sealer = KeySealer(kek, self.location.display) if kek is not None else None
-        self._db = connect(self.location)
+        self._sealer = make_sealer(kek, self.location.display) if kek is not None else None
+        try:
+            self._db = connect(self.location)
+        except BaseException:
+            self._close_sealer()
+            raise
         # One connection runs one transaction at a time, whichever thread asks (a proxy's
         # follower and sweeper share it).
         self._lock = threading.RLock()
         try:
             migrate(self._db)
+            if self._sealer is not None:
+                self._claim_or_check_kek(self._sealer)
         except BaseException:
             self._db.close()
+            self._close_sealer()
             raise
 
     def close(self) -> None:
@@ -125,6 +145,47 @@ class KeyDatabase:
         # proxy closed right after its first sweep started).
         with self._lock:
             self._db.close()
+        self._close_sealer()
+
+    def _close_sealer(self) -> None:
+        if self._sealer is not None:
+            self._sealer.close()
+
+    def kek_check(self) -> str | None:
+        """Which KEK seals the store (``sealing``), or None for a store no KEK opened yet."""
+        with self._lock:
+            value: str | None = self._db.query("SELECT kek_check FROM store_meta")[0][0]
+            return value
+
+    def _check_kek(self, stored: str | None) -> None:
+        """Refuse to go on with a KEK other than the one the store records."""
+        if self._sealer is None or stored is None or stored == self._sealer.identity:
+            return
+        raise KekMismatchError(
+            f"key store {self.location.display} is sealed under {describe_identity(stored)}, "
+            f"but the configured kek is {self._sealer}: configure the KEK the store is sealed "
+            "under (after `xks-proxy keys rewrap`, the new one) and restart"
+        )
+
+    def _claim_or_check_kek(self, sealer: KeySealer) -> None:
+        stored = self.kek_check()
+        if stored is None:
+            with self._lock, transaction(self._db, self._db.begin_write):
+                stored = self._db.query("SELECT kek_check FROM store_meta")[0][0]
+                if stored is None:
+                    self._prove_kek(sealer)
+                    self._db.query("UPDATE store_meta SET kek_check = ?", (sealer.identity,))
+                    stored = sealer.identity
+        self._check_kek(stored)
+
+    def _prove_kek(self, sealer: KeySealer) -> None:
+        """A store made before KEKs were recorded: one row must unseal before it is claimed."""
+        rows = self._db.query("SELECT key_id, version, nonce, sealed FROM key_versions LIMIT 1")
+        for key_id, version, nonce, sealed in rows:
+            sealer.unseal(key_id, version, SealedVersion(nonce, sealed))
+        rows = self._db.query("SELECT name, nonce, sealed FROM import_secrets LIMIT 1")
+        for name, nonce, sealed in rows:
+            sealer.unseal_secret(name, SealedVersion(nonce, sealed))
 
     @property
     def sealer(self) -> KeySealer:
@@ -136,8 +197,10 @@ class KeyDatabase:
         """Run ``change(revision)`` in a write transaction that takes the next revision."""
         with self._lock, transaction(self._db, self._db.begin_write):
             rows = self._db.query(
-                "UPDATE store_meta SET revision = revision + 1 RETURNING revision"
+                "UPDATE store_meta SET revision = revision + 1 RETURNING revision, kek_check"
             )
+            # Nothing is sealed under a KEK the store no longer uses (``keys rewrap``).
+            self._check_kek(rows[0][1])
             revision = int(rows[0][0])
             result = change(revision)
             self._db.notify(revision)
@@ -305,9 +368,11 @@ class KeyDatabase:
         gives every key with ``complete`` set: the reader replaces what it has.
         """
         with self._lock, transaction(self._db, self._db.begin_read):
-            revision = int(self._db.query("SELECT revision FROM store_meta")[0][0])
+            meta = self._db.query("SELECT revision, kek_check FROM store_meta")[0]
+            revision = int(meta[0])
             if revision == seen:
                 return None
+            self._check_kek(meta[1])
             complete = seen < 0 or revision < seen
             since = -1 if complete else seen
             key_rows = self._db.query(
@@ -360,14 +425,25 @@ class KeyDatabase:
             for r in self.records()
         ]
 
-    def copy_records(self, records: Iterable[KeyRecord]) -> int:
+    def copy_records(self, records: Iterable[KeyRecord], kek_check: str | None = None) -> int:
         """Insert keys exactly as sealed elsewhere (same KEK), all or none; for ``keys migrate``.
 
-        Raises ``KeyExistsError`` naming the first key id this store has already.
+        ``kek_check``: the source's record of its KEK, which this store takes on (refused if it
+        records another). Raises ``KeyExistsError`` naming the first key id this store has
+        already.
         """
         records = list(records)
 
         def copy(revision: int) -> int:
+            if kek_check is not None:
+                stored = self._db.query("SELECT kek_check FROM store_meta")[0][0]
+                if stored not in (None, kek_check):
+                    raise KekMismatchError(
+                        f"key store {self.location.display} is sealed under "
+                        f"{describe_identity(stored)}, the source under "
+                        f"{describe_identity(kek_check)}: rows cannot be copied between them"
+                    )
+                self._db.query("UPDATE store_meta SET kek_check = ?", (kek_check,))
             for record in records:
                 try:
                     self._db.query(
