@@ -50,8 +50,16 @@ _BLOCK = 8
 # A token that just failed is tried again after this long, not on every cache miss.
 RECONNECT_INTERVAL_SECONDS = 1.0
 _PIN_FAILURES = (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked, p11.PinExpired)
+
+
+class KekLostError(Exception):
+    """An unwrap failed and the KEK no longer gives its own check value: the token, not the
+    row, is at fault (SoftHSM with its token directory gone fails unwraps with
+    CKR_GENERAL_ERROR, the code it uses for a row that does not authenticate)."""
+
+
 # The session or token failed: reconnect, and report the HSM unavailable if that fails too.
-_UNREACHABLE = (*SESSION_FAILURES, *STALE_HANDLE)
+_UNREACHABLE = (*SESSION_FAILURES, *STALE_HANDLE, KekLostError)
 # What ``_call`` answers with a reconnect: the above, and a token or key no longer found.
 _RECONNECT: tuple[type[Exception], ...] = (*_UNREACHABLE, ConfigError)
 # A payload in the token: a secret object we can read back, gone with the session.
@@ -96,6 +104,9 @@ def open_session(kek: Pkcs11Kek, *, rw: bool = False) -> Any:
         raise ConfigError(f"{kek}: no token with {kek.token} in {kek.module}") from None
     except p11.MultipleTokensReturned:
         raise ConfigError(f"{kek}: several tokens with {kek.token}; name it by serial") from None
+    except pkcs11.PKCS11Error as error:
+        # SoftHSM whose token directory went away: CKR_GENERAL_ERROR from C_GetTokenInfo.
+        raise ConfigError(f"{kek}: token {kek.token} cannot be read ({_name(error)})") from None
     try:
         return token.open(rw=rw, user_pin=kek.pin)
     except p11.UserAlreadyLoggedIn:
@@ -104,6 +115,8 @@ def open_session(kek: Pkcs11Kek, *, rw: bool = False) -> Any:
         return token.open(rw=rw)
     except _PIN_FAILURES:
         raise ConfigError(f"{kek}: login to token {kek.token} failed (check the PIN)") from None
+    except pkcs11.PKCS11Error as error:
+        raise ConfigError(f"{kek}: token {kek.token} cannot be opened ({_name(error)})") from None
 
 
 def find_kek(session: Any, kek: Pkcs11Kek) -> Any:
@@ -237,13 +250,22 @@ class HsmKeySealer(KeySealer):
             raise
         except p11.PKCS11Error:
             # The row does not authenticate under this KEK (SoftHSM: CKR_GENERAL_ERROR, others
-            # CKR_WRAPPED_KEY_INVALID or _LEN_RANGE).
+            # CKR_WRAPPED_KEY_INVALID or _LEN_RANGE), unless the KEK itself stopped working.
+            if not self._kek_answers():
+                raise KekLostError() from None
             return None
         try:
             payload: bytes = payload_object[Attribute.VALUE]
         finally:
             payload_object.destroy()
         return payload
+
+    def _kek_answers(self) -> bool:
+        """Whether the KEK still wraps the check constant to its check value."""
+        try:
+            return check_value(self._wrap(CHECK_PLAINTEXT)) == self._check_value
+        except p11.PKCS11Error:
+            return False
 
     def _call(self, operation: Callable[[], T]) -> T:
         """``operation`` on a live session; one reconnect when the session or token failed."""
@@ -260,7 +282,7 @@ class HsmKeySealer(KeySealer):
                     self.problem = (
                         str(error)
                         if isinstance(error, ConfigError)
-                        else f"{self._kek}: the HSM failed ({_name(error)})"
+                        else f"{self._kek}: the HSM failed ({_describe(error)})"
                     )
                     continue
                 self.problem = None
@@ -280,3 +302,9 @@ class HsmKeySealer(KeySealer):
 
 def _name(error: Exception) -> str:
     return type(error).__name__
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, KekLostError):
+        return "the KEK no longer answers with its check value"
+    return _name(error)
