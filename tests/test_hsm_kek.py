@@ -26,12 +26,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tests.conftest import KEY_BOTH, KEY_ENCRYPT_ONLY, Deployment, lifecycle_audit_lines
 from tests.conftest import make_deployment as make_file_kek_deployment
 from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, connect, post
-from tests.softhsm import USER_PIN, SoftHsm, make_softhsm
+from tests.softhsm import USER_PIN, SoftHsm, find_module, make_softhsm
 from tests.test_keystore import execute_raw
 from tests.xks_client import HEALTH_BODY, decrypt_body, encrypt_body, unb64
 from xks_proxy.aad import ekm_aad
+from xks_proxy.errors import ConfigError
+from xks_proxy.kek_config import Pkcs11Kek, parse_kek_setting
 from xks_proxy.keystore.location import StoreLocation
+from xks_proxy.keystore.records import SealedVersion
+from xks_proxy.keystore.resealing import reseal_store
 from xks_proxy.keystore.sealing import SoftwareKeySealer, bound_aad
+from xks_proxy.keystore.store import KeyDatabase
 
 PREFIX = "/keystores/dev/kms/xks/v1"
 KEK_TOKEN = "xks-kek"
@@ -421,3 +426,81 @@ def test_the_hsm_going_away_is_a_retryable_error_never_key_not_found(tmp_path: P
         assert proxy.health() == "ACTIVE"
     finally:
         proxy.stop()
+
+
+class FailingSealer(SoftwareKeySealer):
+    """A new KEK that fails on its ``fail_at``-th seal, as a process dying midway would stop."""
+
+    def __init__(self, kek: bytes, fail_at: int) -> None:
+        super().__init__(kek, "-")
+        self.seals = 0
+        self.fail_at = fail_at
+
+    def _seal(self, plaintext: bytes, binding: bytes) -> SealedVersion:
+        self.seals += 1
+        if self.seals == self.fail_at:
+            raise OSError("the machine went away")
+        return super()._seal(plaintext, binding)
+
+
+def test_a_rewrap_that_fails_midway_leaves_every_row_as_it_was(location: str) -> None:
+    old_kek = os.urandom(32)
+    database = KeyDatabase(location, old_kek)
+    try:
+        for index in range(5):
+            database.create_key(f"k{index}", frozenset({"ENCRYPT", "DECRYPT"}))
+        database.rotate_key("k2")
+        before = {key.key_id: key.versions for key in database.load()}
+        with pytest.raises(OSError, match="went away"):
+            reseal_store(database, FailingSealer(os.urandom(32), fail_at=4))
+        assert database.kek_check() == database.sealer.identity
+    finally:
+        database.close()
+    reopened = KeyDatabase(location, old_kek)  # still sealed under the old KEK, every row
+    try:
+        assert {key.key_id: key.versions for key in reopened.load()} == before
+        new_kek = os.urandom(32)
+        result = reseal_store(reopened, SoftwareKeySealer(new_kek, "-"))
+        assert (result.versions, result.secrets) == (6, 0)
+    finally:
+        reopened.close()
+    rewrapped = KeyDatabase(location, new_kek)
+    try:
+        assert {key.key_id: key.versions for key in rewrapped.load()} == before
+    finally:
+        rewrapped.close()
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("pkcs11:token=t;object=k?module-path={module}&pin-value=1234", "pin-value is refused"),
+        ("pkcs11:token=t?module-path={module}&pin-source=env:P", "object=LABEL"),
+        ("pkcs11:object=k?module-path={module}&pin-source=env:P", "exactly one of token"),
+        ("pkcs11:token=t;object=k?pin-source=env:P", "module-path="),
+        ("pkcs11:token=t;object=k?module-path=/nowhere.so&pin-source=env:P", "is not a file"),
+        ("pkcs11:token=t;object=k?module-path={module}", "pin-source=env:NAME"),
+        ("pkcs11:token=t;object=k?module-path={module}&pin-source=env:UNSET_PIN", "not set"),
+        ("pkcs11:token=t;object=k;colour=red?module-path={module}&pin-source=env:P", "'colour'"),
+        ("pkcs11:token=t;object=k;type=private?module-path={module}&pin-source=env:P", "secret"),
+    ],
+)
+def test_pkcs11_kek_uri_errors(tmp_path: Path, uri: str, expected: str) -> None:
+    value = uri.format(module=find_module())
+    with pytest.raises(ConfigError, match=re.escape(expected)) as raised:
+        parse_kek_setting(value, "backends.local.kek", tmp_path, {"P": "s3cret-pin"})
+    assert "1234" not in str(raised.value) and "s3cret-pin" not in str(raised.value)
+
+
+def test_a_pkcs11_kek_uri_is_percent_decoded_and_its_pin_read_from_the_source(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pin").write_text("from-a-file\n")
+    uri = (
+        f"pkcs11:token=my%20token;object=kek%3Bv2;type=secret-key"
+        f"?module-path={find_module()}&pin-source=file:pin"
+    )
+    kek = parse_kek_setting(uri, "kek", tmp_path, {})
+    assert isinstance(kek, Pkcs11Kek)
+    assert (kek.token.label, kek.label, kek.pin) == ("my token", "kek;v2", "from-a-file")
+    assert "from-a-file" not in repr(kek) and "from-a-file" not in str(kek)
