@@ -33,7 +33,7 @@ from xks_proxy.aad import ekm_aad
 from xks_proxy.errors import ConfigError
 from xks_proxy.kek_config import Pkcs11Kek, parse_kek_setting
 from xks_proxy.keystore.location import StoreLocation
-from xks_proxy.keystore.records import SealedVersion
+from xks_proxy.keystore.records import KeyRecord, SealedVersion
 from xks_proxy.keystore.resealing import reseal_store
 from xks_proxy.keystore.sealing import SoftwareKeySealer, bound_aad
 from xks_proxy.keystore.store import KeyDatabase
@@ -504,3 +504,66 @@ def test_a_pkcs11_kek_uri_is_percent_decoded_and_its_pin_read_from_the_source(
     assert isinstance(kek, Pkcs11Kek)
     assert (kek.token.label, kek.label, kek.pin) == ("my token", "kek;v2", "from-a-file")
     assert "from-a-file" not in repr(kek) and "from-a-file" not in str(kek)
+
+
+def write_locked(path: Path) -> bool:
+    """Whether another process holds the SQLite file's write lock (is inside a write)."""
+    import sqlite3
+
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        db.close()
+
+
+def test_a_rewrap_killed_midway_leaves_one_kek_for_every_row(tmp_path: Path) -> None:
+    """SIGKILL while ``keys rewrap`` reseals 2,000 versions into the HSM: whatever the moment,
+    every row unseals under the KEK the store records, and nothing under the other."""
+    hsm = kek_token(tmp_path / "hsm")
+    deployment = make_deployment(tmp_path / "d", f"sqlite:{tmp_path / 'unused'}")
+    old_kek = base64.b64decode((deployment.directory / "kek.key").read_text())
+    database = KeyDatabase(store_of(deployment), old_kek)
+    try:
+        sealer = database.sealer
+        records = [
+            KeyRecord(f"bulk-{n}", frozenset({"ENCRYPT"}), True, False, "2026-01-01",
+                      {1: sealer.seal(f"bulk-{n}", 1, os.urandom(32))})
+            for n in range(2000)
+        ]  # fmt: skip
+        database.copy_records(records)
+        old_identity = database.sealer.identity
+    finally:
+        database.close()
+    assert run(hsm, "pkcs11", "create-kek", "--kek", kek_uri(hsm)).returncode == 0
+    rewrapping = subprocess.Popen(
+        [XKS_PROXY, "keys", "rewrap", "--config", str(deployment.config_path),
+         "--new-kek", kek_uri(hsm)],
+        env=hsm_env(hsm), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    # Kill it inside its resealing transaction: once it has held the store's write lock for
+    # 100 ms (opening the store takes the lock for a few milliseconds to check the schema).
+    deadline = time.monotonic() + 60
+    locked_polls = 0
+    while locked_polls < 5:
+        locked_polls = locked_polls + 1 if write_locked(deployment.directory / "keys.db") else 0
+        assert rewrapping.poll() is None, rewrapping.communicate()
+        assert time.monotonic() < deadline, "the rewrap never started writing"
+        time.sleep(0.02)
+    rewrapping.kill()
+    rewrapping.communicate(timeout=60)
+
+    recorded = read_raw(store_of(deployment), "SELECT kek_check FROM store_meta")[0][0]
+    rows = read_raw(store_of(deployment), "SELECT nonce FROM key_versions")
+    if recorded == old_identity:
+        assert all(len(nonce) == 12 for (nonce,) in rows)  # every row AES-GCM, as before
+        assert run(hsm, "check-config", "--config", str(deployment.config_path)).returncode == 0
+    else:
+        assert recorded.startswith("pkcs11:")  # it committed just before the kill
+        assert all(len(nonce) == 0 for (nonce,) in rows)  # every row wrapped by the token
+        set_kek(deployment, kek_uri(hsm))
+        assert run(hsm, "check-config", "--config", str(deployment.config_path)).returncode == 0
