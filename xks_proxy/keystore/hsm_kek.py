@@ -59,7 +59,7 @@ class KekLostError(Exception):
 
 
 # The session or token failed: reconnect, and report the HSM unavailable if that fails too.
-_UNREACHABLE = (*SESSION_FAILURES, *STALE_HANDLE, KekLostError)
+_UNREACHABLE: tuple[type[Exception], ...] = (*SESSION_FAILURES, *STALE_HANDLE, KekLostError)
 # What ``_call`` answers with a reconnect: the above, and a token or key no longer found.
 _RECONNECT: tuple[type[Exception], ...] = (*_UNREACHABLE, ConfigError)
 # A payload in the token: a secret object we can read back, gone with the session.

@@ -37,6 +37,7 @@ from xks_proxy.keystore.connections import (
     connect,
     transaction,
 )
+from xks_proxy.keystore.kek_record import adopt_kek, check_kek, claim_kek
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.records import (
     HEALTH_KEY_ID,
@@ -54,13 +55,7 @@ from xks_proxy.keystore.records import (
     gc_paused,
 )
 from xks_proxy.keystore.schema import migrate
-from xks_proxy.keystore.sealing import (
-    KEY_BYTES,
-    KekMismatchError,
-    KeySealer,
-    describe_identity,
-    make_sealer,
-)
+from xks_proxy.keystore.sealing import KEY_BYTES, KeySealer, make_sealer
 
 __all__ = [
     "HEALTH_KEY_ID",
@@ -158,34 +153,14 @@ class KeyDatabase:
             return value
 
     def _check_kek(self, stored: str | None) -> None:
-        """Refuse to go on with a KEK other than the one the store records."""
-        if self._sealer is None or stored is None or stored == self._sealer.identity:
-            return
-        raise KekMismatchError(
-            f"key store {self.location.display} is sealed under {describe_identity(stored)}, "
-            f"but the configured kek is {self._sealer}: configure the KEK the store is sealed "
-            "under (after `xks-proxy keys rewrap`, the new one) and restart"
-        )
+        if self._sealer is not None:
+            check_kek(self.location, stored, self._sealer)
 
     def _claim_or_check_kek(self, sealer: KeySealer) -> None:
-        stored = self.kek_check()
-        if stored is None:
+        if self.kek_check() is None:
             with self._lock, transaction(self._db, self._db.begin_write):
-                stored = self._db.query("SELECT kek_check FROM store_meta")[0][0]
-                if stored is None:
-                    self._prove_kek(sealer)
-                    self._db.query("UPDATE store_meta SET kek_check = ?", (sealer.identity,))
-                    stored = sealer.identity
-        self._check_kek(stored)
-
-    def _prove_kek(self, sealer: KeySealer) -> None:
-        """A store made before KEKs were recorded: one row must unseal before it is claimed."""
-        rows = self._db.query("SELECT key_id, version, nonce, sealed FROM key_versions LIMIT 1")
-        for key_id, version, nonce, sealed in rows:
-            sealer.unseal(key_id, version, SealedVersion(nonce, sealed))
-        rows = self._db.query("SELECT name, nonce, sealed FROM import_secrets LIMIT 1")
-        for name, nonce, sealed in rows:
-            sealer.unseal_secret(name, SealedVersion(nonce, sealed))
+                claim_kek(self._db, sealer)
+        check_kek(self.location, self.kek_check(), sealer)
 
     @property
     def sealer(self) -> KeySealer:
@@ -436,14 +411,7 @@ class KeyDatabase:
 
         def copy(revision: int) -> int:
             if kek_check is not None:
-                stored = self._db.query("SELECT kek_check FROM store_meta")[0][0]
-                if stored not in (None, kek_check):
-                    raise KekMismatchError(
-                        f"key store {self.location.display} is sealed under "
-                        f"{describe_identity(stored)}, the source under "
-                        f"{describe_identity(kek_check)}: rows cannot be copied between them"
-                    )
-                self._db.query("UPDATE store_meta SET kek_check = ?", (kek_check,))
+                adopt_kek(self._db, kek_check)
             for record in records:
                 try:
                     self._db.query(
