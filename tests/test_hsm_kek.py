@@ -567,3 +567,22 @@ def test_a_rewrap_killed_midway_leaves_one_kek_for_every_row(tmp_path: Path) -> 
         assert all(len(nonce) == 0 for (nonce,) in rows)  # every row wrapped by the token
         set_kek(deployment, kek_uri(hsm))
         assert run(hsm, "check-config", "--config", str(deployment.config_path)).returncode == 0
+
+
+def test_init_seals_a_new_store_under_an_hsm_kek_it_makes(tmp_path: Path) -> None:
+    hsm = kek_token(tmp_path / "hsm")
+    refused = run(hsm, "init", str(tmp_path / "d"), "--kek", kek_uri(hsm), pin="0000-wrong")
+    assert refused.returncode == 2 and "login to token label 'xks-kek' failed" in refused.stderr
+    assert not (tmp_path / "d").exists()  # nothing written
+
+    made = run(hsm, "init", str(tmp_path / "d"), "--kek", kek_uri(hsm), "--key-id", KEY_BOTH)
+    assert made.returncode == 0, made.stderr
+    assert "under pkcs11 KEK 'kek' on token label 'xks-kek'" in made.stdout
+    assert not (tmp_path / "d" / "kek.key").exists()
+    config = tmp_path / "d" / "xks-proxy.toml"
+    assert f'kek = "{kek_uri(hsm)}"' in config.read_text()
+    assert run(hsm, "check-config", "--config", str(config)).returncode == 0
+    ((recorded,),) = read_raw(
+        f"sqlite:{tmp_path / 'd' / 'keys.db'}", "SELECT kek_check FROM store_meta"
+    )
+    assert recorded.startswith("pkcs11:")

@@ -142,13 +142,14 @@ def _pkcs11_setup(args: argparse.Namespace) -> Pkcs11Setup | None:
                    "--pin-env": args.pin_env}  # fmt: skip
     if args.backend == "software":
         given = [option for option, value in hsm_options.items() if value]
+        if args.kek and not args.kek.startswith("pkcs11:"):
+            raise ConfigError("--kek: a pkcs11: URI (without it init writes a file KEK)")
         if given:
             raise ConfigError(f"{given[0]}: only with --backend pkcs11")
         return None
-    if args.database_url:
-        raise ConfigError(
-            "--database-url: only with --backend software (HSM keys stay on the token)"
-        )
+    if args.database_url or args.kek:
+        option = "--database-url" if args.database_url else "--kek"
+        raise ConfigError(f"{option}: only with --backend software (HSM keys stay on the token)")
     missing = [option for option, value in hsm_options.items() if not value]
     if missing:
         raise ConfigError(f"--backend pkcs11 needs {', '.join(missing)}")
@@ -179,6 +180,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             tls=args.tls,
             hsm=_pkcs11_setup(args),
             database_url=args.database_url,
+            kek=args.kek,
         )
     except (AlreadyInitialisedError, KeyStoreUnavailableError, KeyExistsError) as error:
         raise CommandError(str(error)) from None
@@ -702,6 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--database-url",
         help="keys in a shared PostgreSQL store: postgresql://... or env:NAME (default: keys.db)",
+    )
+    init.add_argument(
+        "--kek",
+        help="software: seal the keys under an AES key in a PKCS#11 token (pkcs11:URI, made if "
+        "missing) instead of a kek.key file",
     )
     init.set_defaults(func=cmd_init)
 
