@@ -27,6 +27,7 @@ from tests.conftest import KEY_BOTH, KEY_ENCRYPT_ONLY, Deployment, lifecycle_aud
 from tests.conftest import make_deployment as make_file_kek_deployment
 from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, connect, post
 from tests.softhsm import USER_PIN, SoftHsm, find_module, make_softhsm
+from tests.test_byok import wrap
 from tests.test_keystore import execute_raw
 from tests.xks_client import HEALTH_BODY, decrypt_body, encrypt_body, unb64
 from xks_proxy.aad import ekm_aad
@@ -586,3 +587,32 @@ def test_init_seals_a_new_store_under_an_hsm_kek_it_makes(tmp_path: Path) -> Non
         f"sqlite:{tmp_path / 'd' / 'keys.db'}", "SELECT kek_check FROM store_meta"
     )
     assert recorded.startswith("pkcs11:")
+
+
+def test_store_secrets_are_rewrapped_too_and_byok_works_under_the_hsm_kek(
+    tmp_path: Path, location: str
+) -> None:
+    """A pending import (its RSA wrapping key and the token-signing key, both sealed store
+    secrets) made under the file KEK completes under the HSM KEK after the rewrap."""
+    hsm = kek_token(tmp_path / "hsm")
+    deployment = make_deployment(tmp_path / "d", location)
+    config = str(deployment.config_path)
+    out = tmp_path / "import"
+    for args in (
+        ("create", "--key-id", "byok-1", "--origin", "external"),
+        ("import-parameters", "--key-id", "byok-1", "--wrapping-algorithm",
+         "RSAES_OAEP_SHA_256", "--out", str(out)),
+    ):  # fmt: skip
+        done = run(hsm, "keys", *args, "--config", config)
+        assert done.returncode == 0, done.stderr
+    assert "and 2 store secrets" in to_hsm(deployment, hsm)
+    rows = read_raw(store_of(deployment), "SELECT nonce FROM import_secrets")
+    assert len(rows) == 2 and all(len(nonce) == 0 for (nonce,) in rows)
+
+    material = os.urandom(32)
+    wrapped = wrap(out / "wrapping-key.pem", material, "RSAES_OAEP_SHA_256", out)
+    token = str(out / "import-token")
+    imported = run(hsm, "keys", "import", "--config", config, "--key-id", "byok-1",
+                   "--material", str(wrapped), "--import-token", token)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert run(hsm, "check-config", "--config", config).returncode == 0

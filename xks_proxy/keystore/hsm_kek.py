@@ -214,6 +214,10 @@ class HsmKeySealer(KeySealer):
             session.close()
             raise
         self._session = session
+        # A reconnect must find the same key under the label, not a replacement.
+        if hasattr(self, "_check_value") and not self._kek_answers():
+            self._disconnect()
+            raise ConfigError(f"{self._kek}: the key under this label is no longer the same KEK")
 
     def _disconnect(self) -> None:
         if self._session is not None:
