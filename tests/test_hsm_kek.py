@@ -222,8 +222,9 @@ def test_a_store_without_its_hsm_does_not_open(tmp_path: Path, location: str) ->
     refused = run(elsewhere, "check-config", "--config", config)
     assert refused.returncode == 2
     assert re.search(
-        r"is sealed under a pkcs11 KEK with check value [0-9a-f]{16}, but the configured kek is "
-        r"pkcs11 KEK 'kek' on token label 'xks-kek' \(check value [0-9a-f]{16}\)",
+        r"is sealed under a pkcs11 KEK with check value [0-9a-f]{16}, but the configured "
+        r"key-encryption key is pkcs11 KEK 'kek' on token label 'xks-kek' "
+        r"\(check value [0-9a-f]{16}\) \(wrong kek\)",
         refused.stderr,
     ), refused.stderr
     # The file KEK it was sealed under before the rewrap opens nothing either.

@@ -19,8 +19,8 @@ def check_kek(location: StoreLocation, stored: str | None, sealer: KeySealer) ->
         return
     raise KekMismatchError(
         f"key store {location.display} is sealed under {describe_identity(stored)}, "
-        f"but the configured kek is {sealer}: configure the KEK the store is sealed under "
-        "(after `xks-proxy keys rewrap`, the new one) and restart"
+        f"but the configured key-encryption key is {sealer} (wrong kek): configure the KEK the "
+        "store is sealed under (after `xks-proxy keys rewrap`, the new one) and restart"
     )
 
 
