@@ -46,6 +46,7 @@ from xks_proxy.keystore.records import (
     StoreChanges,
     gc_paused,
 )
+from xks_proxy.keystore.sealing import KekMismatchError
 from xks_proxy.keystore.store import KeyDatabase, open_key_database
 from xks_proxy.safelog import log_unexpected
 
@@ -178,8 +179,9 @@ class SoftwareBackend:
                     log.warning(
                         "deleted the imported material of key %s: --valid-to passed", key_id
                     )
-            except KeyStoreUnavailableError:
-                purged = []  # the follower reports the outage; sweep again later
+            except (KeyStoreUnavailableError, KekMismatchError):
+                # The follower reports the outage (or the store's new KEK); sweep again later.
+                purged = []
             except Exception:
                 log.exception("sweeping key store %s failed", self._db.location.display)
                 purged = []

@@ -10,9 +10,10 @@ secrets: BYOK wrapping keys, the import-token signing key):
   wraps and unwraps with CKM_AES_KEY_WRAP_PAD (RFC 5649). Key wrap has no AAD, so the binding
   is wrapped *with* the material: the HSM wraps ``SHA-256(binding) || length || material ||
   zero padding`` and, after unwrapping, the proxy compares the digest with the binding it
-  expects. Key wrap authenticates its whole input (a 64-bit integrity check over every byte),
-  so nobody without the HSM can make a row whose unwrapped digest names another key; the
-  ``nonce`` column of such a row is empty.
+  expects. Key wrap is deterministic authenticated encryption (NIST SP 800-38F): every
+  ciphertext bit depends on every input byte and a changed row fails the unwrap, so nobody
+  without the HSM can make a row whose unwrapped digest names another key (and a row copied
+  as a whole still names the key it was made for). The ``nonce`` column of such a row is empty.
 
 Either way a row copied onto another key or version (or another secret's name), in SQLite, in
 PostgreSQL, or moved between them, fails to unseal instead of decrypting under the wrong name.
