@@ -44,6 +44,7 @@ from xks_proxy.config import (
 )
 from xks_proxy.credential_commands import add_credential_commands
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.kek_commands import add_kek_commands
 from xks_proxy.keymgmt.byok import (
     DEFAULT_WRAPPING_KEY_SPEC,
     WRAPPING_ALGORITHMS,
@@ -137,13 +138,14 @@ def _pkcs11_setup(args: argparse.Namespace) -> Pkcs11Setup | None:
                    "--pin-env": args.pin_env}  # fmt: skip
     if args.backend == "software":
         given = [option for option, value in hsm_options.items() if value]
+        if args.kek and not args.kek.startswith("pkcs11:"):
+            raise ConfigError("--kek: a pkcs11: URI (without it init writes a file KEK)")
         if given:
             raise ConfigError(f"{given[0]}: only with --backend pkcs11")
         return None
-    if args.database_url:
-        raise ConfigError(
-            "--database-url: only with --backend software (HSM keys stay on the token)"
-        )
+    if args.database_url or args.kek:
+        option = "--database-url" if args.database_url else "--kek"
+        raise ConfigError(f"{option}: only with --backend software (HSM keys stay on the token)")
     missing = [option for option, value in hsm_options.items() if not value]
     if missing:
         raise ConfigError(f"--backend pkcs11 needs {', '.join(missing)}")
@@ -174,6 +176,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             tls=args.tls,
             hsm=_pkcs11_setup(args),
             database_url=args.database_url,
+            kek=args.kek,
         )
     except (AlreadyInitialisedError, KeyStoreUnavailableError, KeyExistsError) as error:
         raise CommandError(str(error)) from None
@@ -708,6 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url",
         help="keys in a shared PostgreSQL store: postgresql://... or env:NAME (default: keys.db)",
     )
+    init.add_argument(
+        "--kek",
+        help="software: seal the keys under an AES key in a PKCS#11 token (pkcs11:URI, made if "
+        "missing) instead of a kek.key file",
+    )
     init.set_defaults(func=cmd_init)
 
     serve = commands.add_parser("serve", help="run the proxy")
@@ -896,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(load)
     load.set_defaults(func=cmd_loadtest)
 
-    hsm = commands.add_parser("pkcs11", help="provision keys on a PKCS#11 token")
+    hsm = commands.add_parser("pkcs11", help="provision keys (and KEKs) on a PKCS#11 token")
     hsm_commands = hsm.add_subparsers(dest="pkcs11_command", required=True, metavar="ACTION")
     create = hsm_commands.add_parser("create-key", help="generate an AES-256 key on the token")
     listing = hsm_commands.add_parser("list-keys", help="list the token's secret keys")
@@ -913,6 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.set_defaults(func=cmd_pkcs11_create_key)
     listing.set_defaults(func=cmd_pkcs11_list_keys)
+    add_kek_commands(key_commands, hsm_commands, config_arg)
 
     kms = commands.add_parser(
         "kms-config", help="print the proxy configuration file for the KMS console"

@@ -7,7 +7,8 @@ a default.
 Secrets (the key-encryption key, SigV4 secrets) may be written inline or by reference:
 ``env:NAME`` reads an environment variable, ``file:PATH`` reads a file (relative paths are
 relative to the configuration file; one trailing newline is dropped). Secret values in the spec's
-alphabets never contain ``:``, so the prefixes are unambiguous.
+alphabets never contain ``:``, so the prefixes are unambiguous. A software backend's ``kek`` may
+instead be a ``pkcs11:`` URI naming an AES key in an HSM (``kek_config``).
 
 Commands that never touch a backend (``reload``, ``kms-config``, ``credentials …``) load the
 file with ``with_backends=False``: backend tables are then only named, not parsed, so those
@@ -49,6 +50,7 @@ from xks_proxy.validation import (
 
 if TYPE_CHECKING:
     from xks_proxy.admin.settings import AdminAuthConfig
+    from xks_proxy.kek_config import Kek
 
 NAME_PATTERN = validation.NAME_PATTERN  # key store and backend names; the CLI's --name too
 REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
@@ -149,7 +151,8 @@ class SoftwareBackendConfig:
     name: str
     # Exactly one of the two: an SQLite file, or a PostgreSQL URL (which may hold a password).
     path: Path | None
-    kek: bytes = field(repr=False)
+    # 32 bytes, or an AES key in an HSM (``kek_config``: ``kek = "pkcs11:…"``).
+    kek: Kek = field(repr=False)
     database_url: str | None = field(default=None, repr=False)
     # Unsealed key versions kept ready (about 2.5 KiB each); the rest stay sealed in memory.
     key_cache_size: int = 10_000
@@ -514,8 +517,9 @@ def _backend(name: str, table: _Table, base_dir: Path, environ: Mapping[str, str
         return _pkcs11_backend(name, table, base_dir, environ)
     if kind != "software":
         raise ConfigError(f"{table.where('type')}: unknown backend type {kind!r}")
-    kek_where = table.where("kek")
-    kek = parse_kek(resolve_secret(table.require("kek"), kek_where, base_dir, environ), kek_where)
+    from xks_proxy.kek_config import parse_kek_setting  # it builds on this module's helpers
+
+    kek = parse_kek_setting(table.require("kek"), table.where("kek"), base_dir, environ)
     path, database_url = _software_store(table, base_dir, environ)
     config = SoftwareBackendConfig(
         name=name,

@@ -18,6 +18,7 @@ backend with one ENCRYPT+DECRYPT key and the internal health-check key:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -36,6 +37,7 @@ from xks_proxy.config import (
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
 from xks_proxy.devcert import self_signed
 from xks_proxy.errors import ConfigError
+from xks_proxy.kek_config import Kek, Pkcs11Kek, parse_kek_setting
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.store import KeyDatabase
 
@@ -113,8 +115,16 @@ SOFTWARE_TEMPLATE = """\
 [backends.local]
 type = "software"
 {key_store_line}
+{kek_lines}
+"""
+FILE_KEK_LINES = """\
 # Key-encryption key: Base64 of 32 bytes, here read from a 0600 file.
-kek = "file:{kek}"
+kek = "file:{kek}"\
+"""
+PKCS11_KEK_LINES = """\
+# Key-encryption key: an AES key in a PKCS#11 token that wraps every key version; the PIN is
+# read from pin-source when the proxy starts, never logged.
+kek = {uri}\
 """
 
 PKCS11_TEMPLATE = """\
@@ -169,6 +179,7 @@ def scaffold(
     hsm: Pkcs11Setup | None = None,
     environ: Mapping[str, str] | None = None,
     database_url: str | None = None,
+    kek: str | None = None,
 ) -> Scaffold:
     # Checked before anything is written: a name that makes an unusable path (a dot in it)
     # would leave a configuration that never loads.
@@ -183,12 +194,14 @@ def scaffold(
         backend_section, key_location = _provision_token(
             hsm, key_id, os.environ if environ is None else environ
         )
+    # Also before any file is written: the HSM KEK's token, PIN and label are proved here.
+    hsm_kek = _hsm_kek(kek, directory, os.environ if environ is None else environ) if kek else None
     directory.mkdir(parents=True, exist_ok=True)
     for stale in (*paths.values(), *(directory / f"{KEY_DB_NAME}-{s}" for s in ("wal", "shm"))):
         stale.unlink(missing_ok=True)
     if hsm is None:
         backend_section, key_location = _software_key_store(
-            paths, key_id, database_url, os.environ if environ is None else environ
+            paths, key_id, database_url, hsm_kek, os.environ if environ is None else environ
         )
 
     credential = generate_credential()
@@ -244,10 +257,20 @@ def _admin_section(directory: Path, admin_port: int) -> str:
 
 
 def _software_key_store(
-    paths: Mapping[str, Path], key_id: str, database_url: str | None, environ: Mapping[str, str]
+    paths: Mapping[str, Path],
+    key_id: str,
+    database_url: str | None,
+    hsm_kek: Pkcs11Kek | None,
+    environ: Mapping[str, str],
 ) -> tuple[str, str]:
-    kek = secrets.token_bytes(32)
-    write_private_file(paths[KEK_NAME], base64.b64encode(kek).decode() + "\n")
+    kek: Kek
+    if hsm_kek is None:
+        kek = secrets.token_bytes(32)
+        write_private_file(paths[KEK_NAME], base64.b64encode(kek).decode() + "\n")
+        kek_lines, kek_name = FILE_KEK_LINES.format(kek=KEK_NAME), f"{paths[KEK_NAME]} (0600)"
+    else:
+        kek = hsm_kek
+        kek_lines, kek_name = PKCS11_KEK_LINES.format(uri=json.dumps(kek.uri)), str(kek)
     if database_url is None:
         location = StoreLocation.parse(paths[KEY_DB_NAME])
         key_store_line = f'path = "{KEY_DB_NAME}"'
@@ -262,8 +285,21 @@ def _software_key_store(
         database.create_key(key_id, frozenset({ENCRYPT, DECRYPT}))
     finally:
         database.close()
-    section = SOFTWARE_TEMPLATE.format(key_store_line=key_store_line, kek=KEK_NAME)
-    return section, f"{location.display} under {paths[KEK_NAME]} (0600)"
+    section = SOFTWARE_TEMPLATE.format(key_store_line=key_store_line, kek_lines=kek_lines)
+    return section, f"{location.display} under {kek_name}"
+
+
+def _hsm_kek(uri: str, directory: Path, environ: Mapping[str, str]) -> Pkcs11Kek:
+    """The KEK a ``pkcs11:`` URI names, made in the token if it has none by that label."""
+    from xks_proxy.keystore import hsm_kek  # python-pkcs11 only for HSM KEKs
+
+    kek = parse_kek_setting(uri, "--kek", directory, environ)
+    if not isinstance(kek, Pkcs11Kek):
+        raise ConfigError("--kek: a pkcs11: URI (init writes a file KEK without it)")
+    with contextlib.suppress(FileExistsError):
+        hsm_kek.create_kek(kek)
+    hsm_kek.HsmKeySealer(kek, "--kek").close()  # proves it wraps and unwraps
+    return kek
 
 
 def _provision_token(hsm: Pkcs11Setup, key_id: str, environ: Mapping[str, str]) -> tuple[str, str]:

@@ -52,6 +52,7 @@ from xks_proxy.keystore.records import (
     StoredCredential,
     gc_paused,
 )
+from xks_proxy.keystore.sealing import KekMismatchError
 from xks_proxy.keystore.store import KeyDatabase, open_key_database
 from xks_proxy.safelog import log_unexpected
 from xks_proxy.sigv4 import Credential
@@ -126,8 +127,10 @@ class SoftwareBackend:
 
     @property
     def store_problem(self) -> str | None:
-        """Why the key store cannot be read now (health is DEGRADED), or None."""
-        return self._follower.problem if self._follower is not None else None
+        """Why the key store cannot be read, or its HSM KEK reached, now (health is DEGRADED),
+        or None."""
+        problem = self._follower.problem if self._follower is not None else None
+        return problem or (self._db.sealer.problem if self._db is not None else None)
 
     def stored_credentials(self, key_store: str) -> Mapping[str, Credential]:
         """The credentials the store holds for ``key_store`` now (empty before ``open``)."""
@@ -222,8 +225,9 @@ class SoftwareBackend:
             keys = KeyManager(self._db, self._lifecycle_audit, sweeper_actor())
             try:
                 purged, expired = await asyncio.to_thread(keys.sweep)
-            except KeyStoreUnavailableError:
-                purged, expired = [], None  # the follower reports the outage; sweep again later
+            except (KeyStoreUnavailableError, KekMismatchError):
+                # The follower reports the outage (or the store's new KEK); sweep again later.
+                purged, expired = [], None
             except Exception:
                 log.exception("sweeping key store %s failed", self._db.location.display)
                 purged, expired = [], None
@@ -237,6 +241,11 @@ class SoftwareBackend:
         assert self._cache is not None
         try:
             return self._cache.cipher(key.record, version)
+        except KeyStoreUnavailableError as error:
+            # The HSM holding the KEK is out of reach: the key exists, and the request may be
+            # retried (InternalException), never KeyNotFound.
+            log.warning("unsealing key %s version %d: %s", key.info.key_id, version, error)
+            raise InternalError() from None
         except ConfigError:
             # The row does not unseal under this KEK: the store was altered or the KEK is wrong.
             log.exception("unsealing key %s version %d failed", key.info.key_id, version)
@@ -270,6 +279,10 @@ class SoftwareBackend:
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
         key = self._health_key
+        if self._db is not None and self._db.sealer.problem:
+            # An HSM KEK that failed: see whether it is back (its problem clears if so).
+            with contextlib.suppress(ConfigError):
+                await asyncio.to_thread(self._db.sealer.probe)
         if key is not None:
             try:
                 versions = self._versions(key)

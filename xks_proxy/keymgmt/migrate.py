@@ -6,7 +6,8 @@ under another KEK is refused before anything is written). The copy is one transa
 destination: all keys or none. The internal health key is not copied: each store has its own.
 A destination that already holds one of the key ids is refused, naming it. SigV4 credentials
 kept in the store (``credentials_store = "database"``) move with the keys, sealed as they were
-(their seal binds key store and access key id, not the database).
+(their seal binds key store and access key id, not the database). The destination takes on the
+source's record of its KEK (``sealing``), so a proxy with another KEK is refused there too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def migrate_keys(source: KeyDatabase, destination: KeyDatabase, *, verify: bool)
         _prove_unsealable(source, records)
         for stored in credentials:
             unseal_credential(source.sealer, stored)
-    destination.copy_records(records, credentials)
+    destination.copy_records(records, credentials, source.kek_check())
     versions = sum(len(r.versions) for r in records)
     return MigrationResult(len(records), versions, len(credentials))
 

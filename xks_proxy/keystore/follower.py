@@ -24,6 +24,7 @@ import psycopg
 from xks_proxy.keystore.connections import NOTIFY_CHANNEL, conninfo
 from xks_proxy.keystore.location import POSTGRESQL
 from xks_proxy.keystore.records import KeyStoreUnavailableError, StoreChanges
+from xks_proxy.keystore.sealing import KekMismatchError
 from xks_proxy.keystore.store import KeyDatabase
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ class StoreFollower:
         """Read and apply what changed since the last read; record why when that fails."""
         try:
             changes = await asyncio.to_thread(self._database.changes_since, self._seen)
-        except KeyStoreUnavailableError as error:
+        except (KeyStoreUnavailableError, KekMismatchError) as error:
+            # KekMismatchError: ``keys rewrap`` resealed the store under another KEK; the keys
+            # in memory stay usable until this proxy is restarted with the new one.
             self._set_problem(str(error))
             return
         except Exception:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from xks_proxy.errors import ConfigError
 from xks_proxy.keystore.connections import StoreConnection, transaction
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _migrations(blob: str) -> list[list[str]]:
@@ -73,6 +73,12 @@ def _migrations(blob: str) -> list[list[str]]:
             f" nonce {blob}, sealed {blob}, created_at TEXT NOT NULL, revoked_at TEXT,"
             " revision BIGINT NOT NULL)",
             "CREATE INDEX credentials_by_revision ON credentials (revision)",
+        ],
+        [
+            # Which KEK seals the store (``sealing``: kind and check value, "pkcs11:1a2b…"),
+            # so a proxy configured with another one is refused with a clear message. NULL until
+            # a KEK first opens the store (a store made before this step is claimed then).
+            "ALTER TABLE store_meta ADD COLUMN kek_check TEXT",
         ],
     ]
 

@@ -10,6 +10,12 @@ touched (``schema``), then (PostgreSQL) NOTIFYs the proxies; ``changes_since`` g
 exactly the keys written after the revision it has, and the store's SigV4 credentials when any
 of them changed (``keystore.credentials``). Writers serialise on the revision row, so a
 rotation's "newest version + 1" cannot race. Access is synchronous: callers choose their thread.
+
+The store records which KEK seals it (``store_meta.kek_check``, see ``sealing``). Opening it
+with a KEK checks that record (a store without one is claimed, once a row proves the KEK opens
+it); every write checks it again inside its transaction, and so does every read of changes: a
+proxy still configured with the KEK a ``keys rewrap`` replaced writes nothing, and goes on
+serving the keys it holds while its follower reports why it sees no more changes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import NoReturn, TypeVar
 
 from xks_proxy.config import SoftwareBackendConfig
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.kek_config import Kek
 from xks_proxy.keystore.connections import (
     DuplicateRowError,
     Row,
@@ -32,6 +39,7 @@ from xks_proxy.keystore.connections import (
     transaction,
 )
 from xks_proxy.keystore.credentials import insert_credential, read_live
+from xks_proxy.keystore.kek_record import adopt_kek, check_kek, claim_kek
 from xks_proxy.keystore.location import StoreLocation
 from xks_proxy.keystore.records import (
     HEALTH_KEY_ID,
@@ -50,7 +58,7 @@ from xks_proxy.keystore.records import (
     gc_paused,
 )
 from xks_proxy.keystore.schema import migrate
-from xks_proxy.keystore.sealing import KEY_BYTES, KeySealer
+from xks_proxy.keystore.sealing import KEY_BYTES, KeySealer, make_sealer
 
 __all__ = [
     "HEALTH_KEY_ID",
@@ -106,20 +114,27 @@ class KeyDatabase:
     cannot be reached (now, or on any later call), ``ConfigError`` when it is not a key store.
     """
 
-    def __init__(self, location: Path | str | StoreLocation, kek: bytes | None) -> None:
+    def __init__(self, location: Path | str | StoreLocation, kek: Kek | None) -> None:
         self.location = (
             location if isinstance(location, StoreLocation) else StoreLocation.parse(location)
         )
         # Without a KEK the store can still be read and copied sealed (``keys migrate``).
-        self._sealer = KeySealer(kek, self.location.display) if kek is not None else None
-        self._db = connect(self.location)
+        self._sealer = make_sealer(kek, self.location.display) if kek is not None else None
+        try:
+            self._db = connect(self.location)
+        except BaseException:
+            self._close_sealer()
+            raise
         # One connection runs one transaction at a time, whichever thread asks (a proxy's
         # follower and sweeper share it).
         self._lock = threading.RLock()
         try:
             migrate(self._db)
+            if self._sealer is not None:
+                self._claim_or_check_kek(self._sealer)
         except BaseException:
             self._db.close()
+            self._close_sealer()
             raise
 
     def close(self) -> None:
@@ -128,6 +143,27 @@ class KeyDatabase:
         # proxy closed right after its first sweep started).
         with self._lock:
             self._db.close()
+        self._close_sealer()
+
+    def _close_sealer(self) -> None:
+        if self._sealer is not None:
+            self._sealer.close()
+
+    def kek_check(self) -> str | None:
+        """Which KEK seals the store (``sealing``), or None for a store no KEK opened yet."""
+        with self._lock:
+            value: str | None = self._db.query("SELECT kek_check FROM store_meta")[0][0]
+            return value
+
+    def _check_kek(self, stored: str | None) -> None:
+        if self._sealer is not None:
+            check_kek(self.location, stored, self._sealer)
+
+    def _claim_or_check_kek(self, sealer: KeySealer) -> None:
+        if self.kek_check() is None:
+            with self._lock, transaction(self._db, self._db.begin_write):
+                claim_kek(self._db, sealer)
+        check_kek(self.location, self.kek_check(), sealer)
 
     @property
     def sealer(self) -> KeySealer:
@@ -139,8 +175,10 @@ class KeyDatabase:
         """Run ``change(revision)`` in a write transaction that takes the next revision."""
         with self._lock, transaction(self._db, self._db.begin_write):
             rows = self._db.query(
-                "UPDATE store_meta SET revision = revision + 1 RETURNING revision"
+                "UPDATE store_meta SET revision = revision + 1 RETURNING revision, kek_check"
             )
+            # Nothing is sealed under a KEK the store no longer uses (``keys rewrap``).
+            self._check_kek(rows[0][1])
             revision = int(rows[0][0])
             result = change(revision)
             self._db.notify(revision)
@@ -308,9 +346,11 @@ class KeyDatabase:
         gives every key with ``complete`` set: the reader replaces what it has.
         """
         with self._lock, transaction(self._db, self._db.begin_read):
-            revision = int(self._db.query("SELECT revision FROM store_meta")[0][0])
+            meta = self._db.query("SELECT revision, kek_check FROM store_meta")[0]
+            revision = int(meta[0])
             if revision == seen:
                 return None
+            self._check_kek(meta[1])
             complete = seen < 0 or revision < seen
             since = -1 if complete else seen
             key_rows = self._db.query(
@@ -369,18 +409,24 @@ class KeyDatabase:
         ]
 
     def copy_records(
-        self, records: Iterable[KeyRecord], credentials: Iterable[StoredCredential] = ()
+        self,
+        records: Iterable[KeyRecord],
+        credentials: Iterable[StoredCredential] = (),
+        kek_check: str | None = None,
     ) -> int:
         """Insert keys (and stored credentials) exactly as sealed elsewhere (same KEK), all or
         none; for ``keys migrate``.
 
-        Raises ``KeyExistsError`` naming the first key id this store has already, ``CommandError``
-        for an access key id it has already.
+        ``kek_check``: the source's record of its KEK, which this store takes on (refused if it
+        records another). Raises ``KeyExistsError`` naming the first key id this store has
+        already, ``CommandError`` for an access key id it has already.
         """
         records = list(records)
         credentials = list(credentials)
 
         def copy(revision: int) -> int:
+            if kek_check is not None:
+                adopt_kek(self._db, kek_check)
             for record in records:
                 try:
                     self._db.query(
