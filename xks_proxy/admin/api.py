@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from xks_proxy import __version__, credential_service
+from xks_proxy.admin.api_docs import add_document_routes
 from xks_proxy.admin.http import AUDIT, CALLER, DETAIL, GUARD, AdminGuard, actor_of, requires
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import (
@@ -394,4 +395,5 @@ def create_admin_app(config: Config, guard: AdminGuard) -> web.Application:
     from xks_proxy.admin.api_policies import add_policy_routes  # it builds on this module
 
     add_policy_routes(app, store)
+    add_document_routes(app, PREFIX)
     return app

@@ -1,0 +1,146 @@
+"""What the schemathesis runs share: a real ``xks-proxy serve`` with TLS on both of its ports,
+the documents as schemathesis schemas, and the two ways of signing generated requests (SigV4
+through botocore for the XKS API, a bearer token for the admin API).
+
+Bounds: ``MAX_EXAMPLES`` per operation and a derandomized hypothesis (a seed fixed by the test's
+name), so a CI run is reproducible and takes well under two minutes for both APIs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import requests
+import schemathesis
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (  # registered checks, found by name
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import Deployment, make_deployment
+from tests.proxy_process import ProxyProcess, add_tls
+from xks_proxy import openapi
+from xks_proxy.admin.devtoken import DEV_AUDIENCE, DEV_ISSUER
+from xks_proxy.admin.roles import Role
+from xks_proxy.config import load_config
+from xks_proxy.scaffold import ADMIN_PRIVATE_KEY
+from xks_proxy.sigv4 import Credential
+
+MAX_EXAMPLES = 60
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+BOUNDED = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+# The admin listener says where it serves ("admin API on https://127.0.0.1:PORT/admin/v1/").
+_ADMIN_URL = re.compile(r"admin API on (https://\S+?)/admin/v1/")
+
+
+# schemathesis' coverage phase (boundary values of every keyword) builds its cases when pytest
+# collects the tests, whichever are selected: about two minutes for the XKS document's Base64
+# patterns on this machine, paid by every pytest run. The examples and fuzzing phases run
+# only when the tests do. No stateful phase: the documents declare no links.
+CONFIG = {"phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}}}
+
+
+def schema(name: str) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_dict(
+        openapi.document(name), config=schemathesis.Config.from_dict(CONFIG)
+    )
+
+
+@dataclass
+class RunningProxy:
+    deployment: Deployment
+    process: ProxyProcess
+    ca_path: Path
+
+    @property
+    def xks_url(self) -> str:
+        return (
+            f"https://localhost:{self.process.port}{self.deployment.config.key_stores[0].uri_path}"
+        )
+
+    @property
+    def admin_url(self) -> str:
+        found = _ADMIN_URL.search(self.process.log)
+        assert found is not None, self.process.log
+        return found.group(1).replace("127.0.0.1", "localhost")
+
+    @property
+    def credential(self) -> Credential:
+        return self.deployment.config.key_stores[0].credentials[0]
+
+    @property
+    def region(self) -> str:
+        return self.deployment.config.key_stores[0].region
+
+
+def running_proxy(directory: Path) -> Iterator[RunningProxy]:
+    """A fresh ``init`` deployment (its own config, keys and credentials) served over HTTPS on
+    both ports by a real ``xks-proxy serve``."""
+    deployment = make_deployment(directory)
+    add_tls(deployment.config_path)
+    # [admin] is already defined: a sub-table may follow anywhere in TOML.
+    with deployment.config_path.open("a") as config:
+        config.write('\n[admin.tls]\ncertificate = "server.pem"\nprivate_key = "server.key"\n')
+    deployment = Deployment(directory, load_config(deployment.config_path))
+    with ProxyProcess(deployment.config_path, ready="admin API on") as process:
+        process.wait_for("listening on")
+        yield RunningProxy(deployment, process, directory / "ca.pem")
+
+
+def admin_token(deployment: Deployment, ttl_seconds: int = 900) -> str:
+    """A token from ``init``'s development key holding every role, so that generated requests
+    reach every handler rather than stopping at 403."""
+    key = serialization.load_pem_private_key(
+        (deployment.directory / ADMIN_PRIVATE_KEY).read_bytes(), password=None
+    )
+    now = int(time.time())
+    claims = {
+        "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "schemathesis", "iat": now,
+        "exp": now + ttl_seconds, "roles": [role.value for role in Role],
+    }  # fmt: skip
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "dev-signing"})  # type: ignore[arg-type]
+
+
+class BotocoreSigV4(requests.auth.AuthBase):
+    """Signs each request as sent with botocore's SigV4 (an independent signer, not the
+    proxy's own ``sigv4``), over every header it carries, as KMS signs XKS requests."""
+
+    def __init__(self, credential: Credential, region: str) -> None:
+        self._credentials = Credentials(credential.access_key_id, credential.secret_access_key)
+        self._region = region
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        for stale in ("Authorization", "X-Amz-Date"):
+            request.headers.pop(stale, None)
+        signed = AWSRequest(
+            method=request.method, url=request.url, data=body, headers=dict(request.headers)
+        )
+        SigV4Auth(self._credentials, "kms-xks-proxy", self._region).add_auth(signed)
+        request.headers.update(dict(signed.headers.items()))
+        return request
