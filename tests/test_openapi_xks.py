@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 
 from tests.conftest import software_database
-from tests.openapi_runs import BOUNDED, CHECKS, BotocoreSigV4, RunningProxy, running_proxy, schema
+from tests.openapi_runs import CHECKS, BotocoreSigV4, RunningProxy, bounded, running_proxy, schema
 from xks_proxy import openapi
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 
@@ -35,11 +35,14 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
 
 
 @SCHEMA.parametrize()
-@BOUNDED
-def test_the_xks_api_answers_as_documented(case: schemathesis.Case[Any], proxy: RunningProxy) -> None:
+@bounded(max_examples=60)
+def test_the_xks_api_answers_as_documented(
+    case: schemathesis.Case[Any], proxy: RunningProxy
+) -> None:
     response = case.call_and_validate(
         base_url=proxy.xks_url,
         auth=BotocoreSigV4(proxy.credential, proxy.region),
+        session=proxy.session,
         verify=str(proxy.ca_path),
         checks=CHECKS,
     )
