@@ -9,6 +9,7 @@ machine; one keep-alive TLS session per run (``session``) spares a handshake per
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -49,9 +50,10 @@ CHECKS = [
 
 def bounded(max_examples: int) -> settings:
     """At most ``max_examples`` per operation, derandomized (the seed is fixed by the test's
-    name), no example database: a CI run is reproducible."""
+    name), no example database: a CI run is reproducible. ``XKS_OPENAPI_EXAMPLES=N`` runs N
+    per operation instead, by hand (README, Admin API)."""
     return settings(
-        max_examples=max_examples,
+        max_examples=int(os.environ.get("XKS_OPENAPI_EXAMPLES", max_examples)),
         deadline=None,
         derandomize=True,
         database=None,

@@ -19,11 +19,11 @@ from xks_proxy import openapi
 from xks_proxy.admin.http import requires
 
 
-def _document(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _document(name: str, operation: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     # Read once when the app is made: the bytes as stored, so the answer is the repository's file.
     body = openapi.document_bytes(name)
 
-    @requires("openapi")
+    @requires(operation)
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
 
@@ -31,5 +31,5 @@ def _document(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse
 
 
 def add_document_routes(app: web.Application, prefix: str) -> None:
-    app.router.add_get(prefix + "/openapi.json", _document(openapi.ADMIN))
-    app.router.add_get(prefix + "/openapi/xks.json", _document(openapi.XKS))
+    app.router.add_get(prefix + "/openapi.json", _document(openapi.ADMIN, "openapi.admin"))
+    app.router.add_get(prefix + "/openapi/xks.json", _document(openapi.XKS, "openapi.xks"))
