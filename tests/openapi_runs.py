@@ -3,7 +3,7 @@ the documents as schemathesis schemas, and the two ways of signing generated req
 through botocore for the XKS API, a bearer token for the admin API).
 
 Bounds: a few dozen examples per operation (``bounded``) and a derandomized hypothesis, so a CI
-run is reproducible and both APIs together take about a minute and a half on a loaded 2-core
+run is reproducible and both APIs together take 30 s to under two minutes on a loaded 2-core
 machine; one keep-alive TLS session per run (``session``) spares a handshake per request.
 """
 
@@ -120,9 +120,9 @@ class RunningProxy:
         return self.deployment.config.key_stores[0].region
 
 
-def running_proxy(directory: Path) -> Iterator[RunningProxy]:
-    """A fresh ``init`` deployment (its own config, keys and credentials) served over HTTPS on
-    both ports by a real ``xks-proxy serve``."""
+def https_deployment(directory: Path) -> Deployment:
+    """A fresh ``init`` deployment (its own config, keys and credentials) with TLS on both the
+    XKS and the admin port."""
     # A deadline far above the default 200 ms: a loaded CI machine must not turn a slow
     # Encrypt into 503 DependencyTimeoutException (the runs check answers, not speed).
     deployment = make_deployment(
@@ -133,13 +133,17 @@ def running_proxy(directory: Path) -> Iterator[RunningProxy]:
     # [admin] is already defined: a sub-table may follow anywhere in TOML.
     with deployment.config_path.open("a") as config:
         config.write('\n[admin.tls]\ncertificate = "server.pem"\nprivate_key = "server.key"\n')
-    deployment = Deployment(directory, load_config(deployment.config_path))
+    return Deployment(directory, load_config(deployment.config_path))
+
+
+def serve(deployment: Deployment) -> Iterator[RunningProxy]:
+    """``deployment`` served by a real ``xks-proxy serve`` until the generator is closed."""
     with (
         ProxyProcess(deployment.config_path, ready="admin API on") as process,
         requests.Session() as session,
     ):
         process.wait_for("listening on")
-        yield RunningProxy(deployment, process, directory / "ca.pem", session)
+        yield RunningProxy(deployment, process, deployment.directory / "ca.pem", session)
 
 
 def admin_token(deployment: Deployment, ttl_seconds: int = 900) -> str:

@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 import schemathesis
 
-from tests.openapi_runs import CHECKS, RunningProxy, admin_token, bounded, running_proxy, schema
+from tests.openapi_runs import (
+    CHECKS,
+    RunningProxy,
+    admin_token,
+    bounded,
+    https_deployment,
+    schema,
+    serve,
+)
 from xks_proxy import openapi
 
 SCHEMA = schema(openapi.ADMIN)
@@ -25,7 +33,7 @@ ANSWERS: Counter[tuple[str, int]] = Counter()
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
-    yield from running_proxy(tmp_path_factory.mktemp("openapi-admin"))
+    yield from serve(https_deployment(tmp_path_factory.mktemp("openapi-admin")))
 
 
 @pytest.fixture(scope="module")

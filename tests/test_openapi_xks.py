@@ -12,7 +12,15 @@ import pytest
 import schemathesis
 
 from tests.conftest import software_database
-from tests.openapi_runs import CHECKS, BotocoreSigV4, RunningProxy, bounded, running_proxy, schema
+from tests.openapi_runs import (
+    CHECKS,
+    BotocoreSigV4,
+    RunningProxy,
+    bounded,
+    https_deployment,
+    schema,
+    serve,
+)
 from xks_proxy import openapi
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 
@@ -25,15 +33,16 @@ ANSWERS: Counter[tuple[str, int, str]] = Counter()
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
-    for running in running_proxy(tmp_path_factory.mktemp("openapi-xks")):
-        # The document's example key id exists, so its examples reach the crypto.
-        example = openapi.document(openapi.XKS)["components"]["parameters"]["externalKeyId"]
-        database = software_database(running.deployment.config)
-        try:
-            database.create_key(example["schema"]["examples"][0], frozenset({ENCRYPT, DECRYPT}))
-        finally:
-            database.close()
-        yield running
+    deployment = https_deployment(tmp_path_factory.mktemp("openapi-xks"))
+    # The document's example key id exists before the proxy starts, so the examples phase
+    # reaches the crypto from its first request.
+    example = openapi.document(openapi.XKS)["components"]["parameters"]["externalKeyId"]
+    database = software_database(deployment.config)
+    try:
+        database.create_key(example["schema"]["examples"][0], frozenset({ENCRYPT, DECRYPT}))
+    finally:
+        database.close()
+    yield from serve(deployment)
 
 
 @SCHEMA.parametrize()
