@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from xks_proxy import __version__, credential_service
+from xks_proxy.admin.api_docs import add_document_routes
 from xks_proxy.admin.http import AUDIT, CALLER, DETAIL, GUARD, AdminGuard, actor_of, requires
 from xks_proxy.admin.metrics import AdminMetrics
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
@@ -428,4 +429,5 @@ def create_admin_app(
 
     add_import_routes(app, key)
     add_policy_routes(app, store)
+    add_document_routes(app, PREFIX)
     return app

@@ -90,6 +90,16 @@ def error_response(error: AdminError) -> web.Response:
     return response
 
 
+# The operation a guarded handler checks, on the handler: the OpenAPI document's test reads it.
+GUARDED_OPERATION = "admin_operation"
+
+
+def guarded_operation(handler: object) -> str | None:
+    """The operation ``requires`` guards ``handler`` with; None for an unguarded handler."""
+    operation = getattr(handler, GUARDED_OPERATION, None)
+    return operation if isinstance(operation, str) else None
+
+
 def requires(operation: str) -> Callable[[Handler], Handler]:
     """Guard a handler with ``operation``'s permission; the caller is ``request[CALLER]``."""
     if operation not in OPERATIONS:
@@ -125,6 +135,7 @@ def requires(operation: str) -> Callable[[Handler], Handler]:
                 audit(actor_of(caller), operation, response.status, request.get(DETAIL, ""))
             return response
 
+        setattr(guarded, GUARDED_OPERATION, operation)
         return guarded
 
     return wrap

@@ -54,6 +54,8 @@ OPERATIONS: Mapping[str, Permission] = {
     "keys.list": Permission.READ,
     "keys.describe": Permission.READ,
     "health": Permission.READ,
+    "openapi.admin": Permission.READ,
+    "openapi.xks": Permission.READ,
     "credentials.list": Permission.READ,
     "policies.get": Permission.READ,
     "policies.validate": Permission.READ,
