@@ -28,6 +28,7 @@ from tests.conftest import make_deployment as make_file_kek_deployment
 from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, connect, post
 from tests.softhsm import USER_PIN, SoftHsm, find_module, make_softhsm
 from tests.test_byok import wrap
+from tests.test_credentials_database import database_credentials
 from tests.test_keystore import execute_raw
 from tests.xks_client import HEALTH_BODY, decrypt_body, encrypt_body, unb64
 from xks_proxy.aad import ekm_aad
@@ -617,3 +618,21 @@ def test_store_secrets_are_rewrapped_too_and_byok_works_under_the_hsm_kek(
                    "--material", str(wrapped), "--import-token", token)  # fmt: skip
     assert imported.returncode == 0, imported.stderr
     assert run(hsm, "check-config", "--config", config).returncode == 0
+
+
+def test_credentials_kept_in_the_store_are_rewrapped_too(tmp_path: Path, location: str) -> None:
+    """``credentials_store = "database"`` secrets are sealed store secrets: after a rewrap to the
+    HSM they are sealed by the token (no nonce) and ``check-config`` unseals every one."""
+    hsm = kek_token(tmp_path / "hsm")
+    deployment = make_deployment(tmp_path / "d", location)
+    database_credentials(deployment)
+    config = str(deployment.config_path)
+    made = run(hsm, "credentials", "create", "--config", config)
+    assert made.returncode == 0, made.stderr
+
+    assert "and 2 store secrets" in to_hsm(deployment, hsm)
+    rows = read_raw(store_of(deployment), "SELECT nonce FROM credentials")
+    assert len(rows) == 2 and all(len(nonce) == 0 for (nonce,) in rows)
+    checked = run(hsm, "check-config", "--config", config)
+    assert checked.returncode == 0, checked.stderr
+    assert "2 credential(s)" in checked.stdout
