@@ -31,6 +31,7 @@ from schemathesis.checks import (  # registered checks, found by name
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from tests.conftest import Deployment, make_deployment
 from tests.proxy_process import ProxyProcess, add_tls
@@ -77,7 +78,7 @@ PHASES = {"coverage": {"enabled": COVERAGE}, "stateful": {"enabled": False}}
 NOT_SERVER_ERRORS = ["2xx", "3xx", "4xx"]  # schemathesis' default
 
 
-def schema(name: str, *, spec_server_errors: tuple[str, ...] = ()) -> schemathesis.BaseSchema:
+def schema(name: str, *, spec_server_errors: tuple[str, ...] = ()) -> OpenApiSchema:
     """``spec_server_errors``: 5xx statuses that are the API's documented answer to some input
     rather than a failure (the response schema still pins their bodies)."""
     config = {

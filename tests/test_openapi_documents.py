@@ -11,17 +11,29 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from tests.test_admin_api import AiohttpClient, admin_deployment, token
+from tests.authz_policies import ALICE, ALICE_ENCRYPTS_ONLY, BASELINE
+from tests.conftest import KEY_BOTH, software_database
+from tests.test_admin_api import AiohttpClient, admin_deployment, call, token
+from tests.test_admin_policies import BROKEN, with_policy_file
+from tests.test_authz_http import POLICY_FILE
+from tests.test_credentials_database import database_credentials
 from xks_proxy import errors, openapi
-from xks_proxy.admin.api import create_admin_app
+from xks_proxy.admin.api import RELOAD, _describe_store, create_admin_app
 from xks_proxy.admin.http import guarded_operation
 from xks_proxy.admin.roles import OPERATIONS
 from xks_proxy.admin.settings import build_guard
+from xks_proxy.backends.base import DECRYPT, ENCRYPT
+from xks_proxy.config import load_config
+from xks_proxy.keymgmt.audit import LifecycleAudit
+from xks_proxy.keymgmt.hsm import HsmKey
+from xks_proxy.keymgmt.service import KeyManager, describe_key
 from xks_proxy.web import routing
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -47,6 +59,28 @@ def resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
             target = target[part]
         node = target
     return node
+
+
+def admin_schema_errors(name: str, answer: Any) -> list[str]:
+    """Where ``answer``, as it goes over the wire, breaks the admin document's schema ``name``."""
+    return _schema_errors({"$ref": f"#/components/schemas/{name}"}, answer)
+
+
+def documented_answer_errors(method: str, path: str, status: int, answer: Any) -> list[str]:
+    """Where ``answer`` breaks what the admin document says ``method path`` (a documented
+    path, ``{store}`` and all) answers with ``status``; an undocumented status is one too."""
+    responses = operations(ADMIN_DOCUMENT)[method, "/admin/v1" + path]["responses"]
+    if str(status) not in responses:
+        return [f"{method} {path} documents no {status}"]
+    response = resolve(ADMIN_DOCUMENT, responses[str(status)])
+    return _schema_errors(response["content"]["application/json"]["schema"], answer)
+
+
+def _schema_errors(node: dict[str, Any], answer: Any) -> list[str]:
+    schema = {**node, "components": ADMIN_DOCUMENT["components"]}
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    wire = orjson.loads(orjson.dumps(answer))
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(wire)]
 
 
 @pytest.fixture
@@ -165,3 +199,76 @@ async def test_the_admin_api_serves_the_documents_as_stored(
     refused = await client.get(path)
     assert refused.status == 401
     assert (await refused.json())["error"] == "invalid_token"
+
+
+def test_every_kind_of_key_is_described_as_documented(tmp_path: Path) -> None:
+    """The schemathesis run has a software key store only: the key kinds it may never meet
+    (an HSM key, as ``TokenKeys`` lists it; one pending deletion or import) are checked here."""
+    config = admin_deployment(tmp_path).config
+    database = software_database(config)
+    try:
+        keys = KeyManager(database, LifecycleAudit(config.audit), "test")
+        keys.create("key-made", frozenset({ENCRYPT, DECRYPT}))
+        keys.create_external("key-external", frozenset({ENCRYPT}))
+        keys.create("key-going", frozenset({DECRYPT}))
+        keys.schedule_deletion("key-going", 7)
+        records: list[Any] = keys.keys()
+    finally:
+        database.close()
+    statuses = {describe_key(r)["keyStatus"] for r in records}
+    assert {"ENABLED", "PENDING_IMPORT", "PENDING_DELETION"} <= statuses
+    # As TokenKeys.records() makes them: no creation time on a PKCS#11 token.
+    records += [HsmKey("key-hsm", frozenset({ENCRYPT, DECRYPT}), False, (1, 2))]
+    for record in records:
+        assert not admin_schema_errors("Key", describe_key(record)), record.key_id
+
+
+def test_key_stores_are_described_as_documented_with_either_credentials_store(
+    tmp_path: Path,
+) -> None:
+    in_file = admin_deployment(tmp_path / "file")
+    in_database = admin_deployment(tmp_path / "database")
+    database_credentials(in_database)
+    described = []
+    for deployment in (in_file, in_database):
+        config = load_config(deployment.config_path, with_backends=False)
+        described.append(_describe_store(deployment.config_path, config.key_stores[0]))
+    assert [d["credentialsStore"] for d in described] == ["file", "database"]
+    assert [d["credentials"] for d in described] == [1, 1]
+    for answer in described:
+        assert not admin_schema_errors("KeyStore", answer), answer
+
+
+async def test_the_policy_answers_of_a_policy_file_are_as_documented(
+    tmp_path: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """The schemathesis run keeps its policy in the database: a policy file's answers (put
+    with a reload, a file in force that does not parse) are checked here."""
+    config = with_policy_file(admin_deployment(tmp_path), ALICE_ENCRYPTS_ONLY).config
+    assert config.admin.auth is not None
+    app = create_admin_app(config, build_guard(config.admin.auth))
+    reloads: list[int] = []
+    app[RELOAD] = lambda: reloads.append(1)
+    client = await aiohttp_client(app)
+    asked = {"xksOperation": "Decrypt", "keyId": KEY_BOTH, "kmsOperation": "Decrypt",
+             "awsPrincipalArn": ALICE}  # fmt: skip
+    policy = "/key-stores/{store}/policy"
+    steps: list[tuple[str, str, str, Any, str]] = [
+        ("get", policy, "viewer", None, "valid"),
+        ("post", policy + "/explain", "viewer", asked, "alice-may-not-decrypt"),
+        ("put", policy, "security-admin", {"policies": BROKEN}, "invalid_policy"),
+        ("put", policy, "security-admin", {"policies": BASELINE}, "requested"),
+        ("post", policy + "/explain", "viewer", {"xksOperation": "GetHealthStatus"}, "never"),
+    ]
+    for method, path, role, body, expected in steps:
+        where = path.format(store="dev")
+        status, answer = await call(client, method.upper(), where, token(role), body)
+        assert expected in json.dumps(answer), (method, path, answer)
+        assert not documented_answer_errors(method, path, status, answer), (path, answer)
+    assert reloads == [1]
+    (tmp_path / POLICY_FILE).write_text(BROKEN)  # edited on disk, not reloaded
+    for method, path, body in [("get", policy, None), ("post", policy + "/explain", asked)]:
+        where = path.format(store="dev")
+        status, answer = await call(client, method.upper(), where, token("viewer"), body)
+        assert "line 8, column 16" in json.dumps(answer), answer
+        assert not documented_answer_errors(method, path, status, answer), (path, answer)
