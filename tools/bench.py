@@ -174,7 +174,8 @@ def wrk(url: str, script: Path, seconds: int, connections: int = 16, threads: in
 
 def deployment(directory: Path, *extra: str) -> tuple[Path, XksTarget]:
     subprocess.run([str(BIN / "xks-proxy"), "init", str(directory), "--key-id", KEY_ID,
-                    "--port", "0", "--metrics-port", str(free_port()), *extra],
+                    "--port", "0", "--metrics-port", str(free_port()),
+                    "--admin-port", str(free_port()), *extra],
                    check=True, capture_output=True)  # fmt: skip
     config = directory / "xks-proxy.toml"
     kms = json.loads(
@@ -250,6 +251,13 @@ def metrics_port_of(config: Path) -> int:
     import tomllib
 
     port: int = tomllib.loads(config.read_text())["metrics"]["port"]
+    return port
+
+
+def admin_port_of(config: Path) -> int:
+    import tomllib
+
+    port: int = tomllib.loads(config.read_text())["admin"]["port"]
     return port
 
 
@@ -633,9 +641,13 @@ def throughput_section(work: Path, options: argparse.Namespace, data: dict[str, 
         }
         if options.baseline:
             # The same deployment served by another checkout: before/after in one run.
+            # Its own metrics and admin ports and pid file: the same deployment, two processes.
             own_metrics = config.with_name("baseline.toml")
-            own_metrics.write_text(config.read_text().replace(
-                f"port = {metrics_port_of(config)}", f"port = {free_port()}"))  # fmt: skip
+            text = config.read_text().replace(f"port = {metrics_port_of(config)}",
+                                              f"port = {free_port()}")  # fmt: skip
+            text = text.replace(f"port = {admin_port_of(config)}", f"port = {free_port()}")
+            pid_file = '[server]\npid_file = "baseline.pid"\n'
+            own_metrics.write_text(text.replace("[server]\n", pid_file))
             servers["baseline"] = start_proxy(own_metrics, work / "baseline.log",
                                               source=Path(options.baseline))  # fmt: skip
             prepared_baseline = requests_for(target, servers["baseline"].port, work, "baseline")
