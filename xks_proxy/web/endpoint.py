@@ -113,9 +113,10 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
         raise _too_large(cap)
     try:
         if request.content.is_eof():
-            # The whole body has already arrived (the usual case): no timer, no loop. A chunked
-            # body has no Content-Length, so its size is checked here too.
-            body = await request.content.read()
+            # The whole body has already arrived (the usual case): no timer, no loop, not even
+            # a coroutine (read_nowait takes what is buffered, here all of it). A chunked body
+            # has no Content-Length, so its size is checked here too.
+            body = request.content.read_nowait()
             if len(body) > cap:
                 raise _too_large(cap)
             return body
