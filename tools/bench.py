@@ -594,6 +594,10 @@ HISTORY = [
     "the drain for that. Not done.",
     "- Metric updates batched per loop iteration: deferring a prometheus-client observation "
     "does not make it cheaper; plain counters (above) do.",
+    "- Garbage-collector thresholds: with the collector switched off altogether after "
+    "start-up (the most any threshold could give), Encrypt's CPU per request did not move "
+    "beyond the noise (643 against 629 µs, one interleaved quick run): after `gc.freeze()` the "
+    "young generations hold only what requests allocate. The defaults stay.",
     "",
 ]
 
