@@ -71,7 +71,7 @@ def wait_for_ping(port: int, scheme: str = "http") -> None:
     import ssl
 
     context = ssl._create_unverified_context() if scheme == "https" else None  # noqa: S323
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # start-up on a busy shared machine can take seconds
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/ping", context=context,
@@ -468,7 +468,7 @@ def report(data: dict[str, Any]) -> str:
             "Target: ≥ 0.6× the software backend.",
             "",
         ]
-    if "workers" in data:
+    if len(data.get("workers", {})) == 2:
         lines += [
             "## Workers (Encrypt, plain HTTP, `wrk -t2 -c32`)",
             "",
@@ -478,7 +478,7 @@ def report(data: dict[str, Any]) -> str:
             "so two workers cannot reach 2×: the figure is a lower bound on scaling.",
             "",
         ]
-    if "latency" in data:
+    if "memory" in data:  # set last: the latency section ran to its end
         lines += _latency_section(data)
     lines += [
         "## Machine",
@@ -793,9 +793,13 @@ def main() -> None:
         work = Path(scratch)
         throughput_section(work, options, data)
         if not options.quick:
-            pkcs11_section(work, options, data)
-            workers_section(work, options, data)
-            latency_section(work, options, data)
+            for section in (pkcs11_section, workers_section, latency_section):
+                try:
+                    section(work, options, data)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                    # On a shared machine a server can miss its start-up window: the sections
+                    # measured so far are still worth writing; the failure is printed.
+                    print(f"{section.__name__} failed: {error}", file=sys.stderr)
     out = Path(options.out) if options.out else (None if options.quick else ROOT / "docs")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
