@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from xks_proxy import __version__
 from xks_proxy.backends.base import HealthState
 from xks_proxy.backends.session_pool import SessionPoolObserver
+from xks_proxy.counting_histogram import labelled_histogram, multiprocess_mode
 
 # Resolve the 1-250 ms band KMS cares about (xks-spec §9.1), plus the tail beyond it.
 LATENCY_BUCKETS = (
@@ -58,13 +59,14 @@ class ProxyMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         ).labels(__version__).set(1)
-        self.request_duration = Histogram(
+        # Observed on every request: plain counters behind a collector (counting_histogram.py).
+        self.request_duration = labelled_histogram(
             "xks_request_duration_seconds",
             "Time from the arrival of the request's first byte to its response, by XKS "
             "operation, key store and outcome (success or the errorName).",
             ["operation", "key_store", "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
+            self.registry,
         )
         self.event_loop_lag = Histogram(
             "xks_event_loop_lag_seconds",
@@ -79,12 +81,12 @@ class ProxyMetrics:
             ["operation", "key_store", "error_name", "error_type"],
             registry=self.registry,
         )
-        self.backend_duration = Histogram(
+        self.backend_duration = labelled_histogram(
             "xks_backend_call_duration_seconds",
             "Time spent in the key backend, by backend, call and outcome.",
             ["backend", "call", "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
+            self.registry,
         )
         self.in_flight = Gauge(
             "xks_requests_in_flight",
@@ -92,6 +94,7 @@ class ProxyMetrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self._in_flight_source: Callable[[], int] | None = None
         self.ekm_health = Gauge(
             "xks_ekm_health_state",
             "1 for the state each external key manager was last found in, 0 for the others.",
@@ -187,6 +190,21 @@ class ProxyMetrics:
                 multiprocess_mode="livemin",
             )
         self._tls_expiry.set(not_after_seconds)
+
+    def count_in_flight(self, source: Callable[[], int]) -> None:
+        """Export ``source()`` (the endpoint's own count) as ``xks_requests_in_flight``, instead
+        of a locked gauge update twice per request: read at each scrape, or with workers
+        (whose gauges live in files the supervisor reads) sampled at each ``tick``."""
+        if multiprocess_mode():
+            self._in_flight_source = source
+        else:
+            self.in_flight.set_function(source)
+
+    def tick(self, loop_lag: float) -> None:
+        """Called by the loop-lag monitor a few times a second."""
+        self.event_loop_lag.observe(loop_lag)
+        if self._in_flight_source is not None:
+            self.in_flight.set(self._in_flight_source())
 
     def count_reload(self, result: str) -> None:
         if self.counts_reloads:

@@ -245,15 +245,18 @@ def _request_metadata(document: dict[str, Any], required: tuple[str, ...]) -> Re
         raise ValidationError("requestMetadata must be a non-empty JSON object.")
     for name in required:
         _string(raw, name, required=True)
-    optional = {name: _string(raw, name, required=False) for name in _OPTIONAL_FIELDS}
+    for name in _OPTIONAL_FIELDS:
+        _string(raw, name, required=False)
+    # Every field is now a string or absent: positional, one lookup each (the hot path).
+    get = raw.get
     return RequestMetadata(
-        kms_request_id=raw["kmsRequestId"],
-        kms_operation=raw["kmsOperation"],
-        aws_principal_arn=optional["awsPrincipalArn"],
-        kms_key_arn=optional["kmsKeyArn"],
-        kms_via_service=optional["kmsViaService"],
-        aws_source_vpc=optional["awsSourceVpc"],
-        aws_source_vpce=optional["awsSourceVpce"],
+        raw["kmsRequestId"],
+        raw["kmsOperation"],
+        get("awsPrincipalArn"),
+        get("kmsKeyArn"),
+        get("kmsViaService"),
+        get("awsSourceVpc"),
+        get("awsSourceVpce"),
     )
 
 

@@ -28,7 +28,7 @@ async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE_RUNTIME_KEY]
     await live.current.open()
     # Metrics live across reloads, so one monitor serves every runtime.
-    lag = LoopLagMonitor(live.current.metrics.event_loop_lag.observe)
+    lag = LoopLagMonitor(live.current.metrics.tick)
     lag.start()
     yield
     lag.stop()
@@ -45,6 +45,7 @@ def create_app(runtime: ProxyRuntime) -> web.Application:
     app.router.add_get("/ping", ping, allow_head=True)
     # Every other path goes to the XKS endpoint, which routes by configured URI path itself.
     endpoint = app[ENDPOINT_KEY] = XksEndpoint(live)
+    runtime.metrics.count_in_flight(lambda: endpoint.in_flight)
     app.router.add_route("*", "/{path:.*}", endpoint.handle)
     app.cleanup_ctx.append(_runtime_lifetime)
     return app

@@ -102,18 +102,23 @@ def error_response(error: XksError) -> web.Response:
     return response
 
 
+def _too_large(cap: int) -> BodyTooLargeError:
+    # Built only when raised: an exception object per request is a cost on the hot path.
+    return BodyTooLargeError(f"The request body exceeds {cap} bytes.")
+
+
 async def read_capped_body(request: web.Request, cap: int, timeout: float) -> bytes:
-    too_large = BodyTooLargeError(f"The request body exceeds {cap} bytes.")
     length = request.content_length
     if length is not None and length > cap:
-        raise too_large
+        raise _too_large(cap)
     try:
         if request.content.is_eof():
-            # The whole body has already arrived (the usual case): no timer, no loop. A chunked
-            # body has no Content-Length, so its size is checked here too.
-            body = await request.content.read()
+            # The whole body has already arrived (the usual case): no timer, no loop, not even
+            # a coroutine (read_nowait takes what is buffered, here all of it). A chunked body
+            # has no Content-Length, so its size is checked here too.
+            body = request.content.read_nowait()
             if len(body) > cap:
-                raise too_large
+                raise _too_large(cap)
             return body
         chunks: list[bytes] = []
         size = 0
@@ -121,7 +126,7 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
             async for chunk in request.content.iter_any():
                 size += len(chunk)
                 if size > cap:
-                    raise too_large
+                    raise _too_large(cap)
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyTimeoutError() from None
@@ -166,7 +171,7 @@ class XksEndpoint:
         started = request_arrival(request)
         connection = request_started(request)
         record = AuditRecord()
-        runtime.metrics.in_flight.inc()
+        # Exported as xks_requests_in_flight (ProxyMetrics.count_in_flight, web/app.py).
         self._in_flight += 1
         error: XksError | None = None
         try:
@@ -183,7 +188,6 @@ class XksEndpoint:
             error = InternalError()
         finally:
             self._in_flight -= 1
-            runtime.metrics.in_flight.dec()
         if error is not None:
             record.outcome = error.error_name
             record.authz_policies = error.audit_policies
@@ -238,7 +242,6 @@ class XksEndpoint:
         record.access_key_id = credential.access_key_id
         route.key_store.admit()
         document = model.load_json_object(body)
-        record.metadata = model.audit_metadata(document)
         try:
             result = await within_deadline(
                 self._operate(runtime, route, document, record), server.request_deadline_ms / 1000
@@ -247,24 +250,36 @@ class XksEndpoint:
             raise DependencyTimeoutError(
                 f"The key backend did not answer within {server.request_deadline_ms} ms."
             ) from None
+        finally:
+            if record.metadata is None:
+                # The request failed before its metadata was validated: audit what it says.
+                record.metadata = model.audit_metadata(document)
         return json_response(result)
 
     async def _operate(
         self, runtime: ProxyRuntime, route: Route, document: dict[str, Any], record: AuditRecord
     ) -> dict[str, Any]:
+        # Each parsed request's metadata goes to the audit record as it is: once validated, it
+        # is what ``model.audit_metadata`` would read, built once instead of twice.
         service = runtime.service
         store = route.key_store
         if route.operation == GET_HEALTH_STATUS:
-            return service.health(store, model.parse_health(document))
+            health = model.parse_health(document)
+            record.metadata = health.metadata
+            return service.health(store, health)
         assert route.raw_key_id is not None
         key_id = record.key_id = model.parse_key_id(route.raw_key_id)
         match route.operation:
             case routing.GET_KEY_METADATA:
-                return await service.get_key_metadata(
-                    store, key_id, model.parse_key_metadata(document)
-                )
+                describe = model.parse_key_metadata(document)
+                record.metadata = describe.metadata
+                return await service.get_key_metadata(store, key_id, describe)
             case routing.ENCRYPT:
-                return await service.encrypt(store, key_id, model.parse_encrypt(document))
+                encrypt = model.parse_encrypt(document)
+                record.metadata = encrypt.metadata
+                return await service.encrypt(store, key_id, encrypt)
             case routing.DECRYPT:
-                return await service.decrypt(store, key_id, model.parse_decrypt(document))
+                decrypt = model.parse_decrypt(document)
+                record.metadata = decrypt.metadata
+                return await service.decrypt(store, key_id, decrypt)
         raise AssertionError(f"unrouted operation {route.operation}")
