@@ -83,6 +83,7 @@ def _rotate_during_a_burst(
     port: int, kms_config: Path, audit: Path, policy: Path, tmp_path: Path
 ) -> int:
     """Run logrotate while a burst of load runs; the number of requests the burst completed."""
+    assert LOGROTATE is not None
     loadtest = subprocess.Popen(
         [XKS_PROXY, "loadtest", "--url", f"http://127.0.0.1:{port}",
          "--kms-config", str(kms_config), "--key-id", KEY_BOTH, "--rate", str(RATE),
