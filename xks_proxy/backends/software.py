@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -66,24 +66,17 @@ _NO_CREDENTIALS: Mapping[str, Credential] = {}
 SWEEP_INTERVAL_SECONDS = 60.0
 
 
-class _LoadedKey(NamedTuple):
-    # A tuple, not a dataclass: built once per key at start-up, 100,000 times in a large store.
-    info: KeyInfo
-    record: KeyRecord
-    newest_version: int
-    # Imported material is unusable from this instant (epoch seconds); None: no expiry.
-    valid_until: float | None
+@functools.lru_cache(maxsize=1024)
+def _timestamp(iso: str) -> float:
+    """Epoch seconds of an ISO 8601 instant; parsed when a request first needs it, not for
+    every key at start-up (only imported keys with ``--valid-to`` have one)."""
+    return datetime.fromisoformat(iso).timestamp()
 
-    @classmethod
-    def from_record(cls, record: KeyRecord) -> _LoadedKey:
-        # A key without material (external, not imported yet or deleted) is DISABLED.
-        enabled = record.enabled and bool(record.versions)
-        return cls(
-            KeyInfo(record.key_id, AES_256, record.usage, enabled),
-            record,
-            record.newest_version,
-            datetime.fromisoformat(record.valid_to).timestamp() if record.valid_to else None,
-        )
+
+def _expired(record: KeyRecord) -> bool:
+    """Past its ``--valid-to``: checked on every request, so imported material is unusable
+    (DISABLED) from that instant itself, not from the next sweep that deletes it."""
+    return record.valid_to is not None and time.time() >= _timestamp(record.valid_to)
 
 
 class SoftwareBackend:
@@ -94,8 +87,14 @@ class SoftwareBackend:
         self._db: KeyDatabase | None = None
         self._follower: StoreFollower | None = None
         self._cache: UnsealedKeyCache | None = None
-        self._keys: dict[str, _LoadedKey] = {}
-        self._health_key: _LoadedKey | None = None
+        # The store's records as read: nothing is derived per key at start-up (a proxy over
+        # 100,000 keys would spend a second on it); requests derive what they need.
+        self._keys: dict[str, KeyRecord] = {}
+        self._health_key: KeyRecord | None = None
+        # The KeyInfo of each key a request asked about, built then (about 1.4 µs each: for
+        # every key at start-up that was a second, for every request a cost on the hot path)
+        # and dropped with the record it was built from.
+        self._infos: dict[str, KeyInfo] = {}
         self._sweeper: asyncio.Task[None] | None = None
         # Told the store's revision after each change is taken in (authz/stored.py).
         self._store_listeners: list[Callable[[int], None]] = []
@@ -154,7 +153,7 @@ class SoftwareBackend:
             if self._health_key is None:
                 raise ConfigError(f"key store {self._db.location.display}: no health key")
             # Unsealing the health key proves the KEK before the proxy says it is ready.
-            self._cache.cipher(self._health_key.record, self._health_key.newest_version)
+            self._cache.cipher(self._health_key, self._health_key.newest_version)
         except BaseException:
             await self.close()
             raise
@@ -181,22 +180,25 @@ class SoftwareBackend:
         assert self._cache is not None
         if changes.complete:
             self._keys = {}
+            self._infos = {}
             self._cache.clear()
         else:
             for key_id in changes.deleted:
                 purged = self._keys.pop(key_id, None)
+                self._infos.pop(key_id, None)
                 if purged is not None:
-                    self._cache.forget([purged.record])
+                    self._cache.forget([purged])
             self._cache.forget(changes.keys)
         if changes.credentials is not None:
             self._credentials = self._unsealed(changes.credentials)
         with gc_paused():
+            keys, infos = self._keys, self._infos
             for record in changes.keys:
-                loaded = _LoadedKey.from_record(record)
                 if not record.internal:
-                    self._keys[record.key_id] = loaded
+                    keys[record.key_id] = record
+                    infos.pop(record.key_id, None)
                 elif record.key_id == HEALTH_KEY_ID:
-                    self._health_key = loaded
+                    self._health_key = record
         for listener in tuple(self._store_listeners):
             listener(changes.revision)
 
@@ -237,21 +239,21 @@ class SoftwareBackend:
                 log.warning("deleted the imported material of key %s: --valid-to passed", key_id)
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
-    def _cipher(self, key: _LoadedKey, version: int) -> AESGCM:
+    def _cipher(self, key: KeyRecord, version: int) -> AESGCM:
         assert self._cache is not None
         try:
-            return self._cache.cipher(key.record, version)
+            return self._cache.cipher(key, version)
         except KeyStoreUnavailableError as error:
             # The HSM holding the KEK is out of reach: the key exists, and the request may be
             # retried (InternalException), never KeyNotFound.
-            log.warning("unsealing key %s version %d: %s", key.info.key_id, version, error)
+            log.warning("unsealing key %s version %d: %s", key.key_id, version, error)
             raise InternalError() from None
         except ConfigError:
             # The row does not unseal under this KEK: the store was altered or the KEK is wrong.
-            log.exception("unsealing key %s version %d failed", key.info.key_id, version)
+            log.exception("unsealing key %s version %d failed", key.key_id, version)
             raise InternalError() from None
 
-    def _key(self, key_id: str) -> _LoadedKey:
+    def _key(self, key_id: str) -> KeyRecord:
         key = self._keys.get(key_id)
         if key is None:
             raise KeyNotFoundError()
@@ -259,13 +261,16 @@ class SoftwareBackend:
 
     async def describe_key(self, key_id: str) -> KeyInfo:
         key = self._key(key_id)
-        if key.valid_until is not None and time.time() >= key.valid_until:
-            # Checked on every request: the key is DISABLED from --valid-to itself, not from
-            # the next sweep that deletes the material.
-            return dataclasses.replace(key.info, enabled=False)
-        return key.info
+        info = self._infos.get(key_id)
+        if info is None:
+            # A key without material (external, not imported yet or deleted) is DISABLED.
+            enabled = key.enabled and bool(key.versions)
+            info = self._infos[key_id] = KeyInfo(key.key_id, AES_256, key.usage, enabled)
+        if info.enabled and _expired(key):
+            return dataclasses.replace(info, enabled=False)
+        return info
 
-    def _versions(self, key: _LoadedKey) -> Versions:
+    def _versions(self, key: KeyRecord) -> Versions:
         """The cipher of each version of ``key``; ``KeyError`` for a version it lacks."""
         return lambda version: self._cipher(key, version)
 

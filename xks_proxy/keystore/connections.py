@@ -56,6 +56,11 @@ class StoreConnection(Protocol):
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]: ...
 
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> Iterator[Row]:
+        """A large read's rows one at a time, inside the caller's transaction: what is built
+        from them never coexists with a list of them all (at 100,000 keys, tens of MiB)."""
+        ...
+
     def table_exists(self, name: str) -> bool: ...
 
     def lock_for_migration(self) -> None: ...
@@ -109,8 +114,17 @@ class SqliteConnection:
             raise ConfigError(f"key store {path}: {error}") from None
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]:
-        try:
+        with self._errors():
             return self._db.execute(sql, params).fetchall()
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> Iterator[Row]:
+        with self._errors():
+            yield from self._db.execute(sql, params)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
         except sqlite3.IntegrityError:
             raise DuplicateRowError() from None
         except sqlite3.OperationalError as error:
@@ -167,9 +181,16 @@ class PostgresConnection:
         return self._execute(sql, params)
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> list[Row]:
+        cursor = self._cursor(sql, params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> Iterator[Row]:
+        # libpq holds the whole result once execute returns; rows become tuples as read.
+        yield from self._cursor(sql, params)
+
+    def _cursor(self, sql: str, params: tuple[object, ...]) -> psycopg.Cursor[Row]:
         try:
-            cursor = self._connection().execute(sql.replace("?", "%s"), params)
-            return cursor.fetchall() if cursor.description is not None else []
+            return self._connection().execute(sql.replace("?", "%s"), params)
         except psycopg.errors.UniqueViolation:
             raise DuplicateRowError() from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:

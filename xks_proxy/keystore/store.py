@@ -353,11 +353,6 @@ class KeyDatabase:
             self._check_kek(meta[1])
             complete = seen < 0 or revision < seen
             since = -1 if complete else seen
-            key_rows = self._db.query(
-                "SELECT key_id, usage, enabled, internal, created_at, deletion_date, origin,"
-                " valid_to, material_fingerprint FROM keys WHERE revision > ?",
-                (since,),
-            )
             deleted = (
                 []
                 if complete
@@ -368,21 +363,27 @@ class KeyDatabase:
                     )
                 ]
             )
-            version_rows = self._db.query(
-                # A full read (the start-up of a proxy over 100,000 keys) needs no join.
-                "SELECT key_id, version, nonce, sealed FROM key_versions"
-                if complete
-                else "SELECT v.key_id, v.version, v.nonce, v.sealed FROM key_versions v "
-                "JOIN keys k ON k.key_id = v.key_id WHERE k.revision > ?",
-                () if complete else (since,),
-            )
             credentials_changed = complete or self._db.query(
                 "SELECT 1 FROM credentials WHERE revision > ? LIMIT 1", (since,)
             )
             credentials = read_live(self._db) if credentials_changed else None
-        with gc_paused():
-            keys = _records(key_rows, version_rows)
-            return StoreChanges(revision, keys, complete, deleted, credentials)
+            with gc_paused(freeze=complete):
+                keys = _records(
+                    self._db.rows(
+                        "SELECT key_id, usage, enabled, internal, created_at, deletion_date,"
+                        " origin, valid_to, material_fingerprint FROM keys WHERE revision > ?",
+                        (since,),
+                    ),
+                    self._db.rows(
+                        # A full read (the start-up of a proxy over 100,000 keys) needs no join.
+                        "SELECT key_id, version, nonce, sealed FROM key_versions"
+                        if complete
+                        else "SELECT v.key_id, v.version, v.nonce, v.sealed FROM key_versions v "
+                        "JOIN keys k ON k.key_id = v.key_id WHERE k.revision > ?",
+                        () if complete else (since,),
+                    ),
+                )
+        return StoreChanges(revision, keys, complete, deleted, credentials)
 
     def records(self) -> list[KeyRecord]:
         """Every key, sealed, in one consistent snapshot."""
@@ -461,16 +462,27 @@ class KeyDatabase:
         return self._write(copy)
 
 
-def _records(key_rows: list[Row], version_rows: list[Row]) -> list[KeyRecord]:
-    # Both drivers return BLOB/BYTEA as bytes and integers as int: no conversions needed.
+def _records(key_rows: Iterable[Row], version_rows: Iterable[Row]) -> list[KeyRecord]:
+    """Rows as they come (both drivers return BLOB/BYTEA as bytes and integers as int) into
+    records, with as little work per row as Python allows: at 100,000 keys this loop is most
+    of a proxy's start-up. ``tuple.__new__`` builds the named tuples without the Python-level
+    ``__new__`` a named tuple's constructor runs; key ids, dates and sealed bytes are kept as
+    read (they were checked when written; dates are parsed when a request needs one). The
+    version rows are read first, then the key rows (both streamed, ``StoreConnection.rows``)."""
+    new = tuple.__new__
     versions: dict[str, dict[int, SealedVersion]] = {}
     for key_id, version, nonce, sealed in version_rows:
-        versions.setdefault(key_id, {})[version] = SealedVersion(nonce, sealed)
+        of_key = versions.get(key_id)
+        if of_key is None:
+            versions[key_id] = {version: new(SealedVersion, (nonce, sealed))}
+        else:
+            of_key[version] = new(SealedVersion, (nonce, sealed))
     no_versions: dict[int, SealedVersion] = {}
+    usages = _USAGE_SETS
     return [
-        KeyRecord(
+        new(KeyRecord, (
             key_id,
-            _USAGE_SETS.get(usage) or _usage(usage),
+            usages.get(usage) or _usage(usage),
             enabled == 1,
             internal == 1,
             created_at,
@@ -479,7 +491,7 @@ def _records(key_rows: list[Row], version_rows: list[Row]) -> list[KeyRecord]:
             origin,
             valid_to,
             fingerprint,
-        )
+        ))
         for (
             key_id, usage, enabled, internal, created_at, deletion_date, origin, valid_to,
             fingerprint,
