@@ -217,7 +217,8 @@ def test_workers_that_cannot_start_stop_the_supervisor_with_exit_2(
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "does not decrypt under the configured key-encryption key" in result.stderr
+    assert "but the configured key-encryption key is" in result.stderr
+    assert "(wrong kek)" in result.stderr
     assert result.stderr.endswith("xks-proxy: a worker could not start (see the line above)\n")
     assert "restarting" not in result.stderr
     assert not config.pid_path.exists()
