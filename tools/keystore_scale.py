@@ -83,6 +83,22 @@ class ScaleFigures:
     touched_rss_mib: float
 
 
+def serve_until_ready(
+    config_path: Path, port: int, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], float]:
+    """``xks-proxy serve`` started and read until it logs READY: the process (the caller
+    terminates it) and the seconds from exec to ready."""
+    started = time.perf_counter()
+    command = [XKS_PROXY, "serve", "--config", str(config_path), "--port", str(port)]
+    proxy = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    assert proxy.stderr is not None
+    for line in proxy.stderr:
+        if READY in line:
+            return proxy, time.perf_counter() - started
+    proxy.communicate(timeout=60)
+    raise RuntimeError("the proxy exited before it was ready")
+
+
 def measure(directory: Path, keys: int, touch: int, database_url: str | None) -> ScaleFigures:
     made = scaffold(directory, port=0, metrics_port=0, database_url=database_url)
     config = load_config(made.config_path)
@@ -93,17 +109,9 @@ def measure(directory: Path, keys: int, touch: int, database_url: str | None) ->
     print(f"filled {keys} keys in {time.perf_counter() - started:.1f} s ({made.key_location})")
 
     port = free_port()
-    started = time.perf_counter()
-    command = [XKS_PROXY, "serve", "--config", str(made.config_path), "--port", str(port)]
-    proxy = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    proxy, ready = serve_until_ready(made.config_path, port)
     try:
         assert proxy.stderr is not None
-        for line in proxy.stderr:
-            if READY in line:
-                break
-        else:
-            raise RuntimeError("the proxy exited before it was ready")
-        ready = time.perf_counter() - started
         ready_rss = rss_mib(proxy.pid)
         ready_cpu = cpu_seconds(proxy.pid)
         # Keep draining the log, so the proxy never blocks on a full pipe.

@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from tests.postgres import PostgresServer
-from tests.proxy_process import XKS_PROXY, free_port
-from tools.keystore_scale import READY, cpu_seconds, fill, rss_mib
+from tests.proxy_process import free_port
+from tools.keystore_scale import cpu_seconds, fill, rss_mib, serve_until_ready
 from xks_proxy.config import SoftwareBackendConfig, load_config
 from xks_proxy.scaffold import scaffold
 
@@ -31,18 +29,9 @@ Start = tuple[float, float, float]  # seconds to ready, CPU seconds, RSS MiB
 
 
 def start(config_path: Path, env: dict[str, str]) -> Start:
-    port = free_port()
-    started = time.perf_counter()
-    command = [XKS_PROXY, "serve", "--config", str(config_path), "--port", str(port)]
-    proxy = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    proxy, ready = serve_until_ready(config_path, free_port(), env)
     try:
-        assert proxy.stderr is not None
-        for line in proxy.stderr:
-            if READY in line:
-                break
-        else:
-            raise RuntimeError("the proxy exited before it was ready")
-        return time.perf_counter() - started, cpu_seconds(proxy.pid), rss_mib(proxy.pid)
+        return ready, cpu_seconds(proxy.pid), rss_mib(proxy.pid)
     finally:
         proxy.terminate()
         proxy.communicate(timeout=60)
