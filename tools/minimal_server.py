@@ -45,7 +45,7 @@ async def create(config_path: Path, key_id: str) -> web.Application:
     backend = SoftwareBackend(backend_config)
     await backend.open()
     key = backend._key(key_id)  # a benchmark helper, not the proxy
-    versions = backend._versions(key)
+    versions = await backend._versions(key, key.newest_version)  # its one version, unsealed
     credentials = {c.access_key_id: c for c in store.credentials}
     metadata = {"keySpec": "AES_256", "keyUsage": ["DECRYPT", "ENCRYPT"], "keyStatus": "ENABLED"}
     health = {"xksProxyFleetSize": 1, "xksProxyVendor": "x", "xksProxyModel": "x",

@@ -9,7 +9,10 @@ reports DEGRADED (the log says why) until the store is back. The SigV4 credentia
 with ``credentials_store = "database"`` arrive the same way (``stored_credentials``), unsealed
 once per change; a credential that does not unseal is left out (refused), never guessed at.
 AES-GCM on a few KiB takes microseconds, so it runs on the event loop; database reads run in a
-thread.
+thread, and so does unsealing a version under a KEK in an HSM (a call to the token on a cache
+miss). If that HSM is out of reach, keys already unsealed keep serving, a version not yet
+unsealed gets a retryable InternalException (never KeyNotFound: the key exists), and health
+reports DEGRADED with the reason until the token answers again.
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ class SoftwareBackend:
             if self._health_key is None:
                 raise ConfigError(f"key store {self._db.location.display}: no health key")
             # Unsealing the health key proves the KEK before the proxy says it is ready.
-            self._cache.cipher(self._health_key, self._health_key.newest_version)
+            await self._cache.load(self._health_key, self._health_key.newest_version)
         except BaseException:
             await self.close()
             raise
@@ -239,10 +242,14 @@ class SoftwareBackend:
                 log.warning("deleted the imported material of key %s: --valid-to passed", key_id)
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
-    def _cipher(self, key: KeyRecord, version: int) -> AESGCM:
+    async def _versions(self, key: KeyRecord, version: int) -> Versions:
+        """``key`` for a request on ``version``, that version unsealed (off the event loop
+        under an HSM KEK); the versions it lacks raise ``KeyError`` as ``seal`` expects."""
         assert self._cache is not None
+        if version not in key.versions:
+            return _no_version
         try:
-            return self._cache.cipher(key, version)
+            return _only(version, await self._cache.load(key, version))
         except KeyStoreUnavailableError as error:
             # The HSM holding the KEK is out of reach: the key exists, and the request may be
             # retried (InternalException), never KeyNotFound.
@@ -270,16 +277,15 @@ class SoftwareBackend:
             return dataclasses.replace(info, enabled=False)
         return info
 
-    def _versions(self, key: KeyRecord) -> Versions:
-        """The cipher of each version of ``key``; ``KeyError`` for a version it lacks."""
-        return lambda version: self._cipher(key, version)
-
     async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         key = self._key(key_id)
-        return seal(self._versions(key), key.newest_version, plaintext, aad)
+        versions = await self._versions(key, key.newest_version)
+        return seal(versions, key.newest_version, plaintext, aad)
 
     async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
-        return unseal(self._versions(self._key(key_id)), sealed, aad)
+        key = self._key(key_id)
+        versions = await self._versions(key, ciphertext_version(sealed))
+        return unseal(versions, sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
@@ -290,7 +296,7 @@ class SoftwareBackend:
                 await asyncio.to_thread(self._db.sealer.probe)
         if key is not None:
             try:
-                versions = self._versions(key)
+                versions = await self._versions(key, key.newest_version)
                 sealed = seal(versions, key.newest_version, _HEALTH_PLAINTEXT, None)
                 if unseal(versions, sealed, None) == _HEALTH_PLAINTEXT:
                     # Serving from memory works, but changes to the store do not arrive.
@@ -303,6 +309,29 @@ class SoftwareBackend:
 
 # A key's cipher for each version it has; KeyError for a version it lacks.
 Versions = Callable[[int], AESGCM]
+
+
+def _only(version: int, cipher: AESGCM) -> Versions:
+    """``cipher`` as ``version``; any other version is one the request cannot use."""
+
+    def versions(asked: int) -> AESGCM:
+        if asked != version:
+            raise KeyError(asked)
+        return cipher
+
+    return versions
+
+
+def _no_version(asked: int) -> AESGCM:
+    raise KeyError(asked)
+
+
+def ciphertext_version(sealed: SealedData) -> int:
+    """The key version ``seal`` recorded in ``sealed``; InvalidCiphertextError if unreadable."""
+    try:
+        return CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
+    except ValueError:
+        raise InvalidCiphertextError() from None
 
 
 def seal(versions: Versions, version: int, plaintext: bytes, aad: bytes | None) -> SealedData:

@@ -6,9 +6,10 @@ payload to the token as a session object (CKK_GENERIC_SECRET, CKA_TOKEN false) a
 token to wrap it; unsealing asks the token to unwrap a row into such a session object, reads its
 value and destroys it. The store on disk or in PostgreSQL is therefore useless without the
 token, while requests still run AES-GCM in this process: a version is unwrapped once, on first
-use, into the bounded cache (``keystore.cache``), so the HSM sees one call per cache miss. The
-unwrap runs where the unseal it replaces ran, on the event loop, under one session and a lock:
-a fraction of a millisecond with SoftHSM, one round trip to a network HSM per version unsealed.
+use, into the bounded cache (``keystore.cache``), so the HSM sees one call per cache miss. A
+serving proxy runs that unwrap in a thread (``remote``), never on the event loop: with a network
+HSM it is a round trip, and requests for keys already unsealed go on meanwhile. Calls share one
+session under a lock; concurrent misses on one version share one unwrap.
 
 Payload format (see ``sealing`` for why): ``SHA-256(binding) || u32 length || plaintext ||
 zero padding`` to a multiple of 8 bytes. The padding is ours, not only RFC 5649's: SoftHSM
@@ -177,6 +178,7 @@ def create_kek(kek: Pkcs11Kek) -> None:
 
 class HsmKeySealer(KeySealer):
     kind = "pkcs11"
+    remote = True
 
     def __init__(self, kek: Pkcs11Kek, location: str) -> None:
         super().__init__(location)

@@ -75,6 +75,9 @@ class KeySealer(ABC):
     errors. Subclasses say how a plaintext is sealed bound to a name, and what their KEK is."""
 
     kind: ClassVar[str]
+    # Whether unsealing is a call to a device (an HSM) rather than arithmetic in this process:
+    # then the backend runs it in a thread, off the event loop (``keystore.cache``).
+    remote: ClassVar[bool] = False
     # Why the KEK cannot be used now (an HSM out of reach), or None.
     problem: str | None = None
 
