@@ -328,7 +328,7 @@ def test_backup_and_restore_keep_an_imported_key_imported(tmp_path: Path) -> Non
         Importer(keys, tmp_path / "work").run(
             "byok", material, "RSAES_OAEP_SHA_256", valid_to=valid_to
         )
-        document, _ = keys.backup("a long enough passphrase")
+        document, _, _ = keys.backup("a long enough passphrase")
         restored = KeyManager(target, audit, "tester")
         restored.restore(document, "a long enough passphrase")
         (key,) = [k for k in target.load() if not k.internal]

@@ -3,17 +3,23 @@ ciphertexts decrypt; a backup opens under no KEK, only its passphrase; restore n
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
 import subprocess
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import KEY_BOTH, Deployment, make_deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
+from tests.postgres import PostgresServer
+from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, connect, post
+from tests.test_credentials_database import Host, database_credentials
 from tests.xks_client import METADATA_BODY, decrypt_body, encrypt_body, unb64
+from xks_proxy import sigv4
 from xks_proxy.scaffold import scaffold
 
 PREFIX = "/keystores/dev/kms/xks/v1"
@@ -169,3 +175,92 @@ def test_a_wrong_passphrase_or_an_altered_backup_is_refused(
     assert refused.returncode == 1, refused.stderr
     assert message in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def fresh_store(deployment: Deployment, request: pytest.FixtureRequest) -> None:
+    """The deployment's store destroyed: its SQLite files gone, or a new empty database."""
+    backend: Any = deployment.config.backends["local"]
+    if backend.database_url is None:
+        for name in ("keys.db", "keys.db-wal", "keys.db-shm"):
+            (deployment.directory / name).unlink(missing_ok=True)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    empty = server.create_database(f"xks_restore_{uuid.uuid4().hex[:12]}")
+    path = deployment.config_path
+    path.write_text(path.read_text().replace(backend.database_url, empty))
+
+
+def test_stored_credentials_are_backed_up_sealed_and_a_restored_one_verifies_curl(
+    tmp_path: Path, store_url: str | None, request: pytest.FixtureRequest
+) -> None:
+    deployment = make_deployment(tmp_path / "d", database_url=store_url)
+    add_tls(deployment.config_path)
+    credential = database_credentials(deployment)
+    backup = tmp_path / "keys.backup"
+    made = keys_cli(deployment.config_path, "backup", "--out", str(backup))
+    assert made.returncode == 0, made.stderr
+    assert "backed up 6 keys and 1 stored credentials" in made.stdout
+    text = backup.read_text()
+    # Nothing in clear: not the secret, its Base64, the access key id, nor a key id.
+    secret = credential.secret_access_key
+    for clear in (secret, base64.b64encode(secret.encode()).decode(), credential.access_key_id,
+                  KEY_BOTH):  # fmt: skip
+        assert clear not in text
+
+    fresh_store(deployment, request)
+    restored = keys_cli(deployment.config_path, "restore", "--in", str(backup))
+    assert restored.returncode == 0, restored.stderr
+    assert "restored 6 keys" in restored.stdout
+    assert "restored 1 stored credentials; 0 were already" in restored.stdout
+    again = keys_cli(deployment.config_path, "restore", "--in", str(backup))
+    assert "restored 0 stored credentials; 1 were already" in again.stdout, again.stderr
+
+    host = Host(deployment.config_path)
+    listed = host.credentials("list")
+    assert credential.access_key_id in listed and secret not in listed
+    wrong = sigv4.Credential(credential.access_key_id, secret[::-1])
+    try:
+        with ProxyProcess(deployment.config_path) as proxy:
+            assert host.status(proxy, credential) == 200  # signed by curl --aws-sigv4
+            assert host.status(proxy, wrong) == 401
+    finally:
+        close_all()
+
+
+def test_restore_keeps_a_revoked_credential_revoked_and_refuses_another_secret(
+    tmp_path: Path,
+) -> None:
+    deployment = make_deployment(tmp_path / "d")
+    credential = database_credentials(deployment)
+    host = Host(deployment.config_path)
+    backup = tmp_path / "keys.backup"
+    assert keys_cli(deployment.config_path, "backup", "--out", str(backup)).returncode == 0
+
+    host.credentials("revoke", "--access-key-id", credential.access_key_id, "--force")
+    kept = keys_cli(deployment.config_path, "restore", "--in", str(backup))
+    assert kept.returncode == 0, kept.stderr
+    assert f"credential {credential.access_key_id} was revoked in the store since" in kept.stdout
+    assert credential.access_key_id not in host.credentials("list")
+
+    # An empty store that has the same access key id with another secret: nothing is written.
+    for name in ("keys.db", "keys.db-wal", "keys.db-shm"):
+        (deployment.directory / name).unlink(missing_ok=True)
+    host.credentials("add", "--access-key-id", credential.access_key_id, "--secret-stdin",
+                     stdin=credential.secret_access_key[::-1])  # fmt: skip
+    refused = keys_cli(deployment.config_path, "restore", "--in", str(backup))
+    assert refused.returncode == 1
+    assert f"credential {credential.access_key_id} has another secret" in refused.stderr
+    assert "Traceback" not in refused.stderr and credential.secret_access_key not in refused.stderr
+    listed = subprocess.run(
+        [XKS_PROXY, "keys", "list", "--config", str(deployment.config_path), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert json.loads(listed.stdout) == []

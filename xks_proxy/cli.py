@@ -475,11 +475,14 @@ def cmd_keys_backup(args: argparse.Namespace) -> int:
     passphrase = _passphrase(args)
     try:
         with _key_manager(args) as keys:
-            document, count = keys.backup(passphrase)
+            document, count, credentials = keys.backup(passphrase)
     except BackupError as error:
         raise CommandError(str(error)) from None
     write_private_file(Path(args.out), document)
-    print(f"backed up {count} keys to {args.out} (0600); keep the passphrase apart from it")
+    print(
+        f"backed up {count} keys and {credentials} stored credentials to {args.out} (0600); "
+        "keep the passphrase apart from it"
+    )
     return 0
 
 
@@ -501,6 +504,13 @@ def cmd_keys_restore(args: argparse.Namespace) -> int:
         f"restored {len(result.restored)} keys; {len(result.already_present)} were already "
         "in the store with the same material"
     )
+    if result.credentials_restored or result.credentials_present or result.credentials_revoked:
+        print(
+            f"restored {len(result.credentials_restored)} stored credentials; "
+            f"{len(result.credentials_present)} were already in the store with the same secret"
+        )
+    for access_key_id in result.credentials_revoked:
+        print(f"credential {access_key_id} was revoked in the store since; it stays revoked")
     return 0
 
 

@@ -1,8 +1,11 @@
 """Backups of a key store under a passphrase: the failsafe copy that outlives the host and the KEK.
 
 In an external key store a lost key is every ciphertext under it, forever; a backup holds every
-customer key (all versions, usage, state, deletion date) and is independent of the KEK, so it
-restores into a store under any KEK.
+customer key (all versions, usage, state, deletion date) and the SigV4 credentials kept in the
+store (``credentials_store = "database"``), and is independent of the KEK, so it restores into a
+store under any KEK. Credentials are in it because a fleet that keeps them in the store has no
+other copy: a store rebuilt from a backup without them would hold the keys but refuse every
+request from KMS until new credentials were made and entered in the AWS console.
 
 File format, version 1 (a JSON document, written 0600 and atomically):
 
@@ -15,11 +18,24 @@ payload under it, with the AAD ``xks-proxy-key-backup 1`` followed by the canoni
 ``kdf`` (so the parameters cannot be swapped). The payload is UTF-8 JSON:
 
     {"createdAt": ISO8601, "keys": [{"keyId", "usage": [...], "enabled", "createdAt",
-      "deletionDate": ISO8601|null, "versions": [{"version": 1, "material": B64}, ...]}]}
+      "deletionDate": ISO8601|null, "versions": [{"version": 1, "material": B64}, ...]}],
+     "credentials": [{"keyStore", "accessKeyId", "secretAccessKey", "createdAt"}, ...]}
+
+Secrets (key material, secret access keys) appear only inside ``ciphertext``: like a key
+version, a credential leaves the store unsealed from its KEK (proving the KEK opens it) and is
+sealed under the passphrase with everything else; nothing in the file is readable without it.
+``credentials`` is absent from files written before it existed (read as none): the format
+version stays 1, as it did for the imported-material fields.
 
 Restore goes into an empty store or the same one: a key the store has with the same material is
 left alone; a key id the store has with other material is refused (nothing is written); missing
-keys are sealed under the store's KEK and written in one transaction.
+keys are sealed under the store's KEK and written in one transaction. Credentials follow the
+same rules, with the store's own (xks-spec §6.2: an access key id names one secret): one the
+store holds for the same key store with the same secret is left alone; an access key id it holds
+with another secret or for another key store is refused, writing nothing; one revoked in the
+store since the backup stays revoked (a revocation is deliberate, often a leaked secret, and a
+restore must not undo it); the rest are sealed under the store's KEK, bound to key store and
+access key id as ``credentials create`` seals them, in the same transaction as the keys.
 """
 
 from __future__ import annotations
@@ -27,7 +43,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +51,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from xks_proxy.keystore.records import ORIGIN_PROXY, KeyRecord, StoredKey
+from xks_proxy.keystore.credentials import CredentialTable, secret_name, unseal_credential
+from xks_proxy.keystore.records import ORIGIN_PROXY, KeyRecord, StoredCredential, StoredKey
 from xks_proxy.keystore.store import KeyDatabase
+from xks_proxy.sigv4 import Credential
 
 FORMAT = "xks-proxy-key-backup"
 VERSION = 1
@@ -52,9 +70,39 @@ class BackupError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class BackedUpCredential:
+    """A SigV4 credential the store keeps for a key store, unsealed (``credentials_store``)."""
+
+    key_store: str
+    credential: Credential
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    keys: list[StoredKey]
+    credentials: list[BackedUpCredential]
+
+
+@dataclass(frozen=True, slots=True)
 class RestoreResult:
     restored: list[str]
     already_present: list[str]
+    # Access key ids: written, in the store already with the same secret, revoked there.
+    credentials_restored: list[str] = field(default_factory=list)
+    credentials_present: list[str] = field(default_factory=list)
+    credentials_revoked: list[str] = field(default_factory=list)
+
+
+def backed_up_credentials(database: KeyDatabase) -> list[BackedUpCredential]:
+    """Every live credential of the store, unsealed: ``ConfigError`` for one the KEK does not
+    open (the store was altered), as for a key version."""
+    return [
+        BackedUpCredential(
+            stored.key_store, unseal_credential(database.sealer, stored), stored.created_at
+        )
+        for stored in CredentialTable(database).all_live()
+    ]
 
 
 def _b64(data: bytes) -> str:
@@ -75,8 +123,11 @@ def _aad(kdf: dict[str, Any]) -> bytes:
     return f"{FORMAT} {VERSION} ".encode() + json.dumps(kdf, sort_keys=True).encode()
 
 
-def write_backup(keys: list[StoredKey], passphrase: str) -> str:
-    """The backup document of these keys (unsealed customer keys) as JSON text."""
+def write_backup(
+    keys: list[StoredKey], passphrase: str, credentials: list[BackedUpCredential] | None = None
+) -> str:
+    """The backup document of these keys (unsealed customer keys) and stored credentials as
+    JSON text."""
     payload = {
         "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
         "keys": [
@@ -97,6 +148,15 @@ def write_backup(keys: list[StoredKey], passphrase: str) -> str:
             }
             for key in keys
         ],
+        "credentials": [
+            {
+                "keyStore": entry.key_store,
+                "accessKeyId": entry.credential.access_key_id,
+                "secretAccessKey": entry.credential.secret_access_key,
+                "createdAt": entry.created_at,
+            }
+            for entry in credentials or []
+        ],
     }
     kdf = {"name": "scrypt", "salt": _b64(os.urandom(16)), "n": SCRYPT_N, "r": SCRYPT_R,
            "p": SCRYPT_P}  # fmt: skip
@@ -109,7 +169,7 @@ def write_backup(keys: list[StoredKey], passphrase: str) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def read_backup(text: str, passphrase: str) -> list[StoredKey]:
+def read_backup(text: str, passphrase: str) -> Backup:
     try:
         document = json.loads(text)
         if document.get("format") != FORMAT or document.get("version") != VERSION:
@@ -124,7 +184,7 @@ def read_backup(text: str, passphrase: str) -> list[StoredKey]:
         payload = json.loads(AESGCM(key).decrypt(nonce, ciphertext, _aad(kdf)))
     except InvalidTag:
         raise BackupError("wrong passphrase, or the backup was altered") from None
-    return [
+    keys = [
         StoredKey(
             key_id=entry["keyId"],
             usage=frozenset(entry["usage"]),
@@ -142,14 +202,24 @@ def read_backup(text: str, passphrase: str) -> list[StoredKey]:
         )
         for entry in payload["keys"]
     ]
+    credentials = [
+        BackedUpCredential(
+            entry["keyStore"],
+            Credential(entry["accessKeyId"], entry["secretAccessKey"]),
+            entry["createdAt"],
+        )
+        for entry in payload.get("credentials", [])
+    ]
+    return Backup(keys, credentials)
 
 
-def restore_keys(database: KeyDatabase, keys: list[StoredKey]) -> RestoreResult:
-    """Write the keys the store lacks; refuse (writing nothing) a key id with other material."""
+def restore_backup(database: KeyDatabase, backup: Backup) -> RestoreResult:
+    """Write the keys and credentials the store lacks, all in one transaction; refuse (writing
+    nothing) a key id with other material or an access key id with another secret."""
     present = {key.key_id: key for key in database.load() if not key.internal}
     missing: list[KeyRecord] = []
     same: list[str] = []
-    for key in keys:
+    for key in backup.keys:
         existing = present.get(key.key_id)
         if existing is None:
             missing.append(_sealed(database, key))
@@ -160,8 +230,51 @@ def restore_keys(database: KeyDatabase, keys: list[StoredKey]) -> RestoreResult:
                 f"the store's key {key.key_id} has other material than the backup's; "
                 "nothing was restored"
             )
-    database.copy_records(missing)
-    return RestoreResult([record.key_id for record in missing], same)
+    credentials = _credentials_to_restore(database, backup.credentials)
+    database.copy_records(missing, credentials.missing)
+    return RestoreResult(
+        [record.key_id for record in missing], same,
+        [stored.access_key_id for stored in credentials.missing], credentials.same,
+        credentials.revoked,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _CredentialsToRestore:
+    missing: list[StoredCredential]
+    same: list[str]
+    revoked: list[str]
+
+
+def _credentials_to_restore(
+    database: KeyDatabase, credentials: list[BackedUpCredential]
+) -> _CredentialsToRestore:
+    table = CredentialTable(database)
+    live = {stored.access_key_id: stored for stored in table.all_live()}
+    revoked = table.revoked_ids()
+    result = _CredentialsToRestore([], [], [])
+    for entry in credentials:
+        access_key_id = entry.credential.access_key_id
+        existing = live.get(access_key_id)
+        if access_key_id in revoked:
+            result.revoked.append(access_key_id)
+        elif existing is None:
+            name = secret_name(entry.key_store, access_key_id)
+            secret = entry.credential.secret_access_key.encode()
+            sealed = database.sealer.seal_secret(name, secret)
+            result.missing.append(
+                StoredCredential(entry.key_store, access_key_id, sealed, entry.created_at)
+            )
+        elif existing.key_store == entry.key_store and (
+            unseal_credential(database.sealer, existing) == entry.credential
+        ):
+            result.same.append(access_key_id)
+        else:
+            raise BackupError(
+                f"the store's credential {access_key_id} has another secret or key store than "
+                "the backup's; nothing was restored"
+            )
+    return result
 
 
 def _sealed(database: KeyDatabase, key: StoredKey) -> KeyRecord:

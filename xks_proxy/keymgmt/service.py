@@ -25,8 +25,9 @@ from xks_proxy.keymgmt.audit import LifecycleAudit
 from xks_proxy.keymgmt.backup import (
     BackupError,
     RestoreResult,
+    backed_up_credentials,
     read_backup,
-    restore_keys,
+    restore_backup,
     write_backup,
 )
 from xks_proxy.keymgmt.hsm import HsmKey, TokenKeys
@@ -201,18 +202,22 @@ class KeyManager:
             "the key stays DISABLED",
         )  # fmt: skip
 
-    def backup(self, passphrase: str) -> tuple[str, int]:
-        """A backup document of every customer key (see ``backup``) and how many keys it holds."""
+    def backup(self, passphrase: str) -> tuple[str, int, int]:
+        """A backup document of every customer key and stored credential (see ``backup``), and
+        how many keys and credentials it holds."""
 
-        def back_up() -> tuple[str, int]:
+        def back_up() -> tuple[str, int, int]:
             keys = [k for k in self._database.load() if not k.internal]
-            return write_backup(keys, passphrase), len(keys)
+            credentials = backed_up_credentials(self._database)
+            return write_backup(keys, passphrase, credentials), len(keys), len(credentials)
 
-        return self._audited("backup", None, back_up, "every customer key, all versions")
+        return self._audited(
+            "backup", None, back_up, "every customer key, all versions, and stored credentials"
+        )
 
     def restore(self, document: str, passphrase: str) -> RestoreResult:
         def restore() -> RestoreResult:
-            return restore_keys(self._database, read_backup(document, passphrase))
+            return restore_backup(self._database, read_backup(document, passphrase))
 
         return self._audited("restore", None, restore, "from a passphrase-sealed backup")
 

@@ -81,6 +81,13 @@ class CredentialTable:
         """Every key store's credentials, sealed (``keys migrate`` copies them as they are)."""
         return stored_credentials(self._database.read(_LIVE + " ORDER BY access_key_id"))
 
+    def revoked_ids(self) -> set[str]:
+        """Access key ids revoked in this store (their rows stay, without a secret)."""
+        rows = self._database.read(
+            "SELECT access_key_id FROM credentials WHERE revoked_at IS NOT NULL"
+        )
+        return {row[0] for row in rows}
+
     def live(self, key_store: str) -> list[StoredCredential]:
         rows = self._database.read(
             _LIVE + " AND key_store = ? ORDER BY created_at, access_key_id", (key_store,)
