@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.authz_policies import ALICE, ALICE_ENCRYPTS_ONLY, BASELINE, DENY_ALL
-from tests.conftest import KEY_BOTH, Deployment, make_pkcs11_deployment
+from tests.conftest import KEY_BOTH, Deployment, make_pkcs11_deployment, software_database
 from tests.proxy_process import ProxyProcess, close_all, free_port
 from tests.softhsm import SoftHsm
 from tests.test_admin_api import AiohttpClient, admin_deployment, call, token
@@ -25,8 +26,10 @@ from tests.test_cli import run
 from tests.xks_client import XksClient, decrypt_body, encrypt_body
 from xks_proxy.admin.api import RELOAD, create_admin_app
 from xks_proxy.admin.settings import build_guard
+from xks_proxy.authz.policy import parse_policies
 from xks_proxy.config import load_config
 from xks_proxy.errors import ConfigError
+from xks_proxy.keystore.policies import PolicyRows
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.web.app import create_app
 
@@ -155,3 +158,37 @@ def test_a_key_store_on_an_hsm_cannot_keep_its_policy_in_a_database(
         ProxyRuntime(config)
     refused = run("serve", "--config", str(deployment.config_path), "--port", "0", check=False)
     assert refused.returncode == 2 and "software backend" in refused.stderr
+
+
+def test_check_config_parses_the_stored_policy_as_start_up_does(tmp_path: Path) -> None:
+    deployment = in_store(admin_deployment(tmp_path))
+    config = str(deployment.config_path)
+    checked = run("check-config", "--config", config)
+    assert "key store dev: no policy in the key store database yet" in checked.stdout
+
+    database = software_database(deployment.config)
+    try:  # as another xks-proxy version might have written it: stored unvalidated
+        PolicyRows(database).put("dev", BROKEN, "tester@host")
+    finally:
+        database.close()
+    refused = run("check-config", "--config", config, check=False)
+    assert refused.returncode == 2, refused.stdout
+    serve = run("serve", "--config", config, "--port", "0", check=False)
+    assert serve.returncode == 2
+    (message,) = [line for line in refused.stderr.splitlines() if "line 8, column 16" in line]
+    assert "key store dev: database policy of dev" in message
+    assert message in serve.stderr.splitlines()  # the very line start-up gives
+    assert "Traceback" not in refused.stderr
+
+    database = software_database(deployment.config)
+    try:
+        revision = PolicyRows(database).put("dev", ALICE_ENCRYPTS_ONLY, "tester@host")
+    finally:
+        database.close()
+    checked = run("check-config", "--config", config)
+    count = len(parse_policies(ALICE_ENCRYPTS_ONLY, Path("-")).policies)
+    expected = (
+        rf"key store dev: policy from the key store database ok \({count} policies, put by "
+        rf"tester@host at \S+, revision {revision}\)"
+    )
+    assert re.search(expected, checked.stdout), checked.stdout

@@ -249,8 +249,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     config.check_serving()
     from xks_proxy.authz.load import load_authorizers  # cedarpy: only for the commands using it
+    from xks_proxy.authz.stored import check_stored_policies
 
-    load_authorizers(config)  # parses every key store's authorization_policy
+    load_authorizers(config)  # parses every key store's authorization_policy file
     for backend in config.backends.values():
         if isinstance(backend, SoftwareBackendConfig):
             # Opening the store proves the KEK decrypts every key in it.
@@ -263,11 +264,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             # Opening an HSM backend proves the module, token, PIN and health key.
             asyncio.run(_open_and_close(backend))
     credentials = credential_service.check_stored(config)
+    # Policies kept in the store (authorization_policy = "database"), parsed as start-up does.
+    policies = check_stored_policies(config)
     for store in config.key_stores:
         print(
             f"key store {store.name}: {store.uri_path}, region {store.region}, "
             f"backend {store.backend}, {credentials[store.name]} credential(s)"
         )
+    for line in policies:
+        print(line)
     print(f"{config.path}: ok")
     return 0
 

@@ -13,6 +13,10 @@ or the poll once a second), re-reads the row if it was written since, parses it 
 loop and puts it in force with an empty decision cache (``Authorizer.replace``). A row that does
 not parse there (written by another xks-proxy version) is logged and the running policy stays.
 No row yet: every request is allowed, as with no policy, and the start-up log says so.
+
+``check-config`` reads and parses the stored policy as start-up does (``check_stored_policies``):
+one that does not parse fails it with start-up's message, and a key store with no stored policy
+yet is reported as such (it would start, allowing every request).
 """
 
 from __future__ import annotations
@@ -65,6 +69,46 @@ def read_stored_policy(config: Config, store: KeyStoreConfig) -> StoredPolicy | 
         database.close()
 
 
+def parse_to_serve(row: StoredPolicy) -> PolicyFile:
+    """The stored policy parsed as start-up parses it: ``ConfigError`` (the key store, and the
+    error's line and column) when it does not parse."""
+    try:
+        return parse_stored(row)
+    except PolicyError as error:
+        raise ConfigError(f"key store {row.key_store}: {error}") from None
+
+
+def no_policy_yet(key_store: str) -> str:
+    return (
+        f"key store {key_store}: no policy in the key store database yet: every request is "
+        "allowed until one is put (admin API PUT …/policy)"
+    )
+
+
+def check_stored_policies(config: Config) -> list[str]:
+    """What ``check-config`` says of every key store with ``authorization_policy =
+    "database"``, after parsing its stored policy as start-up would (``ConfigError`` with
+    start-up's message for one that does not parse; schema warnings are logged as start-up
+    logs them)."""
+    lines = []
+    for store in config.key_stores:
+        if not store.authorization_policy_in_store:
+            continue
+        row = read_stored_policy(config, store)
+        if row is None:
+            lines.append(no_policy_yet(store.name))
+            continue
+        policies = parse_to_serve(row)
+        for warning in policies.warnings:
+            log.warning("key store %s: %s", store.name, warning)
+        lines.append(
+            f"key store {store.name}: policy from the key store database ok "
+            f"({len(policies.policies)} policies, put by {row.updated_by} at {row.updated_at}, "
+            f"revision {row.revision})"
+        )
+    return lines
+
+
 class StoredPolicyFollower:
     """Keeps one key store's ``Authorizer`` on the policy stored for it."""
 
@@ -88,17 +132,9 @@ class StoredPolicyFollower:
             rows = PolicyRows(self._backend.database)
             row = await asyncio.to_thread(rows.get, self.key_store)
             if row is None:
-                log.warning(
-                    "key store %s: no policy in the key store database yet: every request is "
-                    "allowed until one is put (admin API PUT …/policy)",
-                    self.key_store,
-                )
+                log.warning("%s", no_policy_yet(self.key_store))
                 return
-            try:
-                policies = await asyncio.to_thread(parse_stored, row)
-            except PolicyError as error:
-                raise ConfigError(f"key store {self.key_store}: {error}") from None
-            self._install(row, policies)
+            self._install(row, await asyncio.to_thread(parse_to_serve, row))
 
     def stop(self) -> None:
         if self._remove_listener is not None:
