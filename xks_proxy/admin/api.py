@@ -3,7 +3,10 @@
 Every handler runs the same service functions as the CLI (``keymgmt.service.KeyManager`` for
 keys, ``credential_service`` for credentials), on a thread since they touch files and databases.
 The configuration is read afresh for each request, so the API sees what a reload would; the
-token settings (``[admin.auth]``) and the listener are fixed at start.
+token settings (``[admin.auth]``) and the listener are fixed at start. This module holds the
+application, its error handling and the health, reload, key store and key endpoints; the
+credential (``api_credentials``), imported material (``api_import``), policy
+(``api_policies``) and OpenAPI document (``api_docs``) endpoints build on it.
 
 Key-lifecycle actions write the service's own ``keyLifecycle`` audit line with the token's
 ``sub`` as the actor; every request, refused ones included, also writes one ``adminRequest``
@@ -309,70 +312,6 @@ async def schedule_deletion(request: web.Request) -> web.Response:
     return await _described(request, key_id)
 
 
-# --- credentials ---------------------------------------------------------------------------
-
-
-@requires("credentials.list")
-async def list_credentials(request: web.Request) -> web.Response:
-    name = request.match_info["store"]
-    rows = await run_blocking(
-        lambda: credential_service.list_credentials(request.app[CONFIG_PATH], name)
-    )
-    return json_response(
-        {
-            "credentials": [
-                {"keyStore": r.key_store, "accessKeyId": r.access_key_id, "origin": r.origin}
-                for r in rows
-            ]
-        }
-    )
-
-
-@requires("credentials.create")
-async def create_credential(request: web.Request) -> web.Response:
-    name = request.match_info["store"]
-    store, entry = await run_blocking(
-        lambda: credential_service.create(request.app[CONFIG_PATH], name)
-    )
-    request[DETAIL] = f"key store {store.name}, access key id {entry.access_key_id}"
-    # The one answer that carries a secret: KMS needs it, and it is never shown again.
-    return json_response(
-        {
-            "keyStore": store.name,
-            "uriPath": store.uri_path,
-            "AccessKeyId": entry.access_key_id,
-            "RawSecretAccessKey": entry.secret_access_key,
-        },
-        201,
-    )
-
-
-@requires("credentials.add")
-async def add_credential(request: web.Request) -> web.Response:
-    name = request.match_info["store"]
-    access_key_id = request.match_info["access_key_id"]
-    secret = json_field(await read_json(request), "secretAccessKey", str)
-    request[DETAIL] = f"key store {name}, access key id {access_key_id}"
-    store, added = await run_blocking(
-        lambda: credential_service.add(request.app[CONFIG_PATH], name, access_key_id, secret)
-    )
-    return json_response(
-        {"keyStore": store, "accessKeyId": access_key_id, "added": added}, 201 if added else 200
-    )
-
-
-@requires("credentials.revoke")
-async def revoke_credential(request: web.Request) -> web.Response:
-    name = request.match_info["store"]
-    access_key_id = request.match_info["access_key_id"]
-    force = request.query.get("force", "false").lower() == "true"
-    request[DETAIL] = f"key store {name}, access key id {access_key_id}"
-    store = await run_blocking(
-        lambda: credential_service.revoke(request.app[CONFIG_PATH], name, access_key_id, force)
-    )
-    return json_response({"keyStore": store, "accessKeyId": access_key_id, "revoked": True})
-
-
 def _audit_hook(
     config: AuditConfig, metrics: AdminMetrics | None
 ) -> Callable[[str, str, int, str], None]:
@@ -404,7 +343,6 @@ def create_admin_app(
     app[RELOAD] = send_sighup
     store = PREFIX + "/key-stores/{store}"
     key = store + "/keys/{key}"
-    credential = store + "/credentials/{access_key_id}"
     app.router.add_get(PREFIX + "/health", health)
     app.router.add_post(PREFIX + "/reload", reload)
     app.router.add_get(PREFIX + "/key-stores", list_key_stores)
@@ -419,14 +357,12 @@ def create_admin_app(
     app.router.add_post(
         key + "/cancel-deletion", _key_action("keys.cancel-deletion", KeyManager.cancel_deletion)
     )
-    app.router.add_get(store + "/credentials", list_credentials)
-    app.router.add_post(store + "/credentials", create_credential)
-    app.router.add_put(credential, add_credential)
-    app.router.add_delete(credential, revoke_credential)
     # They build on this module.
+    from xks_proxy.admin.api_credentials import add_credential_routes
     from xks_proxy.admin.api_import import add_import_routes
     from xks_proxy.admin.api_policies import add_policy_routes
 
+    add_credential_routes(app, store)
     add_import_routes(app, key)
     add_policy_routes(app, store)
     add_document_routes(app, PREFIX)
