@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from xks_proxy.web.inline import InlineRequestHandler
 from xks_proxy.web.protocol import Shortcut, XksRequestHandler
 from xks_proxy.web.tls import TlsState
 
@@ -292,8 +293,11 @@ class XksSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
 
+        # The XKS listener (the one with a shortcut) answers its usual requests inline.
+        kind = XksRequestHandler if self._shortcut is None else InlineRequestHandler
+
         def handler() -> RequestHandler:
-            return XksRequestHandler(
+            return kind(
                 server,
                 loop=loop,
                 on_protocol_error=self._on_protocol_error,

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -54,12 +54,15 @@ class MalformedHttpError(ValidationError):
     default_message = "The request is not well-formed HTTP/1.1."
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# A coroutine function: the inline path (web/inline.py) runs its first step by hand.
+Handler = Callable[[web.BaseRequest], Coroutine[Any, Any, web.StreamResponse]]
 # Returns the handler for a request it takes, or None for the Application's routing.
 Shortcut = Callable[[web.BaseRequest], Handler | None]
 
 
-def _with_shortcut(shortcut: Shortcut, routed: Handler) -> Handler:
+def _with_shortcut(
+    shortcut: Shortcut, routed: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         handler = shortcut(request)
         return await (routed if handler is None else handler)(request)
@@ -70,7 +73,7 @@ def _with_shortcut(shortcut: Shortcut, routed: Handler) -> Handler:
 class XksRequestHandler(RequestHandler):
     """aiohttp's request handler for one connection, with ``handle_error`` replaced."""
 
-    __slots__ = ("_first_byte_at", "_on_protocol_error")
+    __slots__ = ("_first_byte_at", "_on_protocol_error", "_shortcut")
 
     def __init__(
         self,
@@ -83,6 +86,7 @@ class XksRequestHandler(RequestHandler):
         super().__init__(manager, **options)
         self._on_protocol_error = on_protocol_error
         self._first_byte_at: float | None = None
+        self._shortcut = shortcut
         if shortcut is not None and self._request_handler is not None:
             self._request_handler = _with_shortcut(shortcut, self._request_handler)
 
