@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from xks_proxy.web.connection import BASE_SITE_PRIVATE_ATTRIBUTES, ConnectionRegistry, XksSite
 from xks_proxy.web.inline import INLINE_PRIVATE_ATTRIBUTES
 from xks_proxy.web.protocol import LINGER_SECONDS
+from xks_proxy.web.responses import Answer
 
 UPGRADE_HINT = (
     "aiohttp changed; adapt xks_proxy/web/connection.py, web/protocol.py and web/inline.py"
@@ -134,8 +135,8 @@ async def test_a_shortcut_answers_the_requests_it_takes_and_routes_the_rest() ->
     ``_handle``) with one that asks the shortcut first."""
     assert "_request_handler" in RequestHandler.__slots__, f"no _request_handler: {UPGRADE_HINT}"
 
-    async def short(request: web.BaseRequest) -> web.Response:
-        return web.Response(text="short")
+    async def short(request: web.BaseRequest) -> Answer:
+        return Answer(200, b"short")
 
     app = web.Application()
     app.router.add_get("/ping", _pong)

@@ -17,7 +17,6 @@ only while they are idle, and gives up after the drain period.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -327,11 +326,9 @@ def request_started(request: web.Request) -> XksConnection | None:
     return connection
 
 
-def request_finished(connection: XksConnection | None, response: web.StreamResponse) -> None:
-    """The request is answered; while draining, its connection closes after the answer."""
+def request_finished(connection: XksConnection | None) -> bool:
+    """The request is answered; True while draining: its connection closes after the answer."""
     if connection is None:
-        return
+        return False
     connection.request_finished()
-    if connection.draining:
-        with contextlib.suppress(RuntimeError):
-            response.force_close()
+    return connection.draining

@@ -30,6 +30,7 @@ tests/test_aiohttp_contract.py fails with a clear message if an aiohttp upgrade 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +39,7 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage, Stre
 from aiohttp.streams import StreamReader
 
 from xks_proxy.web.protocol import XksRequestHandler
+from xks_proxy.web.responses import JSON, Answer
 from xks_proxy.web.stepping import Resumed
 
 # The private parts of aiohttp's RequestHandler that answering inline reads or sets, as its
@@ -64,19 +66,24 @@ INLINE_PRIVATE_ATTRIBUTES = (
 )
 
 
-def encode_answer(response: web.Response, keep_alive: bool) -> bytes:
-    """The bytes aiohttp writes for ``response`` (a Response with a bytes body) to an HTTP/1.1
-    request: status line, the Response's own headers, then Content-Length, Date and Server."""
-    body = response.body
-    assert isinstance(body, bytes), "inline answers carry a bytes body"
-    head = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
-    head += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
-    head.append(
-        f"Content-Length: {len(body)}\r\nDate: {rfc822_formatted_time()}\r\n"
-        f"Server: {SERVER_SOFTWARE}\r\n"
+@functools.cache
+def _head(status: int, allow: str | None) -> str:
+    """The status line and the Response's own headers, as aiohttp writes them."""
+    reason = web.Response(status=status).reason
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {JSON}\r\n"
+    return head if allow is None else f"{head}Allow: {allow}\r\n"
+
+
+def encode_answer(answer: Answer) -> bytes:
+    """The bytes aiohttp writes for ``answer.response()`` to an HTTP/1.1 request: status line,
+    the Response's headers, then Content-Length, Date, Server (and Connection: close)."""
+    body = answer.body
+    end = "Connection: close\r\n\r\n" if answer.close else "\r\n"
+    head = (
+        f"{_head(answer.status, answer.allow)}Content-Length: {len(body)}\r\n"
+        f"Date: {rfc822_formatted_time()}\r\nServer: {SERVER_SOFTWARE}\r\n{end}"
     )
-    head.append("\r\n" if keep_alive else "Connection: close\r\n\r\n")
-    return "".join(head).encode("latin-1") + body
+    return head.encode("latin-1") + body
 
 
 class InlineRequestHandler(XksRequestHandler):
@@ -179,14 +186,14 @@ class InlineRequestHandler(XksRequestHandler):
 
     async def _complete(self, rest: Resumed) -> None:
         try:
-            response = await rest
+            answer = await rest
         except asyncio.CancelledError:
             self._finish(None)
             raise
         except Exception as error:
             self._finish(None, error)
         else:
-            self._finish(response)
+            self._finish(answer)
         finally:
             self._inline_task = None
             waiter, self._idle_waiter = self._idle_waiter, None
@@ -197,7 +204,7 @@ class InlineRequestHandler(XksRequestHandler):
         if self._open():
             self._answer_queued()
 
-    def _finish(self, response: web.StreamResponse | None, error: Exception | None = None) -> None:
+    def _finish(self, answer: Answer | None, error: Exception | None = None) -> None:
         """Write the answer (none if the handler failed or was cancelled: the connection
         closes, as aiohttp closes it) and get ready for the next request."""
         self._current_request = None
@@ -211,12 +218,11 @@ class InlineRequestHandler(XksRequestHandler):
         transport = self.transport
         if transport is None:
             return  # the client left; nothing to answer
-        if not isinstance(response, web.Response):
+        if answer is None:
             self.force_close()
             return
-        keep_alive = response.keep_alive is not False
-        transport.write(encode_answer(response, keep_alive))
-        if not keep_alive:
+        transport.write(encode_answer(answer))
+        if answer.close:
             self.force_close()
             return
         # start() re-arms the keep-alive timer after each request: the same here.

@@ -41,7 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from xks_proxy.errors import InternalError, ValidationError, XksError
 from xks_proxy.throttled_log import ThrottledWarning
-from xks_proxy.web.responses import error_json
+from xks_proxy.web.responses import Answer, error_json
 
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 0.25
@@ -54,18 +54,19 @@ class MalformedHttpError(ValidationError):
     default_message = "The request is not well-formed HTTP/1.1."
 
 
-# A coroutine function: the inline path (web/inline.py) runs its first step by hand.
-Handler = Callable[[web.BaseRequest], Coroutine[Any, Any, web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# The XKS endpoint's entry: a coroutine function (web/inline.py runs its first step by hand).
+AnswerHandler = Callable[[web.BaseRequest], Coroutine[Any, Any, Answer]]
 # Returns the handler for a request it takes, or None for the Application's routing.
-Shortcut = Callable[[web.BaseRequest], Handler | None]
+Shortcut = Callable[[web.BaseRequest], AnswerHandler | None]
 
 
-def _with_shortcut(
-    shortcut: Shortcut, routed: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-) -> Handler:
+def _with_shortcut(shortcut: Shortcut, routed: Handler) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        handler = shortcut(request)
-        return await (routed if handler is None else handler)(request)
+        taken = shortcut(request)
+        if taken is None:
+            return await routed(request)
+        return (await taken(request)).response()
 
     return handle
 
