@@ -6,9 +6,9 @@ metadata, once), the service with the software backend (minus its metric updates
 (JSON and its HTTP bytes, as web/inline.py writes them), the metrics one request updates, and
 its audit line (written to a scratch file). "framework" is what is left of the proxy's CPU time
 per request under ``wrk`` (its /proc CPU time over the requests it answered) once the stages
-are taken away: aiohttp's HTTP parsing, the event loop and transport, the handler's own glue. In-process loops run with
-warm caches, so the stages are a lower bound and framework also holds what a real request
-loses to colder caches.
+are taken away: aiohttp's HTTP parsing, the event loop and transport, the handler's own glue.
+In-process loops run with warm caches, so the stages are a lower bound and framework also holds
+what a real request loses to colder caches.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 def _microseconds(action: Callable[[], object], number: int = 2000) -> float:
     return min(timeit.repeat(action, number=number, repeat=5)) / number * 1e6
+
+
+def _answer(result: dict[str, Any]) -> bytes:
+    return encode_answer(json_answer(result))
 
 
 def _parse(route: routing.Route, body: bytes) -> tuple[dict[str, Any], Any]:
@@ -124,7 +128,7 @@ async def _measure(
                     "parsing": _microseconds(partial(_parse, route, body)),
                     "backend": _microseconds(partial(_operate, runtime, route, parsed))
                     - calls * backend_observe,
-                    "answer": _microseconds(lambda: encode_answer(json_answer(result))),
+                    "answer": _microseconds(partial(_answer, result)),
                     "metrics": _microseconds(request_metrics) + calls * backend_observe,
                     "audit": _microseconds(partial(audit.write, record)),
                 }
