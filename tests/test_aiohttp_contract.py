@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from xks_proxy.web.connection import BASE_SITE_PRIVATE_ATTRIBUTES, ConnectionRegistry, XksSite
 from xks_proxy.web.inline import INLINE_PRIVATE_ATTRIBUTES
 from xks_proxy.web.protocol import LINGER_SECONDS
+from xks_proxy.web.request import XksRequest
 from xks_proxy.web.responses import Answer
 
 UPGRADE_HINT = (
@@ -135,7 +136,7 @@ async def test_a_shortcut_answers_the_requests_it_takes_and_routes_the_rest() ->
     ``_handle``) with one that asks the shortcut first."""
     assert "_request_handler" in RequestHandler.__slots__, f"no _request_handler: {UPGRADE_HINT}"
 
-    async def short(request: web.BaseRequest) -> Answer:
+    async def short(request: XksRequest) -> Answer:
         return Answer(200, b"short")
 
     app = web.Application()

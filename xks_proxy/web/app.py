@@ -18,6 +18,7 @@ from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.web.endpoint import XksEndpoint
 from xks_proxy.web.protocol import AnswerHandler, Shortcut
 from xks_proxy.web.readiness import READINESS_KEY, Readiness, ping
+from xks_proxy.web.request import XksRequest
 
 LIVE_RUNTIME_KEY = web.AppKey("live_runtime", LiveRuntime)
 ENDPOINT_KEY = web.AppKey("xks_endpoint", XksEndpoint)
@@ -61,9 +62,9 @@ def xks_shortcut(app: web.Application) -> Shortcut:
     """
     answer = app[ENDPOINT_KEY].answer
 
-    def shortcut(request: web.BaseRequest) -> AnswerHandler | None:
+    def shortcut(request: XksRequest) -> AnswerHandler | None:
         if request.method == "POST" and EXPECT not in request.headers:
-            return answer  # type: ignore[return-value]
+            return answer
         return None
 
     return shortcut

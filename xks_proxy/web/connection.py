@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from xks_proxy.web.inline import InlineRequestHandler
 from xks_proxy.web.protocol import Shortcut, XksRequestHandler
+from xks_proxy.web.request import XksRequest
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class XksConnection(asyncio.Protocol):
         self._transport.abort()  # type: ignore[attr-defined]
 
 
-def connection_of(request: web.Request) -> XksConnection | None:
+def connection_of(request: XksRequest) -> XksConnection | None:
     transport = request.transport
     protocol = transport.get_protocol() if transport is not None else None
     return protocol if isinstance(protocol, XksConnection) else None
@@ -317,7 +318,7 @@ class XksSite(web.BaseSite):
         )
 
 
-def request_started(request: web.Request) -> XksConnection | None:
+def request_started(request: XksRequest) -> XksConnection | None:
     """Tell the request's connection that a request is running (every handler calls this;
     two plain calls cost less than an aiohttp middleware on the hot path)."""
     connection = connection_of(request)

@@ -59,6 +59,7 @@ from xks_proxy.web import routing
 from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.deadline import within_deadline
 from xks_proxy.web.protocol import body_read, request_arrival
+from xks_proxy.web.request import XksRequest
 from xks_proxy.web.responses import Answer, error_answer, json_answer
 from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
 
@@ -107,7 +108,7 @@ def _too_large(cap: int) -> BodyTooLargeError:
     return BodyTooLargeError(f"The request body exceeds {cap} bytes.")
 
 
-async def read_capped_body(request: web.Request, cap: int, timeout: float) -> bytes:
+async def read_capped_body(request: XksRequest, cap: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > cap:
         raise _too_large(cap)
@@ -137,7 +138,7 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
 
 
 def authenticate(
-    store: KeyStore, request: web.Request, body: bytes, now: Callable[[], Any]
+    store: KeyStore, request: XksRequest, body: bytes, now: Callable[[], Any]
 ) -> sigv4.Credential:
     try:
         return sigv4.verify(
@@ -169,7 +170,7 @@ class XksEndpoint:
         """The Application's route (requests the shortcut does not take: GET, Expect...)."""
         return (await self.answer(request)).response()
 
-    async def answer(self, request: web.Request) -> Answer:
+    async def answer(self, request: XksRequest) -> Answer:
         """Every XKS request's answer, whichever way it then leaves (web/inline.py)."""
         # One runtime for the whole request, even if a reload swaps it meanwhile.
         runtime = self._live.current
@@ -232,7 +233,7 @@ class XksEndpoint:
         return withheld
 
     async def _handle(
-        self, runtime: ProxyRuntime, request: web.Request, record: AuditRecord
+        self, runtime: ProxyRuntime, request: XksRequest, record: AuditRecord
     ) -> Answer:
         server = runtime.config.server
         route = resolve(runtime.key_stores, request.rel_url.raw_path)

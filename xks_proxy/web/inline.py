@@ -9,12 +9,13 @@ stage table (issue 15).
 
 For the request KMS sends all day (a POST taken by the XKS shortcut, on a keep-alive HTTP/1.1
 connection with nothing else in progress, whose body has fully arrived), ``InlineRequestHandler``
-does the same work without the trips: it builds the same Request, runs the same XKS endpoint
-coroutine at once, and writes the same bytes aiohttp would write for its Response (status line,
-the Response's headers, Content-Length, Date, Server, and ``Connection: close`` when the answer
-closes the connection). When the endpoint suspends (a PKCS#11 call in a thread, an injected
-delay), the rest of it runs in a task, and the connection's next requests wait for it, so
-answers keep the order of their requests. The request deadline still applies
+does the same work without the trips: it wraps the parsed message in an ``InlineRequest`` (what
+the endpoint reads of a request, web/request.py; no aiohttp Request is built), runs the XKS
+endpoint's coroutine at once, and writes the bytes aiohttp would write for the same answer
+(status line, Content-Type, Content-Length, Date, Server, and ``Connection: close`` when the
+answer closes the connection). When the endpoint suspends (a PKCS#11 call in a thread, an
+injected delay), the rest of it runs in a task, and the connection's next requests wait for it,
+so answers keep the order of their requests. The request deadline still applies
 (web/deadline.py moves a suspended operation into that task before arming it).
 
 Everything else goes aiohttp's way, unchanged: a body still arriving, ``Expect: 100-continue``,
@@ -34,9 +35,12 @@ import functools
 from typing import Any
 
 from aiohttp import web
+from aiohttp.hdrs import CONTENT_LENGTH
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage, StreamWriter
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from aiohttp.streams import StreamReader
+from multidict import CIMultiDictProxy
+from yarl import URL
 
 from xks_proxy.web.protocol import XksRequestHandler
 from xks_proxy.web.responses import JSON, Answer
@@ -48,7 +52,6 @@ INLINE_PRIVATE_ATTRIBUTES = (
     "_waiter",
     "_messages",
     "_parser",
-    "_request_factory",
     "_task_handler",
     "_manager",
     "_buffer_paused",
@@ -59,11 +62,45 @@ INLINE_PRIVATE_ATTRIBUTES = (
     "_next_keepalive_close_time",
     "_process_keepalive",
     "_request_in_progress",
-    "_current_request",
     "_handler_waiter",
     "_force_close",
     "_close",
 )
+
+
+class InlineRequest:
+    """A request as the endpoint reads it (web/request.py), straight from the parsed message:
+    no aiohttp Request is built for a request answered inline."""
+
+    __slots__ = ("_message", "content", "protocol")
+
+    def __init__(
+        self, message: RawRequestMessage, payload: StreamReader, protocol: InlineRequestHandler
+    ) -> None:
+        self._message = message
+        self.content = payload
+        self.protocol = protocol
+
+    @property
+    def method(self) -> str:
+        return self._message.method
+
+    @property
+    def rel_url(self) -> URL:
+        return self._message.url
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._message.headers
+
+    @property
+    def content_length(self) -> int | None:
+        value = self._message.headers.get(CONTENT_LENGTH)
+        return None if value is None else int(value)
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.protocol.transport
 
 
 @functools.cache
@@ -90,13 +127,12 @@ class InlineRequestHandler(XksRequestHandler):
     """``XksRequestHandler`` that answers the requests its shortcut takes inside
     ``data_received`` when it can (see the module docstring), and defers to aiohttp otherwise."""
 
-    __slots__ = ("_answering", "_idle_waiter", "_inline_task", "_inline_writer")
+    __slots__ = ("_answering", "_idle_waiter", "_inline_task")
 
     def __init__(self, manager: web.Server, **options: Any) -> None:
         super().__init__(manager, **options)
         self._answering = False
         self._inline_task: asyncio.Task[None] | None = None
-        self._inline_writer: StreamWriter | None = None
         # start()'s waiter, put aside while an inline request runs in its task (see _answer).
         self._idle_waiter: asyncio.Future[None] | None = None
 
@@ -151,22 +187,12 @@ class InlineRequestHandler(XksRequestHandler):
     # -- one request -------------------------------------------------------------------------
     def _answer(self, message: RawRequestMessage, payload: StreamReader) -> bool:
         """Answer one request, or start its task; False if the shortcut does not take it."""
-        assert self._request_factory is not None and self._shortcut is not None
-        if self._inline_writer is None:
-            # Requests need a writer; answers here go straight to the transport instead.
-            self._inline_writer = StreamWriter(self, self._loop)
-        request = self._request_factory(
-            message,
-            payload,
-            self,
-            self._inline_writer,
-            self._task_handler,  # type: ignore[arg-type]
-        )
+        assert self._shortcut is not None
+        request = InlineRequest(message, payload, self)
         handler = self._shortcut(request)
         if handler is None:
             return False
         self._request_in_progress = True
-        self._current_request = request
         coroutine = handler(request)
         try:
             first = coroutine.send(None)
@@ -207,7 +233,6 @@ class InlineRequestHandler(XksRequestHandler):
     def _finish(self, answer: Answer | None, error: Exception | None = None) -> None:
         """Write the answer (none if the handler failed or was cancelled: the connection
         closes, as aiohttp closes it) and get ready for the next request."""
-        self._current_request = None
         self._request_in_progress = False
         waiting = self._handler_waiter
         if waiting is not None and not waiting.done():

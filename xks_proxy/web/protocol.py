@@ -41,6 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from xks_proxy.errors import InternalError, ValidationError, XksError
 from xks_proxy.throttled_log import ThrottledWarning
+from xks_proxy.web.request import XksRequest
 from xks_proxy.web.responses import Answer, error_json
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ class MalformedHttpError(ValidationError):
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # The XKS endpoint's entry: a coroutine function (web/inline.py runs its first step by hand).
-AnswerHandler = Callable[[web.BaseRequest], Coroutine[Any, Any, Answer]]
+AnswerHandler = Callable[[XksRequest], Coroutine[Any, Any, Answer]]
 # Returns the handler for a request it takes, or None for the Application's routing.
-Shortcut = Callable[[web.BaseRequest], AnswerHandler | None]
+Shortcut = Callable[[XksRequest], AnswerHandler | None]
 
 
 def _with_shortcut(shortcut: Shortcut, routed: Handler) -> Handler:
@@ -138,14 +139,14 @@ class XksRequestHandler(RequestHandler):
         _failed.warn("the HTTP layer failed (%s)", name)
 
 
-def request_arrival(request: web.BaseRequest) -> float:
+def request_arrival(request: XksRequest) -> float:
     """When the request's first byte arrived (``perf_counter``), or now if unknown."""
     protocol = request.protocol
     arrived = protocol.take_first_byte_time() if isinstance(protocol, XksRequestHandler) else None
     return time.perf_counter() if arrived is None else arrived
 
 
-def body_read(request: web.BaseRequest) -> None:
+def body_read(request: XksRequest) -> None:
     """The request's body is in: bytes that arrive from now on belong to the next request."""
     protocol = request.protocol
     if isinstance(protocol, XksRequestHandler):
