@@ -187,3 +187,31 @@ def test_a_connection_answered_only_inline_still_closes_when_idle(tmp_path: Path
             assert answers.next()[0] == "HTTP/1.1 200 OK"
         # aiohttp's keep-alive timer, armed by the inline path: closed after ~1 s idle.
         assert answers.closed(within=10)
+
+
+def test_a_client_that_leaves_mid_request_is_still_audited(tmp_path: Path) -> None:
+    """The client closes while its request waits on the backend: the request finishes (and is
+    audited) as on aiohttp's path, nothing is answered, and the proxy serves on."""
+    deployment = make_deployment(tmp_path)
+    config = configure(
+        deployment, server={"request_deadline_ms": 5000}, backend={"fault_delay_ms": 150}
+    )
+    cred = credential(deployment)
+    with ProxyProcess(config) as proxy:
+        sock = open_socket(proxy.port)
+        sock.sendall(_raw_request(proxy.port, ENCRYPT_PATH, encrypt_body(b"gone"), cred))
+        sock.close()
+        answers = Answers(open_socket(proxy.port))
+        answers._sock.sendall(_raw_request(proxy.port, HEALTH_PATH, HEALTH_BODY, cred))
+        assert answers.next()[0] == "HTTP/1.1 200 OK"
+        audit = deployment.directory / "audit.log"
+        deadline = time.monotonic() + 10
+        while '"xksOperation":"Encrypt"' not in audit.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        encrypts = [
+            json.loads(line)
+            for line in audit.read_text().splitlines()
+            if '"xksOperation":"Encrypt"' in line
+        ]
+        assert [line["status"] for line in encrypts] == [200]
+        assert "Traceback" not in proxy.log
