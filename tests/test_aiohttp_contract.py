@@ -21,9 +21,14 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from xks_proxy.web.connection import BASE_SITE_PRIVATE_ATTRIBUTES, ConnectionRegistry, XksSite
+from xks_proxy.web.inline import INLINE_PRIVATE_ATTRIBUTES
 from xks_proxy.web.protocol import LINGER_SECONDS
+from xks_proxy.web.request import XksRequest
+from xks_proxy.web.responses import Answer
 
-UPGRADE_HINT = "aiohttp changed; adapt xks_proxy/web/connection.py and web/protocol.py"
+UPGRADE_HINT = (
+    "aiohttp changed; adapt xks_proxy/web/connection.py, web/protocol.py and web/inline.py"
+)
 HANDLER_OPTIONS: dict[str, Any] = {
     "access_log": None,
     "keepalive_timeout": 5.0,
@@ -48,6 +53,21 @@ def test_request_handler_keeps_the_hooks_the_proxy_overrides() -> None:
     options = inspect.signature(RequestHandler.__init__).parameters
     missing = [name for name in HANDLER_OPTIONS if name not in options]
     assert not missing, f"RequestHandler no longer takes {missing}: {UPGRADE_HINT}"
+
+
+def test_request_handler_keeps_the_state_inline_answers_use() -> None:
+    """web/inline.py does per request what RequestHandler.start() and _handle_request() do,
+    with the same private state."""
+    slots = set(RequestHandler.__slots__)
+    missing = [
+        name
+        for name in INLINE_PRIVATE_ATTRIBUTES
+        if name not in slots and not hasattr(RequestHandler, name)
+    ]
+    assert not missing, f"RequestHandler no longer has {missing}: {UPGRADE_HINT}"
+    start = inspect.getsource(RequestHandler.start)
+    for step in ("self._waiter", "message_consumed()", "_next_keepalive_close_time"):
+        assert step in start, f"RequestHandler.start no longer uses {step}: {UPGRADE_HINT}"
 
 
 async def _pong(request: web.Request) -> web.Response:
@@ -116,8 +136,8 @@ async def test_a_shortcut_answers_the_requests_it_takes_and_routes_the_rest() ->
     ``_handle``) with one that asks the shortcut first."""
     assert "_request_handler" in RequestHandler.__slots__, f"no _request_handler: {UPGRADE_HINT}"
 
-    async def short(request: web.BaseRequest) -> web.Response:
-        return web.Response(text="short")
+    async def short(request: XksRequest) -> Answer:
+        return Answer(200, b"short")
 
     app = web.Application()
     app.router.add_get("/ping", _pong)

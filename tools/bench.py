@@ -563,14 +563,19 @@ HISTORY = [
     "wait; one head timer per connection, not per request; the strict Authorization parse "
     "cached per credential and day; the audit timestamp formatted once a second; XKS POSTs past "
     "the router; `gc.freeze()` after start-up |",
-    "| issue 15, second pass | ISSUE15 | request histograms as plain counters behind a "
-    "collector (prometheus-client's own with `--workers`); `xks_requests_in_flight` read from "
-    "the endpoint's count, not a locked gauge updated twice per request; the request metadata "
-    "built once (the audit record takes the validated request's); no exception object built per "
-    "request; a body that has arrived read without a coroutine; the audit timestamp's "
-    "milliseconds from a table |",
+    "| issue 15, second pass (2026-11-29 10:24) | 0.40 | request histograms as plain counters "
+    "behind a collector (prometheus-client's own with `--workers`); `xks_requests_in_flight` "
+    "read from the endpoint's count, not a locked gauge updated twice per request; the request "
+    "metadata built once (the audit record takes the validated request's); no exception object "
+    "built per request; a body that has arrived read without a coroutine; the audit "
+    "timestamp's milliseconds from a table |",
+    "| issue 15, third pass | ISSUE15 | XKS requests answered inside `data_received` when their "
+    "connection is idle and their body has arrived (web/inline.py): no `start()` task wake-up, "
+    "no handler task, no aiohttp Request or Response, the answer's bytes written to the "
+    "transport at once, and a task only for an endpoint that waits; hot-path value types as "
+    "NamedTuples instead of frozen dataclasses |",
     "",
-    "The second pass's row: the proxy before it (`--baseline`, the first pass) and after it, "
+    "The third pass's row: the proxy before it (`--baseline`, the second pass) and after it, "
     "interleaved in the run above; the other rows are from earlier runs. Measured and not kept:",
     "",
     "- uvloop: about a tenth less CPU per request (Encrypt and GetHealthStatus, one "
@@ -591,7 +596,9 @@ HISTORY = [
     "still costs such a request is building a `web.Request` rather than a `BaseRequest` and a "
     "prepare hook that returns at once, under 1 % of the samples of a py-spy profile under "
     "load; moving the listener would re-home /ping, readiness, the runtime's `cleanup_ctx` and "
-    "the drain for that. Not done.",
+    "the drain for that. Not done: the third pass skips more than the low-level server would "
+    "(the request and handler tasks, Request and Response) for the requests that matter, and "
+    "leaves every other request on aiohttp's path.",
     "- Metric updates batched per loop iteration: deferring a prometheus-client observation "
     "does not make it cheaper; plain counters (above) do.",
     "- Garbage-collector thresholds: with the collector switched off altogether after "

@@ -2,13 +2,13 @@
 
 Each stage of the endpoint's work runs on its own in a tight loop on the request the benchmark
 replays: SigV4 verification, parsing (JSON, duplicate check, the typed request, the audit
-metadata, once), the service with the software backend (minus its metric updates), the answer (JSON
-and the aiohttp Response), the metrics one request updates, and its audit line (written to a
-scratch file). "framework" is what is left of the proxy's CPU time per request under ``wrk``
-(its /proc CPU time over the requests it answered) once the stages are taken away: aiohttp's
-HTTP parsing and writing, the event loop, the handler's own glue. In-process loops run with
-warm caches, so the stages are a lower bound and framework also holds what a real request
-loses to colder caches.
+metadata, once), the service with the software backend (minus its metric updates), the answer
+(JSON and its HTTP bytes, as web/inline.py writes them), the metrics one request updates, and
+its audit line (written to a scratch file). "framework" is what is left of the proxy's CPU time
+per request under ``wrk`` (its /proc CPU time over the requests it answered) once the stages
+are taken away: aiohttp's HTTP parsing, the event loop and transport, the handler's own glue.
+In-process loops run with warm caches, so the stages are a lower bound and framework also holds
+what a real request loses to colder caches.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from xks_proxy.config import load_config
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.service import KeyStore
 from xks_proxy.web import routing
-from xks_proxy.web.responses import json_response
+from xks_proxy.web.inline import encode_answer
+from xks_proxy.web.responses import json_answer
 
 STAGES = ("sigv4", "parsing", "backend", "answer", "metrics", "audit")
 # Backend calls (each one histogram observation) per operation on the software backend.
@@ -47,6 +48,10 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 def _microseconds(action: Callable[[], object], number: int = 2000) -> float:
     return min(timeit.repeat(action, number=number, repeat=5)) / number * 1e6
+
+
+def _answer(result: dict[str, Any]) -> bytes:
+    return encode_answer(json_answer(result))
 
 
 def _parse(route: routing.Route, body: bytes) -> tuple[dict[str, Any], Any]:
@@ -123,7 +128,7 @@ async def _measure(
                     "parsing": _microseconds(partial(_parse, route, body)),
                     "backend": _microseconds(partial(_operate, runtime, route, parsed))
                     - calls * backend_observe,
-                    "answer": _microseconds(partial(json_response, result)),
+                    "answer": _microseconds(partial(_answer, result)),
                     "metrics": _microseconds(request_metrics) + calls * backend_observe,
                     "audit": _microseconds(partial(audit.write, record)),
                 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # XKS spec §5.2: the 2-byte AAD length prefix bounds the AAD this scheme can carry.
 MAX_AAD_BYTES = 0xFFFF
@@ -53,8 +53,7 @@ def cdiv(
     return digest.digest()
 
 
-@dataclass(frozen=True, slots=True)
-class CiphertextMetadata:
+class CiphertextMetadata(NamedTuple):
     """What the proxy records about one ciphertext: the AAD scheme and the key version."""
 
     key_version: int

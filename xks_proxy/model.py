@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pybase64
@@ -51,8 +50,7 @@ _OPTIONAL_FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RequestMetadata:
+class RequestMetadata(NamedTuple):
     """The audit fields KMS sends with every request (xks-spec §3.1)."""
 
     kms_request_id: str
@@ -64,26 +62,22 @@ class RequestMetadata:
     aws_source_vpce: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HealthRequest:
+class HealthRequest(NamedTuple):
     metadata: RequestMetadata
 
 
-@dataclass(frozen=True, slots=True)
-class KeyMetadataRequest:
+class KeyMetadataRequest(NamedTuple):
     metadata: RequestMetadata
 
 
-@dataclass(frozen=True, slots=True)
-class EncryptRequest:
+class EncryptRequest(NamedTuple):
     metadata: RequestMetadata
     plaintext: bytes
     aad: bytes | None
     want_cdiv: bool
 
 
-@dataclass(frozen=True, slots=True)
-class DecryptRequest:
+class DecryptRequest(NamedTuple):
     metadata: RequestMetadata
     ciphertext: bytes
     ciphertext_metadata: bytes | None

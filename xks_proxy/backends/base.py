@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # XKS spec §4.1: keySpec for a 256-bit AES key; the only kind v1 supports.
 AES_256 = "AES_256"
@@ -34,8 +34,7 @@ class KeyInfo:
     enabled: bool
 
 
-@dataclass(frozen=True, slots=True)
-class SealedData:
+class SealedData(NamedTuple):
     """One AES-GCM result as XKS carries it: what Encrypt answers and Decrypt takes back
     (xks-spec §4.2, §4.3). ``ciphertext_metadata`` is the backend's own, bound into the AAD."""
 

@@ -121,7 +121,7 @@ class FakeBackend:
         if self._corrupt_encrypts:
             self._corrupt_encrypts -= 1
             tag = bytes([sealed.tag[0] ^ 0x01]) + sealed.tag[1:]
-            sealed = dataclasses.replace(sealed, tag=tag)
+            sealed = sealed._replace(tag=tag)
         return sealed
 
     async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:

@@ -16,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from xks_proxy.loop_lag import LoopLagMonitor
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.web.endpoint import XksEndpoint
-from xks_proxy.web.protocol import Handler, Shortcut
+from xks_proxy.web.protocol import AnswerHandler, Shortcut
 from xks_proxy.web.readiness import READINESS_KEY, Readiness, ping
+from xks_proxy.web.request import XksRequest
 
 LIVE_RUNTIME_KEY = web.AppKey("live_runtime", LiveRuntime)
 ENDPOINT_KEY = web.AppKey("xks_endpoint", XksEndpoint)
@@ -59,11 +60,11 @@ def xks_shortcut(app: web.Application) -> Shortcut:
     404). Only POSTs (the XKS API) are taken, and not one with ``Expect`` (the Application
     answers ``100 Continue`` first); anything else is routed as before.
     """
-    handle = app[ENDPOINT_KEY].handle
+    answer = app[ENDPOINT_KEY].answer
 
-    def shortcut(request: web.BaseRequest) -> Handler | None:
+    def shortcut(request: XksRequest) -> AnswerHandler | None:
         if request.method == "POST" and EXPECT not in request.headers:
-            return handle  # type: ignore[return-value]
+            return answer
         return None
 
     return shortcut

@@ -17,7 +17,6 @@ only while they are idle, and gives up after the drain period.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +25,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from xks_proxy.web.inline import InlineRequestHandler
 from xks_proxy.web.protocol import Shortcut, XksRequestHandler
+from xks_proxy.web.request import XksRequest
 from xks_proxy.web.tls import TlsState
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class XksConnection(asyncio.Protocol):
         self._transport.abort()  # type: ignore[attr-defined]
 
 
-def connection_of(request: web.Request) -> XksConnection | None:
+def connection_of(request: XksRequest) -> XksConnection | None:
     transport = request.transport
     protocol = transport.get_protocol() if transport is not None else None
     return protocol if isinstance(protocol, XksConnection) else None
@@ -292,8 +293,11 @@ class XksSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
 
+        # The XKS listener (the one with a shortcut) answers its usual requests inline.
+        kind = XksRequestHandler if self._shortcut is None else InlineRequestHandler
+
         def handler() -> RequestHandler:
-            return XksRequestHandler(
+            return kind(
                 server,
                 loop=loop,
                 on_protocol_error=self._on_protocol_error,
@@ -314,7 +318,7 @@ class XksSite(web.BaseSite):
         )
 
 
-def request_started(request: web.Request) -> XksConnection | None:
+def request_started(request: XksRequest) -> XksConnection | None:
     """Tell the request's connection that a request is running (every handler calls this;
     two plain calls cost less than an aiohttp middleware on the hot path)."""
     connection = connection_of(request)
@@ -323,11 +327,9 @@ def request_started(request: web.Request) -> XksConnection | None:
     return connection
 
 
-def request_finished(connection: XksConnection | None, response: web.StreamResponse) -> None:
-    """The request is answered; while draining, its connection closes after the answer."""
+def request_finished(connection: XksConnection | None) -> bool:
+    """The request is answered; True while draining: its connection closes after the answer."""
     if connection is None:
-        return
+        return False
     connection.request_finished()
-    if connection.draining:
-        with contextlib.suppress(RuntimeError):
-            response.force_close()
+    return connection.draining

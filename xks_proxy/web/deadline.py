@@ -7,45 +7,21 @@ the hot path. So the operation runs one step first; if it finishes there, that i
 If it suspends (a PKCS#11 call in a thread, an injected delay), the rest of it runs under
 ``asyncio.timeout_at`` with the deadline counted from the start, and overrunning raises
 ``TimeoutError`` as before.
+
+An operation can also start outside any task, in the inline answer path (web/inline.py). When
+it suspends there, ``within_deadline`` first yields once so that the rest of the request moves
+into a task, and arms the deadline in that task (counted from the start all the same).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from xks_proxy.web.stepping import NEXT_ITERATION, Resumed
+
 T = TypeVar("T")
-
-
-class _Resumed:
-    """Await the rest of a coroutine that has already run its first step and yielded
-    ``first``: what ``await`` does, resumed one step in."""
-
-    __slots__ = ("_coroutine", "_first")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: Any) -> None:
-        self._coroutine = coroutine
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coroutine, pending = self._coroutine, self._first
-        while True:
-            try:
-                sent = yield pending
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as error:  # cancellation from the task (the deadline too)
-                try:
-                    pending = coroutine.throw(error)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    pending = coroutine.send(sent)
-                except StopIteration as done:
-                    return done.value
 
 
 async def within_deadline(operation: Coroutine[Any, Any, T], seconds: float) -> T:
@@ -56,6 +32,11 @@ async def within_deadline(operation: Coroutine[Any, Any, T], seconds: float) -> 
     except StopIteration as done:
         result: T = done.value
         return result
+    if asyncio.current_task() is None:
+        # Started inside ``data_received`` (web/inline.py), where there is no task for a
+        # timeout to cancel: give the caller a bare yield, which it answers by moving the rest
+        # of the request into a task; the deadline still counts from the start.
+        await NEXT_ITERATION
     async with asyncio.timeout_at(deadline):
-        resumed: T = await _Resumed(operation, first)
+        resumed: T = await Resumed(operation, first)
         return resumed

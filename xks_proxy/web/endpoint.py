@@ -59,7 +59,8 @@ from xks_proxy.web import routing
 from xks_proxy.web.connection import request_finished, request_started
 from xks_proxy.web.deadline import within_deadline
 from xks_proxy.web.protocol import body_read, request_arrival
-from xks_proxy.web.responses import error_json, json_response
+from xks_proxy.web.request import XksRequest
+from xks_proxy.web.responses import Answer, error_answer, json_answer
 from xks_proxy.web.routing import GET_HEALTH_STATUS, Route, resolve
 
 log = logging.getLogger(__name__)
@@ -92,14 +93,14 @@ class AuditUnavailableError(InternalError):
 REFUSE = AUDIT_ON_FAILURE[1]
 
 
-def error_response(error: XksError) -> web.Response:
-    response = error_json(error)
+def answer_for(error: XksError) -> Answer:
+    answer = error_answer(error)
     if isinstance(error, MethodNotAllowedError):
-        response.headers["Allow"] = "POST"
+        answer.allow = "POST"
     if isinstance(error, BodyTooLargeError | BodyTimeoutError | BodyIncompleteError):
         # Part of the body may still be unread: the connection cannot carry another request.
-        response.force_close()
-    return response
+        answer.close = True
+    return answer
 
 
 def _too_large(cap: int) -> BodyTooLargeError:
@@ -107,7 +108,7 @@ def _too_large(cap: int) -> BodyTooLargeError:
     return BodyTooLargeError(f"The request body exceeds {cap} bytes.")
 
 
-async def read_capped_body(request: web.Request, cap: int, timeout: float) -> bytes:
+async def read_capped_body(request: XksRequest, cap: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > cap:
         raise _too_large(cap)
@@ -137,7 +138,7 @@ async def read_capped_body(request: web.Request, cap: int, timeout: float) -> by
 
 
 def authenticate(
-    store: KeyStore, request: web.Request, body: bytes, now: Callable[[], Any]
+    store: KeyStore, request: XksRequest, body: bytes, now: Callable[[], Any]
 ) -> sigv4.Credential:
     try:
         return sigv4.verify(
@@ -166,6 +167,11 @@ class XksEndpoint:
         return self._in_flight
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The Application's route (requests the shortcut does not take: GET, Expect...)."""
+        return (await self.answer(request)).response()
+
+    async def answer(self, request: XksRequest) -> Answer:
+        """Every XKS request's answer, whichever way it then leaves (web/inline.py)."""
         # One runtime for the whole request, even if a reload swaps it meanwhile.
         runtime = self._live.current
         started = request_arrival(request)
@@ -175,7 +181,7 @@ class XksEndpoint:
         self._in_flight += 1
         error: XksError | None = None
         try:
-            response = await self._handle(runtime, request, record)
+            answer = await self._handle(runtime, request, record)
         except XksError as raised:
             error = raised
         except asyncio.CancelledError:
@@ -191,13 +197,14 @@ class XksEndpoint:
         if error is not None:
             record.outcome = error.error_name
             record.authz_policies = error.audit_policies
-            response = error_response(error)
-        record.status = response.status
+            answer = answer_for(error)
+        record.status = answer.status
         withheld = self._account(runtime, record, started, error)
         if withheld is not None:
-            response = error_response(withheld)
-        request_finished(connection, response)
-        return response
+            answer = answer_for(withheld)
+        if request_finished(connection):
+            answer.close = True
+        return answer
 
     @staticmethod
     def _account(
@@ -226,8 +233,8 @@ class XksEndpoint:
         return withheld
 
     async def _handle(
-        self, runtime: ProxyRuntime, request: web.Request, record: AuditRecord
-    ) -> web.Response:
+        self, runtime: ProxyRuntime, request: XksRequest, record: AuditRecord
+    ) -> Answer:
         server = runtime.config.server
         route = resolve(runtime.key_stores, request.rel_url.raw_path)
         record.operation = route.operation
@@ -254,7 +261,7 @@ class XksEndpoint:
             if record.metadata is None:
                 # The request failed before its metadata was validated: audit what it says.
                 record.metadata = model.audit_metadata(document)
-        return json_response(result)
+        return json_answer(result)
 
     async def _operate(
         self, runtime: ProxyRuntime, route: Route, document: dict[str, Any], record: AuditRecord

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +41,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from xks_proxy.errors import InternalError, ValidationError, XksError
 from xks_proxy.throttled_log import ThrottledWarning
-from xks_proxy.web.responses import error_json
+from xks_proxy.web.request import XksRequest
+from xks_proxy.web.responses import Answer, error_json
 
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 0.25
@@ -55,14 +56,18 @@ class MalformedHttpError(ValidationError):
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# The XKS endpoint's entry: a coroutine function (web/inline.py runs its first step by hand).
+AnswerHandler = Callable[[XksRequest], Coroutine[Any, Any, Answer]]
 # Returns the handler for a request it takes, or None for the Application's routing.
-Shortcut = Callable[[web.BaseRequest], Handler | None]
+Shortcut = Callable[[XksRequest], AnswerHandler | None]
 
 
 def _with_shortcut(shortcut: Shortcut, routed: Handler) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        handler = shortcut(request)
-        return await (routed if handler is None else handler)(request)
+        taken = shortcut(request)
+        if taken is None:
+            return await routed(request)
+        return (await taken(request)).response()
 
     return handle
 
@@ -70,7 +75,7 @@ def _with_shortcut(shortcut: Shortcut, routed: Handler) -> Handler:
 class XksRequestHandler(RequestHandler):
     """aiohttp's request handler for one connection, with ``handle_error`` replaced."""
 
-    __slots__ = ("_first_byte_at", "_on_protocol_error")
+    __slots__ = ("_first_byte_at", "_on_protocol_error", "_shortcut")
 
     def __init__(
         self,
@@ -83,6 +88,7 @@ class XksRequestHandler(RequestHandler):
         super().__init__(manager, **options)
         self._on_protocol_error = on_protocol_error
         self._first_byte_at: float | None = None
+        self._shortcut = shortcut
         if shortcut is not None and self._request_handler is not None:
             self._request_handler = _with_shortcut(shortcut, self._request_handler)
 
@@ -133,14 +139,14 @@ class XksRequestHandler(RequestHandler):
         _failed.warn("the HTTP layer failed (%s)", name)
 
 
-def request_arrival(request: web.BaseRequest) -> float:
+def request_arrival(request: XksRequest) -> float:
     """When the request's first byte arrived (``perf_counter``), or now if unknown."""
     protocol = request.protocol
     arrived = protocol.take_first_byte_time() if isinstance(protocol, XksRequestHandler) else None
     return time.perf_counter() if arrived is None else arrived
 
 
-def body_read(request: web.BaseRequest) -> None:
+def body_read(request: XksRequest) -> None:
     """The request's body is in: bytes that arrive from now on belong to the next request."""
     protocol = request.protocol
     if isinstance(protocol, XksRequestHandler):

@@ -55,5 +55,6 @@ async def ping(request: web.Request) -> web.Response:
         response = web.Response(text="pong\n")
     else:
         response = web.Response(status=503, text=f"{reason}\n")
-    request_finished(connection, response)
+    if request_finished(connection):
+        response.force_close()
     return response

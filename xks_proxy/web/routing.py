@@ -8,7 +8,7 @@ decides which credentials apply.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from xks_proxy.errors import InvalidUriPathError
 from xks_proxy.service import KeyStore
@@ -20,8 +20,7 @@ GET_HEALTH_STATUS = "GetHealthStatus"
 _KEY_OPERATIONS = {"metadata": GET_KEY_METADATA, "encrypt": ENCRYPT, "decrypt": DECRYPT}
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     key_store: KeyStore
     operation: str
     # As it appeared in the path; validated later, after authentication.
