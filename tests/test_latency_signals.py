@@ -6,6 +6,7 @@ signal shows at least that wait."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +193,28 @@ def test_cancelling_the_caller_cancels_the_operation() -> None:
         assert cancelled.is_set()
 
     asyncio.run(scenario())
+
+
+def test_gc_pauses_are_timed_by_generation() -> None:
+    from xks_proxy.gc_pauses import GcPauseMonitor
+
+    seen: list[tuple[int, float]] = []
+    monitor = GcPauseMonitor(lambda generation, seconds: seen.append((generation, seconds)))
+    monitor.start()
+    monitor.start()  # once only, however often started
+    try:
+        gc.collect()
+    finally:
+        monitor.stop()
+    assert [generation for generation, _ in seen] == [2]
+    assert seen[0][1] >= 0
+    gc.collect()
+    assert len(seen) == 1, "a stopped monitor observes nothing"
+
+
+def test_the_proxy_exports_its_gc_pauses(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path)
+    with ProxyProcess(deployment.config_path) as proxy:
+        text = metrics_text(proxy)
+    assert "# TYPE xks_gc_pause_seconds histogram" in text
+    assert 'xks_gc_pause_seconds_count{generation="2"}' in text

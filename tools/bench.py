@@ -299,6 +299,16 @@ def scrape(port: int) -> dict[str, dict[float, float]]:
     return buckets
 
 
+_FULL_GC = re.compile(r'^xks_gc_pause_seconds_(count|sum)\{generation="2"\} ([0-9.e+-]+)$', re.M)
+
+
+def full_collections(port: int) -> tuple[float, float]:
+    """How many full (generation-2) collections the proxy has made, and their total seconds."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
+    found = dict(_FULL_GC.findall(text))
+    return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
 def _quantile(buckets: dict[float, float], q: float) -> float | None:
     """Prometheus's histogram_quantile on cumulative buckets (linear within a bucket)."""
     bounds = sorted(buckets)
@@ -532,7 +542,7 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
             f"| {rate} | {result['achieved_rate']} | {latency['p50']} | {latency['p99']} | "
             f"{latency['p99.9']} | {latency['max']} | {result['over_250ms_share'] * 100:.3f} % "
             f"| {result['errors'] or 'none'} | {proxy.get('request_p99_ms', '-')} "
-            f"| {proxy.get('loop_lag_p99_ms', '-')} | {_generator_cell(result)} |"
+            f"| {proxy.get('loop_lag_p99_ms', '-')}{_gc_note(proxy)} | {_generator_cell(result)} |"
         )
     memory = data["memory"]
     lines += [
@@ -549,7 +559,9 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         f"process was saturated ({GENERATOR_SATURATION}) was measured again with "
         f"{GENERATOR_PROCESSES} processes, and that row is shown, the one-process p99 after "
         "the arrow. Generator processes run on the cores the proxy does not use "
-        f"({generator_cores()} here): on two cores they share one.",
+        f"({generator_cores()} here): on two cores they share one. Beside the loop lag: the "
+        "proxy's full garbage collections during the run and their total pause "
+        "(`xks_gc_pause_seconds`).",
         "",
         "![latency percentiles against offered rate](latency.png)",
         "",
@@ -568,6 +580,12 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
 GENERATOR_SATURATION = (
     f"≥ {SATURATED_CPU_SHARE:.0%} of a core, or sending more than {LATE_SEND_MS:g} ms late at p99"
 )
+
+
+def _gc_note(proxy: dict[str, Any]) -> str:
+    """The proxy's full collections during the run (their pauses stop its loop)."""
+    full = proxy.get("gc_full")
+    return f" (GC gen 2: {full['count']}, {full['ms']} ms)" if full else ""
 
 
 def _generator_cell(result: dict[str, Any]) -> str:
@@ -779,9 +797,12 @@ def workers_section(work: Path, options: argparse.Namespace, data: dict[str, Any
 def measured_rate(port: int, target: XksTarget, cacert: Path, rate: int, seconds: int,
                   kms: Path, metrics_port: int, processes: int = 1) -> dict[str, Any]:  # fmt: skip
     """One open-loop run, with the proxy's own histograms over the same run beside it."""
-    before = scrape(metrics_port)
+    before, collections = scrape(metrics_port), full_collections(metrics_port)
     result = open_loop(port, target, cacert, rate, seconds, kms, processes)
     result["proxy"] = proxy_figures(before, scrape(metrics_port))
+    count, seconds_spent = (b - a for a, b in zip(collections, full_collections(metrics_port),
+                                                   strict=True))  # fmt: skip
+    result["proxy"]["gc_full"] = {"count": int(count), "ms": round(seconds_spent * 1000, 2)}
     return result
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.hdrs import EXPECT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from xks_proxy.gc_pauses import GcPauseMonitor
 from xks_proxy.loop_lag import LoopLagMonitor
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.web.endpoint import XksEndpoint
@@ -30,7 +31,10 @@ async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
     # Metrics live across reloads, so one monitor serves every runtime.
     lag = LoopLagMonitor(live.current.metrics.tick)
     lag.start()
+    pauses = GcPauseMonitor(live.current.metrics.gc_pause)
+    pauses.start()
     yield
+    pauses.stop()
     lag.stop()
     await live.close()
 
