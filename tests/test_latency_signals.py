@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +220,25 @@ def test_the_proxy_exports_its_gc_pauses(tmp_path: Path) -> None:
         text = metrics_text(proxy)
     assert "# TYPE xks_gc_pause_seconds histogram" in text
     assert 'xks_gc_pause_seconds_count{generation="2"}' in text
+
+
+async def test_a_scrape_is_rendered_off_the_event_loop(aiohttp_client: Any) -> None:
+    """Rendering every series takes milliseconds of pure Python: not on the serving loop."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    from xks_proxy.web.app import create_metrics_app
+
+    rendered_on: list[int] = []
+
+    class WhereCollected:
+        def collect(self) -> Any:
+            rendered_on.append(threading.get_ident())
+            yield GaugeMetricFamily("xks_test_where", "the collecting thread", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(WhereCollected())
+    client = await aiohttp_client(create_metrics_app(registry))
+    response = await client.get("/metrics")
+    assert response.status == 200 and "xks_test_where 1.0" in await response.text()
+    assert rendered_on and threading.get_ident() not in rendered_on
