@@ -135,3 +135,18 @@ async def test_the_report_carries_the_generator_figures() -> None:
     generator = results.summary()["generator"]
     assert generator["processes"] == 1 and 0 < generator["cpu_utilisation"] <= 1.5
     assert set(generator["send_lag_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+
+
+def test_the_text_report_says_what_to_do_about_a_saturated_generator() -> None:
+    from xks_proxy.loadtest.command import _generator_line
+
+    busy = Results(latencies_ms=[1.0] * 10, send_lag_ms=[0.1] * 10)
+    busy.add_cpu(0.95, 1.0)
+    assert "add --processes" in _generator_line(busy.generator())
+    late = Results(latencies_ms=[1.0] * 10, send_lag_ms=[50.0] * 10)
+    late.add_cpu(0.1, 1.0)
+    text = _generator_line(late.generator())
+    assert "SATURATED (sent late" in text and "other work on its core" in text
+    fine = Results(latencies_ms=[1.0] * 10, send_lag_ms=[0.1] * 10)
+    fine.add_cpu(0.1, 1.0)
+    assert "SATURATED" not in _generator_line(fine.generator())

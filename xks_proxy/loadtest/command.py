@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xks_proxy.loadtest.runner import LoadSpec, freeze_start_up_objects, run
+from xks_proxy.loadtest.stats import SATURATED_CPU_SHARE
 from xks_proxy.loadtest.workload import KMS_OPERATIONS, KmsTarget, XksTarget, parse_mix
 from xks_proxy.sigv4 import Credential
 
@@ -158,9 +159,13 @@ def _generator_line(generator: dict[str, Any]) -> str:
         f"{generator['loop_lag_ms']['p99']} ms"
     )
     if generator["saturated"]:
+        remedy = (
+            "add --processes (on cores the target does not use)"
+            if generator["cpu_utilisation"] >= SATURATED_CPU_SHARE
+            else "its CPU share was low, so other work on its core delayed it"
+        )
         line += (f"\n              SATURATED ({'; '.join(generator['saturated_by'])}): the "
-                 "generator's queue is in these latencies; add --processes (on cores the target "
-                 "does not use)")  # fmt: skip
+                 f"generator's own delay is in these latencies; {remedy}")  # fmt: skip
     return line
 
 
