@@ -555,8 +555,9 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         "compete for the same two cores; when even the lowest rate is not achieved, the rows "
         "measure the machine, not the proxy, and the proxy's own p99 and loop lag say so. "
         "The generator column gives its processes, the CPU share of a core its busiest process "
-        "used, and how late it sent (p99 after the due time); a rate where one generator "
-        f"process was saturated ({GENERATOR_SATURATION}) was measured again with "
+        "used, and how late it sent (p99 after the due time), SATURATED when it used "
+        f"{GENERATOR_SATURATION}; a rate where one generator process used "
+        f"{SATURATED_CPU_SHARE:.0%} of its core or more was measured again with "
         f"{GENERATOR_PROCESSES} processes, and that row is shown, the one-process p99 after "
         "the arrow. Generator processes run on the cores the proxy does not use "
         f"({generator_cores()} here): on two cores they share one. Beside the loop lag: the "
@@ -822,9 +823,11 @@ def latency_section(work: Path, options: argparse.Namespace, data: dict[str, Any
             print(f"open loop at {rate}/s …", file=sys.stderr)
             result = measured_rate(proxy.port, target, cacert, rate, options.latency_seconds,
                                    kms, metrics_port)  # fmt: skip
-            if result["generator"]["saturated"]:
+            if result["generator"]["cpu_utilisation"] >= SATURATED_CPU_SHARE:
                 # The generator's queue is in these figures: measure again with more generator
-                # processes and keep that row; the one-process figures stay beside it.
+                # processes and keep that row; the one-process figures stay beside it. (Late
+                # sending with a low CPU share is the machine's doing: more processes on the
+                # same core would not help, and the row says SATURATED instead.)
                 why = "; ".join(result["generator"]["saturated_by"])
                 print(f"  generator saturated ({why}), again with {GENERATOR_PROCESSES} "
                       "processes …", file=sys.stderr)  # fmt: skip
