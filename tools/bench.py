@@ -558,10 +558,10 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         "used, and how late it sent (p99 after the due time), SATURATED when it used "
         f"{GENERATOR_SATURATION}; a rate where one generator process used "
         f"{SATURATED_CPU_SHARE:.0%} of its core or more was measured again with "
-        f"{GENERATOR_PROCESSES} processes, and that row is shown, the one-process p99 after "
-        "the arrow. Generator processes run on the cores the proxy does not use "
-        f"({generator_cores()} here): on two cores they share one. Beside the loop lag: the "
-        "proxy's full garbage collections during the run and their total pause "
+        f"{GENERATOR_PROCESSES} processes, and that row is shown (in brackets the one-process "
+        "run, its p99 before the arrow). Generator processes run on the cores the proxy does "
+        f"not use ({generator_cores()} here): on two cores they share one. Beside the loop "
+        "lag: the proxy's full garbage collections during the run and their total pause "
         "(`xks_gc_pause_seconds`).",
         "",
         "![latency percentiles against offered rate](latency.png)",
@@ -579,7 +579,7 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
 
 
 GENERATOR_SATURATION = (
-    f"≥ {SATURATED_CPU_SHARE:.0%} of a core, or sending more than {LATE_SEND_MS:g} ms late at p99"
+    f"≥ {SATURATED_CPU_SHARE:.0%} of a core or sent more than {LATE_SEND_MS:g} ms late at p99"
 )
 
 
