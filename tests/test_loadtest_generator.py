@@ -4,14 +4,19 @@ replayed, and the figures that tell a generator stall from a server stall."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from xks_proxy.loadtest.runner import LoadSpec, PreparedRequests, run_process
+from tests.conftest import KEY_BOTH, make_deployment
+from tests.proxy_process import ProxyProcess, add_tls
+from xks_proxy.loadtest.runner import LoadSpec, PreparedRequests, run, run_process
 from xks_proxy.loadtest.stats import LATE_SEND_MS, SATURATED_CPU_SHARE, Results
-from xks_proxy.loadtest.workload import XksTarget, XksWorkload
+from xks_proxy.loadtest.workload import XksTarget, XksWorkload, parse_mix
 from xks_proxy.sigv4 import Credential
 
 
@@ -150,3 +155,21 @@ def test_the_text_report_says_what_to_do_about_a_saturated_generator() -> None:
     fine = Results(latencies_ms=[1.0] * 10, send_lag_ms=[0.1] * 10)
     fine.add_cpu(0.1, 1.0)
     assert "SATURATED" not in _generator_line(fine.generator())
+
+
+def test_over_tls_and_with_a_certificate_it_does_not_trust(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path)
+    add_tls(deployment.config_path)
+    store = deployment.config.key_stores[0]
+    with ProxyProcess(deployment.config_path) as proxy:
+        target = XksTarget(f"https://localhost:{proxy.port}", store.uri_path, store.region,
+                           store.credentials[0], KEY_BOTH)  # fmt: skip
+        spec = LoadSpec(target=target, mix=parse_mix("encrypt=1,decrypt=1"), rate=50,
+                        duration=1, connections=4, cacert=str(tmp_path / "ca.pem"))  # fmt: skip
+        summary = run(spec).summary()
+        assert summary["completed"] == 50 and summary["errors"] == {}
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        refused = run(replace(spec, cacert=str(other), duration=0.2, mix=[("health", 1)]))
+        refused_summary = refused.summary()
+    assert refused_summary["errors"] == {"ClientConnectorError": 10}
