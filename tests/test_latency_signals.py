@@ -6,9 +6,12 @@ signal shows at least that wait."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,3 +195,50 @@ def test_cancelling_the_caller_cancels_the_operation() -> None:
         assert cancelled.is_set()
 
     asyncio.run(scenario())
+
+
+def test_gc_pauses_are_timed_by_generation() -> None:
+    from xks_proxy.gc_pauses import GcPauseMonitor
+
+    seen: list[tuple[int, float]] = []
+    monitor = GcPauseMonitor(lambda generation, seconds: seen.append((generation, seconds)))
+    monitor.start()
+    monitor.start()  # once only, however often started
+    try:
+        gc.collect()
+    finally:
+        monitor.stop()
+    assert [generation for generation, _ in seen] == [2]
+    assert seen[0][1] >= 0
+    gc.collect()
+    assert len(seen) == 1, "a stopped monitor observes nothing"
+
+
+def test_the_proxy_exports_its_gc_pauses(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path)
+    with ProxyProcess(deployment.config_path) as proxy:
+        text = metrics_text(proxy)
+    assert "# TYPE xks_gc_pause_seconds histogram" in text
+    assert 'xks_gc_pause_seconds_count{generation="2"}' in text
+
+
+async def test_a_scrape_is_rendered_off_the_event_loop(aiohttp_client: Any) -> None:
+    """Rendering every series takes milliseconds of pure Python: not on the serving loop."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    from xks_proxy.web.app import create_metrics_app
+
+    rendered_on: list[int] = []
+
+    class WhereCollected:
+        def collect(self) -> Any:
+            rendered_on.append(threading.get_ident())
+            yield GaugeMetricFamily("xks_test_where", "the collecting thread", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(WhereCollected())
+    client = await aiohttp_client(create_metrics_app(registry))
+    response = await client.get("/metrics")
+    assert response.status == 200 and "xks_test_where 1.0" in await response.text()
+    assert rendered_on and threading.get_ident() not in rendered_on

@@ -146,6 +146,7 @@ def test_processes_share_the_schedule(software_deployment: Deployment) -> None:
                         mix=[("health", 1)], rate=100, duration=1, processes=2)  # fmt: skip
         summary = run(spec).summary()
     assert summary["scheduled"] == summary["completed"] == 100 and summary["errors"] == {}
+    assert summary["generator"]["processes"] == 2, "each child reports its own CPU"
 
 
 def test_command_line_json_and_slo_exit_code(
@@ -180,6 +181,9 @@ def test_command_line_json_and_slo_exit_code(
         code, report = loadtest("--slo-p99-ms", "5000", "--max-error-rate", "0")
         assert code == 0 and report["completed"] == 50 and report["slo_missed"] == []
         assert set(report["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+        assert {"cpu_utilisation", "send_lag_ms", "loop_lag_ms", "saturated"} <= set(
+            report["generator"]
+        )
         code, report = loadtest("--slo-p99-ms", "0.001")
         assert code == 1 and report["slo_missed"][0].startswith("p99")
         code, report = loadtest("--mix", "metadata", "--key-id", "key-missing",
@@ -188,3 +192,6 @@ def test_command_line_json_and_slo_exit_code(
     usage = subprocess.run([XKS_PROXY, "loadtest", "--url", "http://x"], capture_output=True,
                            text=True, check=False)  # fmt: skip
     assert usage.returncode == 2 and "--kms-config" in usage.stderr
+    help_text = subprocess.run([XKS_PROXY, "loadtest", "--help"], capture_output=True,
+                               text=True, check=True).stdout  # fmt: skip
+    assert "signed once a second" in " ".join(help_text.split())

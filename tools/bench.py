@@ -40,6 +40,7 @@ from tools.micro_ab import rows as micro_rows
 from tools.micro_ab import table as micro_table
 from tools.stages import STAGES, with_framework
 from tools.stages import measure as measure_stages
+from xks_proxy.loadtest.stats import LATE_SEND_MS, SATURATED_CPU_SHARE
 from xks_proxy.loadtest.workload import XksTarget, XksWorkload
 from xks_proxy.sigv4 import Credential
 
@@ -49,13 +50,23 @@ OPERATIONS = ("encrypt", "decrypt", "metadata", "health")
 NAMES = {"encrypt": "Encrypt", "decrypt": "Decrypt", "metadata": "GetKeyMetadata",
          "health": "GetHealthStatus"}  # fmt: skip
 RATES = (450, 900, 1800)
+# Generator processes for a rate that one saturated (xks_proxy/loadtest/stats.py says when).
+GENERATOR_PROCESSES = 2
 KEY_ID = "key-both"
 
 
-def pinned(core: int, command: list[str]) -> list[str]:
+def pinned(core: int | str, command: list[str]) -> list[str]:
+    """``core``: one core, or a taskset list such as ``1-3``."""
     if os.cpu_count() and os.cpu_count() >= 2 and shutil.which("taskset"):  # type: ignore[operator]
         return ["taskset", "-c", str(core), *command]
     return command
+
+
+def generator_cores() -> str:
+    """Every core but the server's (core 0): on two cores, all generator processes share
+    core 1, so more of them help only when one process's loop, not the core, is the limit."""
+    count = os.cpu_count() or 1
+    return "1" if count <= 2 else f"1-{count - 1}"
 
 
 def free_port() -> int:
@@ -235,12 +246,13 @@ def requests_for(target: XksTarget, port: int, directory: Path, tag: str) -> dic
 
 
 def open_loop(port: int, target: XksTarget, cacert: Path, rate: int, seconds: int,
-              kms: Path) -> dict[str, Any]:  # fmt: skip
+              kms: Path, processes: int = 1) -> dict[str, Any]:  # fmt: skip
     result = subprocess.run(
-        pinned(1, [str(BIN / "xks-proxy"), "loadtest", "--url", f"https://127.0.0.1:{port}",
-                   "--kms-config", str(kms), "--key-id", target.key_id, "--rate", str(rate),
-                   "--duration", str(seconds), "--connections", "64", "--cacert", str(cacert),
-                   "--json"]),
+        pinned(generator_cores(), [
+            str(BIN / "xks-proxy"), "loadtest", "--url", f"https://127.0.0.1:{port}",
+            "--kms-config", str(kms), "--key-id", target.key_id, "--rate", str(rate),
+            "--duration", str(seconds), "--connections", "64", "--cacert", str(cacert),
+            "--processes", str(processes), "--json"]),
         capture_output=True, text=True, timeout=seconds + 120, check=False,
     )  # fmt: skip
     report: dict[str, Any] = json.loads(result.stdout)
@@ -268,7 +280,8 @@ _BUCKET = re.compile(r'^(xks_request_duration_seconds|xks_event_loop_lag_seconds
 def scrape(port: int) -> dict[str, dict[float, float]]:
     """Cumulative bucket counts of the request-duration (successful Encrypt) and loop-lag
     histograms, by upper bound."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    # A proxy still draining an overloaded run can take its time to answer on a busy machine.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
     buckets: dict[str, dict[float, float]] = {"request": {}, "lag": {}}
     for line in text.splitlines():
         match = _BUCKET.match(line)
@@ -284,6 +297,16 @@ def scrape(port: int) -> dict[str, dict[float, float]]:
             continue
         buckets[kind][bound] = buckets[kind].get(bound, 0) + float(count)
     return buckets
+
+
+_FULL_GC = re.compile(r'^xks_gc_pause_seconds_(count|sum)\{generation="2"\} ([0-9.e+-]+)$', re.M)
+
+
+def full_collections(port: int) -> tuple[float, float]:
+    """How many full (generation-2) collections the proxy has made, and their total seconds."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
+    found = dict(_FULL_GC.findall(text))
+    return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
 def _quantile(buckets: dict[float, float], q: float) -> float | None:
@@ -509,8 +532,8 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         "## Open-loop latency (TLS 1.3, keep-alive, Encrypt 4 KiB, `xks-proxy loadtest`)",
         "",
         "| offered req/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | over 250 ms | errors "
-        "| proxy p99 ms (from first byte) | loop lag p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| proxy p99 ms (from first byte) | loop lag p99 ms | generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate, result in data["latency"].items():
         latency = result["latency_ms"]
@@ -519,7 +542,7 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
             f"| {rate} | {result['achieved_rate']} | {latency['p50']} | {latency['p99']} | "
             f"{latency['p99.9']} | {latency['max']} | {result['over_250ms_share'] * 100:.3f} % "
             f"| {result['errors'] or 'none'} | {proxy.get('request_p99_ms', '-')} "
-            f"| {proxy.get('loop_lag_p99_ms', '-')} |"
+            f"| {proxy.get('loop_lag_p99_ms', '-')}{_gc_note(proxy)} | {_generator_cell(result)} |"
         )
     memory = data["memory"]
     lines += [
@@ -530,7 +553,16 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         "run, bucket-interpolated. Target at 1,800 req/s: p99 ≤ 5 ms, p99.9 ≤ 20 ms, nothing "
         "over 250 ms, no error. On a machine shared with other work the generator and the proxy "
         "compete for the same two cores; when even the lowest rate is not achieved, the rows "
-        "measure the machine, not the proxy, and the proxy's own p99 and loop lag say so.",
+        "measure the machine, not the proxy, and the proxy's own p99 and loop lag say so. "
+        "The generator column gives its processes, the CPU share of a core its busiest process "
+        "used, and how late it sent (p99 after the due time), SATURATED when it used "
+        f"{GENERATOR_SATURATION}; a rate where one generator process used "
+        f"{SATURATED_CPU_SHARE:.0%} of its core or more was measured again with "
+        f"{GENERATOR_PROCESSES} processes, and that row is shown (in brackets the one-process "
+        "run, its p99 before the arrow). Generator processes run on the cores the proxy does "
+        f"not use ({generator_cores()} here): on two cores they share one. Beside the loop "
+        "lag: the proxy's full garbage collections during the run and their total pause "
+        "(`xks_gc_pause_seconds`).",
         "",
         "![latency percentiles against offered rate](latency.png)",
         "",
@@ -544,6 +576,35 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+GENERATOR_SATURATION = (
+    f"≥ {SATURATED_CPU_SHARE:.0%} of a core or sent more than {LATE_SEND_MS:g} ms late at p99"
+)
+
+
+def _gc_note(proxy: dict[str, Any]) -> str:
+    """The proxy's full collections during the run (their pauses stop its loop)."""
+    full = proxy.get("gc_full")
+    return f" (GC gen 2: {full['count']}, {full['ms']} ms)" if full else ""
+
+
+def _generator_cell(result: dict[str, Any]) -> str:
+    """Processes, the busiest one's CPU share, send lag p99; and the one-process run when the
+    row was measured again with more processes."""
+    generator = result.get("generator")
+    if generator is None:  # a report from before the generator measured itself
+        return "-"
+    cell = (f"{generator['processes']} × {generator['cpu_utilisation'] * 100:.0f} % CPU, "
+            f"sent +{generator['send_lag_ms']['p99']} ms")  # fmt: skip
+    single = result.get("one_process")
+    if single is not None:
+        one = single["generator"]
+        before, after = single["latency_ms"]["p99"], result["latency_ms"]["p99"]
+        cell += f" (1 process: {one['cpu_utilisation'] * 100:.0f} % CPU, p99 {before} → {after} ms)"
+    elif generator["saturated"]:
+        cell += " SATURATED"
+    return cell
 
 
 # Measured once, before and after the hot-path work, with this tool (each pair in one run).
@@ -741,6 +802,18 @@ def workers_section(work: Path, options: argparse.Namespace, data: dict[str, Any
             proxy.stop()
 
 
+def measured_rate(port: int, target: XksTarget, cacert: Path, rate: int, seconds: int,
+                  kms: Path, metrics_port: int, processes: int = 1) -> dict[str, Any]:  # fmt: skip
+    """One open-loop run, with the proxy's own histograms over the same run beside it."""
+    before, collections = scrape(metrics_port), full_collections(metrics_port)
+    result = open_loop(port, target, cacert, rate, seconds, kms, processes)
+    result["proxy"] = proxy_figures(before, scrape(metrics_port))
+    count, seconds_spent = (b - a for a, b in zip(collections, full_collections(metrics_port),
+                                                   strict=True))  # fmt: skip
+    result["proxy"]["gc_full"] = {"count": int(count), "ms": round(seconds_spent * 1000, 2)}
+    return result
+
+
 def latency_section(work: Path, options: argparse.Namespace, data: dict[str, Any]) -> None:
     config, target = deployment(work / "tls", "--tls")
     kms = work / "tls" / "kms.json"
@@ -755,9 +828,20 @@ def latency_section(work: Path, options: argparse.Namespace, data: dict[str, Any
     try:
         for rate in RATES:
             print(f"open loop at {rate}/s …", file=sys.stderr)
-            before = scrape(metrics_port)
-            result = open_loop(proxy.port, target, cacert, rate, options.latency_seconds, kms)
-            result["proxy"] = proxy_figures(before, scrape(metrics_port))
+            result = measured_rate(proxy.port, target, cacert, rate, options.latency_seconds,
+                                   kms, metrics_port)  # fmt: skip
+            if result["generator"]["cpu_utilisation"] >= SATURATED_CPU_SHARE:
+                # The generator's queue is in these figures: measure again with more generator
+                # processes and keep that row; the one-process figures stay beside it. (Late
+                # sending with a low CPU share is the machine's doing: more processes on the
+                # same core would not help, and the row says SATURATED instead.)
+                why = "; ".join(result["generator"]["saturated_by"])
+                print(f"  generator saturated ({why}), again with {GENERATOR_PROCESSES} "
+                      "processes …", file=sys.stderr)  # fmt: skip
+                more = measured_rate(proxy.port, target, cacert, rate, options.latency_seconds,
+                                     kms, metrics_port, GENERATOR_PROCESSES)  # fmt: skip
+                more["one_process"] = {k: result[k] for k in ("latency_ms", "generator")}
+                result = more
             data["latency"][rate] = result
         memory["peak_kib"] = proxy.rss_kib()[1]
         memory["soak_before_kib"] = proxy.rss_kib()[0]

@@ -914,8 +914,9 @@ def build_parser() -> argparse.ArgumentParser:
     load = commands.add_parser(
         "loadtest", help="open-loop load test of an XKS proxy (signed requests, latency report)"
     )
-    from xks_proxy.loadtest.command import add_arguments
+    from xks_proxy.loadtest.command import DESCRIPTION, add_arguments
 
+    load.description = DESCRIPTION
     add_arguments(load)
     load.set_defaults(func=cmd_loadtest)
 

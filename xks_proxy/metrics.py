@@ -75,6 +75,15 @@ class ProxyMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        gc_pause = Histogram(
+            "xks_gc_pause_seconds",
+            "How long each garbage collection stopped the worker (its event loop), by "
+            "generation (2: a full collection).",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._gc_pauses = [gc_pause.labels(str(generation)) for generation in range(3)]
         self.errors = Counter(
             "xks_errors",
             "Error responses by errorName and by whether KMS retries them (xks-spec 7.3).",
@@ -205,6 +214,10 @@ class ProxyMetrics:
         self.event_loop_lag.observe(loop_lag)
         if self._in_flight_source is not None:
             self.in_flight.set(self._in_flight_source())
+
+    def gc_pause(self, generation: int, seconds: float) -> None:
+        """Called by the GC pause monitor after each collection."""
+        self._gc_pauses[generation].observe(seconds)
 
     def count_reload(self, result: str) -> None:
         if self.counts_reloads:

@@ -1,4 +1,11 @@
-"""``xks-proxy loadtest``: arguments, the run, the report and the SLO verdict."""
+"""``xks-proxy loadtest``: arguments, the run, the report and the SLO verdict.
+
+Each operation's request is signed once a second (X-Amz-Date's resolution) and replayed within
+that second; a proxy accepts a signature for five minutes (xks-spec §6.2), so every request is
+one the proxy verifies in full, at a signing cost to the generator of a few per second. The
+report gives the generator's own CPU share, send lag and loop lag beside the latencies, and says
+when the generator was saturated (then its queue is in the latencies: add ``--processes``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xks_proxy.loadtest.runner import LoadSpec, run
+from xks_proxy.loadtest.runner import LoadSpec, freeze_start_up_objects, run
+from xks_proxy.loadtest.stats import SATURATED_CPU_SHARE
 from xks_proxy.loadtest.workload import KMS_OPERATIONS, KmsTarget, XksTarget, parse_mix
 from xks_proxy.sigv4 import Credential
 
 EXIT_SLO_MISSED = 1
+
+
+DESCRIPTION = (
+    "Open-loop load test: requests leave on a fixed schedule and latency is measured from each "
+    "request's scheduled time. Each operation's request is signed once a second and replayed "
+    "within it (a signature is valid for 5 minutes). The report includes the generator's CPU "
+    "share, send lag and loop lag, and says when the generator, not the target, was the limit."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10, help="seconds")
     parser.add_argument("--connections", type=int, default=32, help="at most this many at once")
     parser.add_argument("--processes", type=int, default=1,
-                        help="generator processes sharing the rate")  # fmt: skip
+                        help="generator processes sharing the rate (when the report says the "
+                        "generator was saturated)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=10, help="per request, seconds")
     parser.add_argument("--cacert", help="CA bundle that signed the proxy's certificate")
     parser.add_argument("--insecure", action="store_true", help="do not verify the certificate")
@@ -129,12 +146,32 @@ def render(summary: dict[str, Any], spec: LoadSpec) -> str:
         "              " + "  ".join(f"{k}={v}" for k, v in latency.items()),
         f"over 250 ms   {summary['over_250ms_share'] * 100:.3f} %",
         f"errors        {summary['errors'] or 'none'} (rate {summary['error_rate']})",
+        _generator_line(summary["generator"]),
     ]
     return "\n".join(lines)
 
 
+def _generator_line(generator: dict[str, Any]) -> str:
+    line = (
+        f"generator     {generator['cpu_utilisation'] * 100:.0f} % of a core (busiest of "
+        f"{generator['processes']} process(es), {generator['cpu_us_per_request']} µs/request), "
+        f"send lag p99 {generator['send_lag_ms']['p99']} ms, loop lag p99 "
+        f"{generator['loop_lag_ms']['p99']} ms"
+    )
+    if generator["saturated"]:
+        remedy = (
+            "add --processes (on cores the target does not use)"
+            if generator["cpu_utilisation"] >= SATURATED_CPU_SHARE
+            else "its CPU share was low, so other work on its core delayed it"
+        )
+        line += (f"\n              SATURATED ({'; '.join(generator['saturated_by'])}): the "
+                 f"generator's own delay is in these latencies; {remedy}")  # fmt: skip
+    return line
+
+
 def main(args: argparse.Namespace) -> int:
     spec = spec_from(args)
+    freeze_start_up_objects()
     summary = run(spec).summary()
     missed = verdict(summary, args)
     if args.json:

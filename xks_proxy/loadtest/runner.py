@@ -6,11 +6,19 @@ it (coordinated omission): every request that should have gone out during a stal
 stall in its latency. Requests beyond the connection limit wait in the client's queue, and that
 wait counts too. Several processes can share one rate when one core cannot generate it: each
 takes every N-th slot of the same schedule, from a common wall-clock start.
+
+The generator watches itself, so that its own stall is not read as the server's: the CPU it
+used (a share of one core), how late each request left against its due time (``send_lag``),
+and its own event-loop lag. Each operation's request is signed once a second (the resolution
+of X-Amz-Date) and its bytes replayed within that second (a proxy accepts a signature for five
+minutes, xks-spec §6.2), and the client is a lean keep-alive one (``client``), so a request
+costs the generator a small fraction of what it costs the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import ssl
 import sys
@@ -19,9 +27,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-
+from xks_proxy.loadtest.client import ClientError, HttpClient, request_bytes
 from xks_proxy.loadtest.stats import Results, percentile
 from xks_proxy.loadtest.workload import (
     KmsTarget,
@@ -30,6 +38,10 @@ from xks_proxy.loadtest.workload import (
     XksWorkload,
     schedule,
 )
+from xks_proxy.loop_lag import LoopLagMonitor
+
+# How often the generator samples its own event-loop lag (a timer: cheap at this rate).
+LOOP_LAG_INTERVAL_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -54,9 +66,9 @@ class LoadSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def ssl_context(spec: LoadSpec) -> ssl.SSLContext | bool:
+def ssl_context(spec: LoadSpec) -> ssl.SSLContext | None:
     if not spec.target.url.startswith("https://"):
-        return False
+        return None
     context = ssl.create_default_context(cafile=spec.cacert)
     if spec.insecure:
         context.check_hostname = False
@@ -66,19 +78,35 @@ def ssl_context(spec: LoadSpec) -> ssl.SSLContext | bool:
     return context
 
 
-async def _error_name(response: aiohttp.ClientResponse, body: bytes) -> str:
+def _error_name(status: int, body: bytes) -> str:
     """The XKS errorName, or the KMS ``__type``, or the HTTP status."""
     try:
         document = json.loads(body)
         return str(document.get("errorName") or document["__type"])
     except (ValueError, KeyError, TypeError, AttributeError):
-        return f"HTTP {response.status}"
+        return f"HTTP {status}"
 
 
 def workload_for(spec: LoadSpec) -> XksWorkload | KmsWorkload:
     if isinstance(spec.target, KmsTarget):
         return KmsWorkload(spec.target, spec.plaintext_bytes)
     return XksWorkload(spec.target, spec.plaintext_bytes, spec.aad_bytes)
+
+
+class PreparedRequests:
+    """Each operation's request as bytes, built again only when the workload signs it again."""
+
+    def __init__(self, workload: XksWorkload | KmsWorkload) -> None:
+        self._workload = workload
+        self._built: dict[str, tuple[dict[str, str], bytes]] = {}
+
+    def get(self, operation: str) -> bytes:
+        url, body, headers = self._workload.request(operation)
+        built = self._built.get(operation)
+        if built is None or built[0] is not headers:  # the signature cache made new headers
+            built = (headers, request_bytes(urlsplit(url).path, headers, body))
+            self._built[operation] = built
+        return built[1]
 
 
 class _Progress:
@@ -105,34 +133,42 @@ class _Progress:
                 print(file=sys.stderr)
 
 
+async def _set_up_decrypt(client: HttpClient, spec: LoadSpec,
+                          workload: XksWorkload | KmsWorkload) -> None:  # fmt: skip
+    """Decrypt requests replay one real ciphertext, made by an Encrypt of the target's."""
+    url, body, headers = workload.request("encrypt")
+    status, answer = await asyncio.wait_for(
+        client.post(request_bytes(urlsplit(url).path, headers, body)), spec.timeout
+    )
+    if status != 200:
+        raise RuntimeError(f"the set-up Encrypt failed: HTTP {status} {answer[:200]!r}")
+    workload.set_ciphertext(json.loads(answer))
+
+
 async def run_process(spec: LoadSpec) -> Results:
     """This process's share of the schedule."""
     workload = workload_for(spec)
     cycle = schedule(spec.mix)
     results = Results()
-    connector = aiohttp.TCPConnector(limit=spec.connections, ssl=ssl_context(spec))
-    timeout = aiohttp.ClientTimeout(total=spec.timeout)
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    client = HttpClient(spec.target.url, ssl_context(spec), spec.connections)
+    try:
         if "decrypt" in cycle:
-            url, body, headers = workload.request("encrypt")
-            async with session.post(url, data=body, headers=headers) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"the set-up Encrypt failed: HTTP {response.status} "
-                                       f"{(await response.read())[:200]!r}")  # fmt: skip
-                workload.set_ciphertext(json.loads(await response.read()))
+            await _set_up_decrypt(client, spec, workload)
+        prepared = PreparedRequests(workload)
+        record, send_lag = results.record, results.send_lag_ms.append
 
         async def one(operation: str, due: float) -> None:
-            url, body, headers = workload.request(operation)
+            send_lag((loop.time() - due) * 1000)
             outcome: str | None = None
             try:
-                async with session.post(url, data=body, headers=headers) as response:
-                    payload = await response.read()
-                    if response.status != 200:
-                        outcome = await _error_name(response, payload)
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                async with asyncio.timeout(spec.timeout):
+                    status, payload = await client.post(prepared.get(operation))
+                if status != 200:
+                    outcome = _error_name(status, payload)
+            except (ClientError, TimeoutError, OSError) as error:
                 outcome = type(error).__name__
-            results.record((loop.time() - due) * 1000, outcome)
+            record((loop.time() - due) * 1000, outcome)
 
         total = int(spec.rate * spec.duration)
         wall_start = spec.start_at if spec.start_at is not None else time.time() + 0.1
@@ -140,26 +176,44 @@ async def run_process(spec: LoadSpec) -> Results:
         progress_task = None
         if spec.progress:
             progress_task = asyncio.create_task(_Progress(results, total).run(time.monotonic()))
+        lag = LoopLagMonitor(lambda seconds: results.loop_lag_ms.append(seconds * 1000),
+                             LOOP_LAG_INTERVAL_SECONDS)  # fmt: skip
         pending: set[asyncio.Task[None]] = set()
         mine = range(spec.slot_index, total, spec.slot_step)
         results.scheduled = len(mine)
+        rate, create_task = spec.rate, loop.create_task
+        await asyncio.sleep(max(0.0, start - loop.time()))
+        cpu_start, lag_start = time.process_time(), loop.time()
+        lag.start()
         for slot in mine:
-            due = start + slot / spec.rate
+            due = start + slot / rate
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one(cycle[slot % len(cycle)], due))
+            task = create_task(one(cycle[slot % len(cycle)], due))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
+        lag.stop()
         results.elapsed_s = loop.time() - start
+        results.add_cpu(time.process_time() - cpu_start, loop.time() - lag_start)
         if progress_task is not None:
             progress_task.cancel()
             print(file=sys.stderr)
+    finally:
+        await client.close()
     return results
 
 
+def freeze_start_up_objects() -> None:
+    """Keep what start-up allocated (modules, the TLS context) out of the collector's way: a
+    full collection over it took a generator's loop 100 ms and more, mid-schedule. For a
+    process that only generates load (the command, its children)."""
+    gc.freeze()
+
+
 def _child(spec: LoadSpec) -> dict[str, Any]:
+    freeze_start_up_objects()
     return asyncio.run(run_process(spec)).to_wire()
 
 

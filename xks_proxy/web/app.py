@@ -7,12 +7,14 @@ before any port is bound, so a broken backend fails start-up instead of the firs
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.hdrs import EXPECT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from xks_proxy.gc_pauses import GcPauseMonitor
 from xks_proxy.loop_lag import LoopLagMonitor
 from xks_proxy.runtime import LiveRuntime, ProxyRuntime
 from xks_proxy.web.endpoint import XksEndpoint
@@ -31,7 +33,10 @@ async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
     # Metrics live across reloads, so one monitor serves every runtime.
     lag = LoopLagMonitor(live.current.metrics.tick)
     lag.start()
+    pauses = GcPauseMonitor(live.current.metrics.gc_pause)
+    pauses.start()
     yield
+    pauses.stop()
     lag.stop()
     await live.close()
 
@@ -79,10 +84,14 @@ def create_ping_app(readiness: Readiness) -> web.Application:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    # Rendering the exposition is pure Python over every series (about 700 lines with a few key
+    # stores): milliseconds on an idle core, 75 ms measured on a busy one, and on the loop that
+    # is a stall every scrape. In a thread the loop takes the GIL back every switch interval
+    # (5 ms) instead. The registry is thread-safe (prometheus-client's own server renders in a
+    # thread), and the request histograms' collector copies each label set's counts at once.
     registry = request.app[METRICS_REGISTRY_KEY]
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    body = await asyncio.to_thread(generate_latest, registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_metrics_app(registry: CollectorRegistry) -> web.Application:
