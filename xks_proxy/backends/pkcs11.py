@@ -42,7 +42,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -62,6 +61,7 @@ from xks_proxy.backends.base import (
     KeyInfo,
     SealedData,
 )
+from xks_proxy.backends.call_threads import CallThreads
 from xks_proxy.backends.pkcs11_errors import (
     SESSION_FAILURES,
     TokenLostError,
@@ -101,9 +101,8 @@ class Pkcs11Backend:
         self._observer = pool_observer or SilentObserver()
         for token in self._tokens:
             self._observer.pool_size(token.ekm_id, config.sessions)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.sessions * len(self._tokens) + 1,
-            thread_name_prefix=f"pkcs11-{config.name}",
+        self._threads = CallThreads(
+            config.sessions * len(self._tokens) + 1, f"pkcs11-{config.name}"
         )
         self._library: Any = None
         self._keys = KeyFinder(config.key_lookup, config.health_key_label)
@@ -171,7 +170,6 @@ class Pkcs11Backend:
                 observer.waiting(ekm_id, -1)
                 observer.waited(ekm_id, time.monotonic() - started)
         observer.in_use(ekm_id, 1)
-        loop = asyncio.get_running_loop()
 
         def give_back() -> None:
             observer.in_use(ekm_id, -1)
@@ -190,11 +188,9 @@ class Pkcs11Backend:
                 pooled.discard()
                 raise
 
-        future = self._executor.submit(run)
-        # The session goes back when the thread is done with it, not when the request gives up.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(give_back))
         try:
-            return await asyncio.wrap_future(future)
+            # The session goes back when the thread is done with it, not when the request gives up.
+            return await self._threads.run(run, then=give_back)
         except (p11.PKCS11Error, AttributeError, TokenLostError, XksError) as error:
             if isinstance(error, SESSION_FAILURES):
                 token.healthy = False
@@ -213,8 +209,7 @@ class Pkcs11Backend:
 
     # -- Backend -------------------------------------------------------------------------------
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._connect_all)
+        await self._threads.run(self._connect_all)
 
     async def close(self) -> None:
         def close_all() -> None:
@@ -226,8 +221,8 @@ class Pkcs11Backend:
                         token.login.close()
                 token.forget()
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, close_all)
-        self._executor.shutdown(wait=False)
+        await self._threads.run(close_all)
+        self._threads.close()
 
     async def describe_key(self, key_id: str) -> KeyInfo:
         cached = self._described.get(key_id)
@@ -348,9 +343,8 @@ class Pkcs11Backend:
             except TimeoutError:
                 log.warning("PKCS#11 reconnect skipped: a session is still busy")
             else:
-                loop = asyncio.get_running_loop()
                 try:
-                    await loop.run_in_executor(self._executor, self._reinitialize)
+                    await self._threads.run(self._reinitialize)
                     log.info("PKCS#11 module %s initialised again", self._config.module)
                 except Exception as error:
                     log.warning("PKCS#11 reinitialisation failed: %s", type(error).__name__)
