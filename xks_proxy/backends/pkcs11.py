@@ -8,8 +8,14 @@
   and one extra session that logs in and stays open. A request waits for a free session up to
   ``session_wait_ms`` and then answers DependencyTimeoutException. A session only returns to
   the pool when its thread is done with it, even if the request gave up earlier.
-* Blocking PKCS#11 calls run in a thread pool (python-pkcs11 releases the GIL), never on the
-  event loop. The module is initialised for OS locking (see ``pkcs11_library``).
+* Blocking PKCS#11 calls run on call threads (``call_threads``; python-pkcs11 releases the GIL),
+  never on the event loop: a network HSM may take long to answer, and the request deadline must
+  still answer 503 meanwhile. The exception is ``calls_on_event_loop = true``, for a module that
+  works in process in microseconds (SoftHSM2): the calls then run on the event loop thread and
+  skip the hop to a thread and back, the largest per-request cost of this backend after the
+  module's own (tools/bench.py's PKCS#11 notes); a call that blocks would stall every request
+  of the worker, and the deadline could not interrupt it. The module is initialised for OS
+  locking either way (see ``pkcs11_library``).
 * Key objects, their versions and their descriptions come from ``pkcs11_keys.KeyFinder``
   (which says how a running proxy learns of a rotation made elsewhere, within
   ``VERSION_RESCAN_SECONDS``); descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
@@ -152,7 +158,8 @@ class Pkcs11Backend:
     async def _call(
         self, token: PooledToken, work: Callable[[PooledSession], T], *, decrypting: bool = False
     ) -> T:
-        """Run ``work`` on a free session of ``token`` in the thread pool."""
+        """Run ``work`` on a free session of ``token`` on a call thread (or, with
+        ``calls_on_event_loop``, right here)."""
         observer, ekm_id = self._observer, token.ekm_id
         try:
             pooled = token.pool.get_nowait()  # the common case costs no timer
@@ -189,6 +196,11 @@ class Pkcs11Backend:
                 raise
 
         try:
+            if self._config.calls_on_event_loop:
+                try:
+                    return run()
+                finally:
+                    give_back()
             # The session goes back when the thread is done with it, not when the request gives up.
             return await self._threads.run(run, then=give_back)
         except (p11.PKCS11Error, AttributeError, TokenLostError, XksError) as error:
