@@ -16,6 +16,7 @@ Daemon threads: a call stuck in a dead HSM must not keep the process from exitin
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import queue
 import threading
@@ -34,6 +35,11 @@ class CallThreads:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        # Outcomes waiting for the loop, and whether a drain is already scheduled: one wake of
+        # the loop carries every call that finished before the loop got to run.
+        self._done: collections.deque[Callable[[], None]] = collections.deque()
+        self._done_lock = threading.Lock()
+        self._drain_scheduled = False
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -75,11 +81,23 @@ class CallThreads:
                 outcome: tuple[Any, BaseException | None] = (None, error)
             else:
                 outcome = (result, None)
+            with self._done_lock:
+                self._done.append(lambda: settle(*outcome))
+                if self._drain_scheduled:
+                    return
+                self._drain_scheduled = True
             with contextlib.suppress(RuntimeError):  # the loop closed while the call ran
-                loop.call_soon_threadsafe(settle, *outcome)
+                loop.call_soon_threadsafe(self._drain)
 
         self._jobs.put(job)
         return future
+
+    def _drain(self) -> None:
+        with self._done_lock:
+            self._drain_scheduled = False
+            done, self._done = self._done, collections.deque()
+        for settle in done:
+            settle()
 
     def close(self) -> None:
         """Let every thread end once its current job is done (none waits for it)."""

@@ -213,6 +213,12 @@ class Pkcs11Backend:
                 raise InvalidKeyUsageError("The HSM key does not permit this operation.") from None
             raise translate(error, decrypting=decrypting) from None
 
+    async def _blocking(self, call: Callable[[], T]) -> T:
+        """A call outside the session pool (start-up, close, reinitialising the module)."""
+        if self._config.calls_on_event_loop:
+            return call()  # no thread is ever started
+        return await self._threads.run(call)
+
     def _token(self) -> PooledToken:
         for token in self._tokens:
             if token.healthy:
@@ -221,7 +227,7 @@ class Pkcs11Backend:
 
     # -- Backend -------------------------------------------------------------------------------
     async def open(self) -> None:
-        await self._threads.run(self._connect_all)
+        await self._blocking(self._connect_all)
 
     async def close(self) -> None:
         def close_all() -> None:
@@ -233,7 +239,7 @@ class Pkcs11Backend:
                         token.login.close()
                 token.forget()
 
-        await self._threads.run(close_all)
+        await self._blocking(close_all)
         self._threads.close()
 
     async def describe_key(self, key_id: str) -> KeyInfo:
@@ -356,7 +362,7 @@ class Pkcs11Backend:
                 log.warning("PKCS#11 reconnect skipped: a session is still busy")
             else:
                 try:
-                    await self._threads.run(self._reinitialize)
+                    await self._blocking(self._reinitialize)
                     log.info("PKCS#11 module %s initialised again", self._config.module)
                 except Exception as error:
                     log.warning("PKCS#11 reinitialisation failed: %s", type(error).__name__)
