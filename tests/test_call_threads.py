@@ -63,3 +63,25 @@ async def test_close_ends_the_threads_and_refuses_new_calls() -> None:
         assert not each.is_alive()
     with pytest.raises(RuntimeError):
         threads.run(lambda: None)
+
+
+def test_calls_from_two_event_loops_settle_on_their_own_loops() -> None:
+    """Outcomes are batched per event loop: a call never settles on another loop."""
+    threads = CallThreads(4, "test-calls-loops")
+    results: dict[str, list[int]] = {}
+
+    async def many() -> list[int]:
+        # A future settled from another loop's thread would leave this loop asleep: no answer.
+        calls = (threads.run(functools.partial(pow, n, 3)) for n in range(300))
+        return list(await asyncio.wait_for(asyncio.gather(*calls), 20))
+
+    def run_loop(name: str) -> None:
+        results[name] = asyncio.run(many())
+
+    runners = [threading.Thread(target=run_loop, args=(name,)) for name in ("a", "b")]
+    for each in runners:
+        each.start()
+    for each in runners:
+        each.join(timeout=30)
+    assert results == {name: [n**3 for n in range(300)] for name in ("a", "b")}
+    threads.close()

@@ -3,8 +3,10 @@
 A call on a network HSM can take as long as the network does, so it never runs on the event
 loop thread (the request deadline keeps working while it blocks). What the hop costs is paid per
 request, so it is kept to the least: a job is a plain callable on a ``queue.SimpleQueue`` read by
-long-lived daemon threads, and its outcome comes back in one ``call_soon_threadsafe``, which
-runs the caller's ``then`` (the session goes back to its pool) and settles an asyncio future.
+long-lived daemon threads, and its outcome goes back to the event loop, where it runs the
+caller's ``then`` (the session goes back to its pool) and settles an asyncio future. Outcomes
+are handed over in batches: a call that finishes while an earlier one still waits for the loop
+joins it, so a busy loop is woken (a byte through its self-pipe) once per batch, not per call.
 ``ThreadPoolExecutor`` with ``asyncio.wrap_future`` did more per call: a ``concurrent.futures``
 future with its condition and lock, a done callback that chains it to an asyncio future, the
 executor's idle semaphore, and a second ``call_soon_threadsafe`` (one more byte through the
@@ -16,14 +18,14 @@ Daemon threads: a call stuck in a dead HSM must not keep the process from exitin
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class CallThreads:
@@ -35,11 +37,10 @@ class CallThreads:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._closed = False
-        # Outcomes waiting for the loop, and whether a drain is already scheduled: one wake of
-        # the loop carries every call that finished before the loop got to run.
-        self._done: collections.deque[Callable[[], None]] = collections.deque()
+        # Outcomes waiting for their event loop; a loop has an entry only while a drain is
+        # scheduled on it, so one wake carries every call that finished before it got to run.
+        self._done: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}
         self._done_lock = threading.Lock()
-        self._drain_scheduled = False
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -82,22 +83,28 @@ class CallThreads:
             else:
                 outcome = (result, None)
             with self._done_lock:
-                self._done.append(lambda: settle(*outcome))
-                if self._drain_scheduled:
+                waiting = self._done.get(loop)
+                if waiting is not None:
+                    waiting.append(lambda: settle(*outcome))
                     return
-                self._drain_scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop closed while the call ran
-                loop.call_soon_threadsafe(self._drain)
+                self._done[loop] = [lambda: settle(*outcome)]
+            try:
+                loop.call_soon_threadsafe(self._drain, loop)
+            except RuntimeError:  # the loop closed while the call ran
+                with self._done_lock:
+                    self._done.pop(loop, None)
 
         self._jobs.put(job)
         return future
 
-    def _drain(self) -> None:
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._done_lock:
-            self._drain_scheduled = False
-            done, self._done = self._done, collections.deque()
+            done = self._done.pop(loop, [])
         for settle in done:
-            settle()
+            try:
+                settle()
+            except Exception:  # one failure must not strand the other sessions
+                log.exception("settling a PKCS#11 call failed")
 
     def close(self) -> None:
         """Let every thread end once its current job is done (none waits for it)."""
