@@ -640,7 +640,9 @@ PKCS11_NOTES = [
     "µs per call, Encrypt 355 → 366 and 229 → 202 µs.",
     "- Both together, proxy under wrk, one interleaved run of 4 rounds (load average 13-15): "
     "Encrypt 924 → 767 µs per request (687 → 741 req/s), Decrypt 1058 → 912 µs (376 → 511 "
-    "req/s); the software proxy in the same run: 551 and 643 µs.",
+    "req/s); the software proxy in the same run: 551 and 643 µs. A third run, with the "
+    "machine busier still (rounds of one server spread 726-1357 µs), showed no difference "
+    "(Encrypt 1024 → 1053 µs, Decrypt 899 → 865 µs); the idle-machine `make bench` decides.",
     "- `calls_on_event_loop = true` (default false; for an in-process module such as SoftHSM2, "
     "never a network HSM): no hop at all. In process it halves the backend's cost per call "
     "(Decrypt 353 → 199 µs, Encrypt 385 → 205 µs, 16 tasks, one interleaved run). Through the "
