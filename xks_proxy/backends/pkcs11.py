@@ -12,8 +12,8 @@
   never on the event loop: a network HSM may take long to answer, and the request deadline must
   still answer 503 meanwhile. The exception is ``calls_on_event_loop = true``, for a module that
   works in process in microseconds (SoftHSM2): the calls then run on the event loop thread and
-  skip the hop to a thread and back, the largest per-request cost of this backend after the
-  module's own (tools/bench.py's PKCS#11 notes); a call that blocks would stall every request
+  skip the hop to a thread and back, on SoftHSM2 a larger per-request cost than the module's
+  own work (tools/bench.py's PKCS#11 notes); a call that blocks would stall every request
   of the worker, and the deadline could not interrupt it. The module is initialised for OS
   locking either way (see ``pkcs11_library``).
 * Key objects, their versions and their descriptions come from ``pkcs11_keys.KeyFinder``
