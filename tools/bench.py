@@ -631,25 +631,26 @@ PKCS11_NOTES = [
     "",
     "Kept:",
     "",
-    "- Calls on plain daemon threads reading a `SimpleQueue`, each outcome back in one "
-    "`call_soon_threadsafe` that also gives the session back (was: a `concurrent.futures` "
-    "future, `wrap_future`, and a second `call_soon_threadsafe` for the session). Proxy CPU "
-    "per request, one interleaved run: Encrypt 941 → 824 µs, Decrypt 889 → 765 µs.",
-    "- Finished calls wake the event loop once per batch, not once per call. In process "
-    "(`backend.decrypt` from 16 tasks), two interleaved runs: Decrypt 353 → 310 and 253 → 185 "
-    "µs per call, Encrypt 355 → 366 and 229 → 202 µs.",
-    "- Both together, proxy under wrk, one interleaved run of 4 rounds (load average 13-15): "
-    "Encrypt 924 → 767 µs per request (687 → 741 req/s), Decrypt 1058 → 912 µs (376 → 511 "
-    "req/s); the software proxy in the same run: 551 and 643 µs. A third run, with the "
-    "machine busier still (rounds of one server spread 726-1357 µs), showed no difference "
-    "(Encrypt 1024 → 1053 µs, Decrypt 899 → 865 µs); the idle-machine `make bench` decides.",
+    "- Calls on plain daemon threads reading a `SimpleQueue`, each outcome back through "
+    "`call_soon_threadsafe` together with giving the session back (was: a `concurrent.futures` "
+    "future, `wrap_future`, and a second `call_soon_threadsafe` for the session); and finished "
+    "calls wake the event loop once per batch, not once per call. In process "
+    "(`backend.encrypt`/`decrypt` from 16 tasks, 5 interleaved rounds, load average 6): "
+    "executor 356 / 363 µs per call, plain threads 267 / 297, batched wake-ups 256 / 260 "
+    "(Encrypt / Decrypt).",
+    "- The same through the proxy under wrk, CPU per request before → after, four interleaved "
+    "runs at load averages 6-15: Decrypt 889 → 765, 1058 → 912, 899 → 865, 1040 → 849 µs; "
+    "Encrypt 941 → 824, 924 → 767, 1024 → 1053, 749 → 848 µs (the software proxy: 500-670 "
+    "µs). On this busy machine one server's rounds spread by up to 40 %, so only Decrypt's gain "
+    "is consistent here; the idle-machine `make bench` decides.",
     "- `calls_on_event_loop = true` (default false; for an in-process module such as SoftHSM2, "
     "never a network HSM): no hop at all. In process it halves the backend's cost per call "
     "(Decrypt 353 → 199 µs, Encrypt 385 → 205 µs, 16 tasks, one interleaved run). Through the "
-    "proxy on the busy machine it did not show: 872 against 767 µs per request for Encrypt and "
-    "1149 against 912 µs for Decrypt (threads), at a quarter of the req/s, as for the "
-    "single-threaded software proxy in the same run (the scheduler gives a one-thread process "
-    "less of a shared core than one with runnable threads). Kept as an option, measured above "
+    "proxy on the busy machine it did not show (two interleaved runs): Encrypt 872 and 892 "
+    "µs per request against 767 and 848 with threads, Decrypt 1149 and 847 against 912 and "
+    "849, at under half the req/s, as for the single-threaded software proxy in the same runs "
+    "(the scheduler gives a one-thread process less of a shared core than one with runnable "
+    "threads, so its requests run cache-cold). Kept as an option, default off, measured above "
     "next to the default.",
     "",
     "Measured and not kept:",
