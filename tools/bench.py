@@ -650,7 +650,8 @@ PKCS11_NOTES = [
     "µs per request against 767 and 848 with threads, Decrypt 1149 and 847 against 912 and "
     "849, at under half the req/s, as for the single-threaded software proxy in the same runs "
     "(the scheduler gives a one-thread process less of a shared core than one with runnable "
-    "threads, so its requests run cache-cold). Kept as an option, default off, measured above "
+    "threads; probably why its requests cost more here). Kept as an option, default off, "
+    "measured above "
     "next to the default.",
     "",
     "Measured and not kept:",
