@@ -81,8 +81,14 @@ class SoftHsm:
             f'user_pin = "{USER_PIN}"',
             f'tokens = [{{label = "{label}"}}]',
         ]
-        lines += [f"{key} = {value!r}".replace("'", '"') for key, value in settings.items()]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
         return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value).replace("'", '"')
 
 
 def make_softhsm(directory: Path) -> SoftHsm:

@@ -143,6 +143,64 @@ def test_the_module_survives_threads_only_with_os_locking(softhsm: SoftHsm) -> N
     assert (result.returncode, result.stdout.strip()) == (0, "survived"), result.stderr
 
 
+def _call_threads() -> list[str]:
+    return [each.name for each in threading.enumerate() if each.name.startswith("pkcs11-hsm")]
+
+
+async def test_calls_on_event_loop_keep_every_answer_and_start_no_thread(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    """``calls_on_event_loop = true``: the same answers (key versions, a bad tag, a version
+    the key never had, a missing key, pool exhaustion), and no call thread is ever started."""
+    from tests.test_pkcs11_rotation import BOTH, fresh_key_id, metadata_version, with_version
+    from xks_proxy.pkcs11_admin import create_key, rotate_key
+
+    before = _call_threads()
+    config = softhsm.backend_config(CONFORMANCE_TOKEN)
+    key_id = fresh_key_id()
+    create_key(config, config.tokens[0], key_id, BOTH)
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, sessions=1, session_wait_ms=1000,
+                                        calls_on_event_loop=True)  # fmt: skip
+    assert deployment.config.backends["hsm"].calls_on_event_loop  # type: ignore[union-attr]
+    runtime, xks = await _client(deployment, aiohttp_client)
+    first = await xks.call("encrypt", key_id, encrypt_body(b"one", b"ctx"))
+    assert metadata_version(first) == 1
+    assert rotate_key(config, config.tokens[0], key_id) == 2
+    # Decrypt names version 2 before Encrypt's once-a-second probe found it: found, learned.
+    second = await xks.call("encrypt", key_id, encrypt_body(b"two", b"ctx"))
+    assert metadata_version(second) in (1, 2)
+    for encrypted, plaintext in ((first, b"one"), (second, b"two")):
+        decrypted = await xks.call("decrypt", key_id, decrypt_body(encrypted, b"ctx"))
+        assert unb64(decrypted["plaintext"]) == plaintext
+    bad_tag = {**first, "authenticationTag": encrypt_body(bytes(16))["plaintext"]}
+    for body in (decrypt_body(bad_tag, b"ctx"), decrypt_body(with_version(first, 3), b"ctx"),
+                 decrypt_body(first, b"other context")):  # fmt: skip
+        error = await xks.call("decrypt", key_id, body, expect=400)
+        assert error["errorName"] == "InvalidCiphertextException"
+    error = await xks.call("encrypt", "key-never-made", encrypt_body(b"x"), expect=404)
+    assert error["errorName"] == "KeyNotFoundException"
+    backend = runtime.backends["hsm"]
+    assert isinstance(backend, Pkcs11Backend)
+    held = await backend.hold_session()
+    error = await xks.call("encrypt", key_id, encrypt_body(b"x"), expect=503)
+    assert error["errorName"] == "DependencyTimeoutException"
+    backend.release_session(held)
+    health = await xks.call("health", None, HEALTH_BODY)
+    assert health["ekmFleetDetails"][0]["healthStatus"] == "ACTIVE"
+    assert set(_call_threads()) <= set(before), "a call ran on a thread"
+
+
+async def test_calls_run_on_call_threads_by_default(
+    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
+) -> None:
+    """The default (a module that may block, a network HSM): calls run on call threads."""
+    before = set(_call_threads())
+    _, xks = await _client(make_pkcs11_deployment(tmp_path, softhsm), aiohttp_client)
+    encrypted = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"threads"))
+    assert (await xks.call("decrypt", KEY_BOTH, decrypt_body(encrypted)))["plaintext"]
+    assert set(_call_threads()) - before, "no call thread was started"
+
+
 async def test_pool_exhaustion_waits_then_times_out(
     tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
 ) -> None:
@@ -240,7 +298,7 @@ class _RemovableTokenProxy:
             time.sleep(0.2)
 
 
-def _provisioned_removable_token(tmp_path: Path) -> tuple[SoftHsm, Path]:
+def _provisioned_removable_token(tmp_path: Path, **settings: object) -> tuple[SoftHsm, Path]:
     """A deployment made by ``init`` whose key store uses a token provisioned with the
     ``pkcs11`` commands (checked here too): its own SoftHSM, health checked every second."""
     hsm, environment = _own_softhsm(tmp_path)
@@ -251,7 +309,7 @@ def _provisioned_removable_token(tmp_path: Path) -> tuple[SoftHsm, Path]:
     config = deployment_dir / "xks-proxy.toml"
     text = config.read_text()
     software = text[text.index("[backends.local]") : text.index("[[key_stores]]")]
-    text = text.replace(software, hsm.toml("removable") + "\n").replace(
+    text = text.replace(software, hsm.toml("removable", **settings) + "\n").replace(
         'backend = "local"', 'backend = "hsm"'
     )
     config.write_text(text.replace("interval_seconds = 15", "interval_seconds = 1"))
@@ -278,10 +336,10 @@ def _provisioned_removable_token(tmp_path: Path) -> tuple[SoftHsm, Path]:
 
 
 @contextlib.contextmanager
-def _removable_token_proxy(tmp_path: Path) -> Iterator[_RemovableTokenProxy]:
+def _removable_token_proxy(tmp_path: Path, **settings: object) -> Iterator[_RemovableTokenProxy]:
     from xks_proxy.config import load_config
 
-    hsm, config = _provisioned_removable_token(tmp_path)
+    hsm, config = _provisioned_removable_token(tmp_path, **settings)
     credential = load_config(config).key_stores[0].credentials[0]
     old_conf = os.environ.get("SOFTHSM2_CONF")
     os.environ["SOFTHSM2_CONF"] = str(hsm.conf)  # inherited by the proxy process
@@ -299,10 +357,14 @@ def _removable_token_proxy(tmp_path: Path) -> Iterator[_RemovableTokenProxy]:
         shutil.rmtree(hsm.directory, ignore_errors=True)
 
 
-def test_provisioning_commands_and_token_loss_and_recovery(tmp_path: Path) -> None:
+@pytest.mark.parametrize("calls_on_event_loop", [False, True])
+def test_provisioning_commands_and_token_loss_and_recovery(
+    tmp_path: Path, calls_on_event_loop: bool
+) -> None:
     """A proxy whose token disappears: health UNAVAILABLE, requests fail cleanly, and both
-    come back by themselves when the token does."""
-    with _removable_token_proxy(tmp_path) as hsm_proxy:
+    come back by themselves when the token does; with the module's calls on call threads and
+    on the event loop thread alike."""
+    with _removable_token_proxy(tmp_path, calls_on_event_loop=calls_on_event_loop) as hsm_proxy:
         hsm_proxy.wait_for_health("ACTIVE")
         status, encrypted = hsm_proxy.post(connect(hsm_proxy.proxy.port), "encrypt",
                                            encrypt_body(b"kept"))  # fmt: skip

@@ -189,6 +189,10 @@ class Pkcs11BackendConfig:
     vendor: str | None = None
     model: str | None = None
     type: str = "pkcs11"
+    # Only for a module that answers in process in microseconds (SoftHSM2): its calls run on
+    # the event loop thread, skipping the hop to a thread; a slow call would stall the worker
+    # and the request deadline could not interrupt it (backends/pkcs11.py).
+    calls_on_event_loop: bool = False
     fault_delay_ms: int = 0
 
 
@@ -591,6 +595,7 @@ def _pkcs11_backend(
         vendor=table.get("vendor", str, "") or None,
         model=table.get("model", str, "") or None,
         fault_delay_ms=table.ranged("fault_delay_ms", 0, 0, 60_000),
+        calls_on_event_loop=table.get("calls_on_event_loop", bool, False),
     )
     table.done()
     return config

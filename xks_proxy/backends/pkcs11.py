@@ -8,8 +8,14 @@
   and one extra session that logs in and stays open. A request waits for a free session up to
   ``session_wait_ms`` and then answers DependencyTimeoutException. A session only returns to
   the pool when its thread is done with it, even if the request gave up earlier.
-* Blocking PKCS#11 calls run in a thread pool (python-pkcs11 releases the GIL), never on the
-  event loop. The module is initialised for OS locking (see ``pkcs11_library``).
+* Blocking PKCS#11 calls run on call threads (``call_threads``; python-pkcs11 releases the GIL),
+  never on the event loop: a network HSM may take long to answer, and the request deadline must
+  still answer 503 meanwhile. The exception is ``calls_on_event_loop = true``, for a module that
+  works in process in microseconds (SoftHSM2): the calls then run on the event loop thread and
+  skip the hop to a thread and back, on SoftHSM2 a larger per-request cost than the module's
+  own work (tools/bench.py's PKCS#11 notes); a call that blocks would stall every request
+  of the worker, and the deadline could not interrupt it. The module is initialised for OS
+  locking either way (see ``pkcs11_library``).
 * Key objects, their versions and their descriptions come from ``pkcs11_keys.KeyFinder``
   (which says how a running proxy learns of a rotation made elsewhere, within
   ``VERSION_RESCAN_SECONDS``); descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
@@ -42,7 +48,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -62,6 +67,7 @@ from xks_proxy.backends.base import (
     KeyInfo,
     SealedData,
 )
+from xks_proxy.backends.call_threads import CallThreads
 from xks_proxy.backends.pkcs11_errors import (
     SESSION_FAILURES,
     TokenLostError,
@@ -101,9 +107,8 @@ class Pkcs11Backend:
         self._observer = pool_observer or SilentObserver()
         for token in self._tokens:
             self._observer.pool_size(token.ekm_id, config.sessions)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.sessions * len(self._tokens) + 1,
-            thread_name_prefix=f"pkcs11-{config.name}",
+        self._threads = CallThreads(
+            config.sessions * len(self._tokens) + 1, f"pkcs11-{config.name}"
         )
         self._library: Any = None
         self._keys = KeyFinder(config.key_lookup, config.health_key_label)
@@ -153,7 +158,8 @@ class Pkcs11Backend:
     async def _call(
         self, token: PooledToken, work: Callable[[PooledSession], T], *, decrypting: bool = False
     ) -> T:
-        """Run ``work`` on a free session of ``token`` in the thread pool."""
+        """Run ``work`` on a free session of ``token`` on a call thread (or, with
+        ``calls_on_event_loop``, right here)."""
         observer, ekm_id = self._observer, token.ekm_id
         try:
             pooled = token.pool.get_nowait()  # the common case costs no timer
@@ -171,7 +177,6 @@ class Pkcs11Backend:
                 observer.waiting(ekm_id, -1)
                 observer.waited(ekm_id, time.monotonic() - started)
         observer.in_use(ekm_id, 1)
-        loop = asyncio.get_running_loop()
 
         def give_back() -> None:
             observer.in_use(ekm_id, -1)
@@ -190,11 +195,14 @@ class Pkcs11Backend:
                 pooled.discard()
                 raise
 
-        future = self._executor.submit(run)
-        # The session goes back when the thread is done with it, not when the request gives up.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(give_back))
         try:
-            return await asyncio.wrap_future(future)
+            if self._config.calls_on_event_loop:
+                try:
+                    return run()
+                finally:
+                    give_back()
+            # The session goes back when the thread is done with it, not when the request gives up.
+            return await self._threads.run(run, then=give_back)
         except (p11.PKCS11Error, AttributeError, TokenLostError, XksError) as error:
             if isinstance(error, SESSION_FAILURES):
                 token.healthy = False
@@ -205,6 +213,12 @@ class Pkcs11Backend:
                 raise InvalidKeyUsageError("The HSM key does not permit this operation.") from None
             raise translate(error, decrypting=decrypting) from None
 
+    async def _blocking(self, call: Callable[[], T]) -> T:
+        """A call outside the session pool (start-up, close, reinitialising the module)."""
+        if self._config.calls_on_event_loop:
+            return call()  # no thread is ever started
+        return await self._threads.run(call)
+
     def _token(self) -> PooledToken:
         for token in self._tokens:
             if token.healthy:
@@ -213,8 +227,7 @@ class Pkcs11Backend:
 
     # -- Backend -------------------------------------------------------------------------------
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._connect_all)
+        await self._blocking(self._connect_all)
 
     async def close(self) -> None:
         def close_all() -> None:
@@ -226,8 +239,8 @@ class Pkcs11Backend:
                         token.login.close()
                 token.forget()
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, close_all)
-        self._executor.shutdown(wait=False)
+        await self._blocking(close_all)
+        self._threads.close()
 
     async def describe_key(self, key_id: str) -> KeyInfo:
         cached = self._described.get(key_id)
@@ -348,9 +361,8 @@ class Pkcs11Backend:
             except TimeoutError:
                 log.warning("PKCS#11 reconnect skipped: a session is still busy")
             else:
-                loop = asyncio.get_running_loop()
                 try:
-                    await loop.run_in_executor(self._executor, self._reinitialize)
+                    await self._blocking(self._reinitialize)
                     log.info("PKCS#11 module %s initialised again", self._config.module)
                 except Exception as error:
                     log.warning("PKCS#11 reinitialisation failed: %s", type(error).__name__)
