@@ -655,10 +655,18 @@ HISTORY = [
     "The third pass's row: the proxy before it (`--baseline`, the second pass) and after it, "
     "interleaved in the run above; the other rows are from earlier runs. Measured and not kept:",
     "",
-    "- uvloop: about a tenth less CPU per request (Encrypt and GetHealthStatus, one "
-    "interleaved quick run; another run was inconclusive), but a TLS connection opened after "
-    "a SIGHUP certificate reload fails its handshake under uvloop (the transport tests), so "
-    "the standard loop stays; the ClientHello race it exposed is fixed.",
+    "- uvloop, measured again: its TLS failure had a cause, not a race. uvloop starts reading "
+    "a connection right after `connection_made` even when the protocol paused it there, so the "
+    "ClientHello reached the plain protocol before `start_tls` took over (and libuv resets "
+    "signal dispositions in the workers it spawns, so a SIGUSR1 during start-up killed them). "
+    "A rework fixing both (the listener hands each accepted socket to "
+    "`connect_accepted_socket` with the TLS context current then; workers spawned with "
+    "`subprocess.Popen`) passed the transport, lifecycle and rolling-restart tests on both "
+    "loops, but showed no gain for the proxy in interleaved runs, CPU per request asyncio → "
+    "uvloop: before the inline path (load average 11-13) Encrypt 459 → 448 µs and "
+    "GetHealthStatus 336 → 393 µs, while the bare endpoint gained 10-20 %; with the inline "
+    "path (load average 3-5, 4 rounds of 4 s) Encrypt 387 → 374 µs and GetHealthStatus 239 → "
+    "255 µs. Not merged; the standard loop stays.",
     "- `hmac.digest` for the string to sign (the HMAC row above): faster in one run, slower "
     "in two; no consistent gain, so `hmac.new` stays.",
     "- Audit lines of one event-loop iteration in one `write(2)` (the audit-batching row "
