@@ -28,6 +28,9 @@ XKS_PROXY = str(Path(sys.executable).parent / "xks-proxy")
 _LISTENING = re.compile(r"xks-proxy listening on https?://\S+:(\d+) ")
 _PING = re.compile(r"load-balancer ping on http://\S+:(\d+)/ping")
 _ADMIN = re.compile(r"admin API on (https?://\S+?)/admin/v1/")
+# A bound on a hang, not on speed: on a 2-core machine loaded ~6 per core (other test runs,
+# `pytest -n`), the two workers of `serve --workers 2` took over 30 s to import and bind.
+WAIT_SECONDS = 90.0
 
 
 def free_port() -> int:
@@ -126,7 +129,7 @@ class ProxyProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> None:
+    def wait_for(self, text: str, timeout: float = WAIT_SECONDS, count: int = 1) -> None:
         deadline = time.monotonic() + timeout
         with self._changed:
             while sum(text in line for line in self.lines) < count:

@@ -95,9 +95,9 @@ async def test_rate_and_mix_against_the_proxy(
     summary = (await run_process(spec)).summary()
     assert summary["scheduled"] == summary["completed"] == 400
     assert summary["errors"] == {}
-    # The last request is due at 1.995 s; finishing takes a little longer (a tolerance, not a
-    # speed test).
-    assert 1.99 <= summary["elapsed_s"] < 4.0
+    # The last request is due at 1.995 s: the run is paced, not a burst. The upper bound only
+    # catches a hang (a busy machine, e.g. under `pytest -n`, took 11.8 s), not a speed test.
+    assert 1.99 <= summary["elapsed_s"] < 60.0
 
 
 async def test_errors_are_counted_by_name(
