@@ -15,6 +15,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from tests.ports import PortReservation
 from tests.postgres import PostgresServer
 from tests.softhsm import SoftHsm, make_softhsm, provision_conformance_token
 from tests.xks_client import XksClient
@@ -188,6 +189,21 @@ _databases = itertools.count()
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty database on the session's server."""
     return postgres_server.create_database(f"xks_test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture
+def reserve_port() -> Iterator[Callable[[], int]]:
+    """Reserves a loopback port for a server the test starts on a number it must know
+    beforehand; every reservation is held until the test ends (see tests/ports.py)."""
+    held: list[PortReservation] = []
+
+    def reserve() -> int:
+        held.append(PortReservation())
+        return held[-1].port
+
+    yield reserve
+    for reservation in held:
+        reservation.close()
 
 
 @pytest.fixture

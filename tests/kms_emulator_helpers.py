@@ -4,6 +4,7 @@ botocore's KMS service model (no member the output shape lacks, every value of i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.proxy_process import XKS_PROXY, free_port
+from tests.proxy_process import XKS_PROXY
 
 REGION = "us-east-1"
 ACCESS_KEY_ID = "AKIDEXAMPLEDEVELOPER"
@@ -97,17 +98,22 @@ class Emulator:
         self.checked.append(model.name)
 
 
+# The emulator binds port 0 and says which port it got (see tests/ports.py).
+_ANNOUNCED = re.compile(r"KMS emulator on (http://\S+:\d+) ")
+
+
 def start_emulator(db: Path, *extra: str) -> Emulator:
-    port = free_port()
     process = subprocess.Popen(
-        [XKS_PROXY, "kms-emulator", "--port", str(port), "--db", str(db), *extra],
+        [XKS_PROXY, "kms-emulator", "--port", "0", "--db", str(db), *extra],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert process.stderr is not None
-    emulator = Emulator(f"http://127.0.0.1:{port}", process)
+    emulator = Emulator("", process)
     for line in process.stderr:
         emulator.log.append(line)
-        if "KMS emulator on" in line:
+        announced = _ANNOUNCED.search(line)
+        if announced is not None:
+            emulator.url = announced.group(1)
             # Keep draining the log, so a chatty emulator never blocks on a full pipe.
             emulator.reader = threading.Thread(
                 target=_drain, args=(process, emulator.log), daemon=True

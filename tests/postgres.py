@@ -3,7 +3,8 @@
 ``initdb`` refuses to run as root, and CI runs as root: then every server program runs as the
 ``postgres`` user (``runuser -u postgres``) in a fresh directory under /tmp that this user owns
 (pytest's own temporary directories are 0700 root). As any other user the programs run as that
-user. The server listens on a free loopback port and a socket directory of its own, with trust
+user. The server listens on a socket directory of its own and on a loopback port reserved for it
+while it exists (tests/ports.py: a server stopped and started again keeps its port), with trust
 authentication for local connections only, and is stopped (and its directory removed) at the end.
 
 Debian's binaries live in /usr/lib/postgresql/<major>/bin; that is what a fresh Debian 12 has
@@ -19,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.proxy_process import free_port
+from tests.ports import PortReservation
 
 DATABASE_USER = "postgres"
 
@@ -48,7 +49,8 @@ class PostgresServer:
         self.data_dir = self.directory / "data"
         self.socket_dir = self.directory / "socket"
         self.log_path = self.directory / "server.log"
-        self.port = free_port()
+        self._reservation = PortReservation()
+        self.port = self._reservation.port
         self.running = False
         self.socket_dir.mkdir()
         if self._as_root:
@@ -114,3 +116,4 @@ class PostgresServer:
         if self.running:
             self.stop("immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
+        self._reservation.close()

@@ -20,12 +20,23 @@ from typing import Any
 
 import trustme
 
+from tests.ports import PortReservation
 from xks_proxy import sigv4
 
 XKS_PROXY = str(Path(sys.executable).parent / "xks-proxy")
+# What ``serve`` says once a listener is bound, with the port it got (``--port 0`` included).
+_LISTENING = re.compile(r"xks-proxy listening on https?://\S+:(\d+) ")
+_PING = re.compile(r"load-balancer ping on http://\S+:(\d+)/ping")
+_ADMIN = re.compile(r"admin API on (https?://\S+?)/admin/v1/")
+# A bound on a hang, not on speed: on a 2-core machine loaded ~6 per core (other test runs,
+# `pytest -n`), the two workers of `serve --workers 2` took over 30 s to import and bind.
+WAIT_SECONDS = 90.0
 
 
 def free_port() -> int:
+    """A port free at the moment it is returned: for the developer tools that run alone
+    (tools/). Tests never use it: under ``pytest -n`` another test may take the port before
+    the server binds it; see tests/ports.py."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -33,7 +44,12 @@ def free_port() -> int:
 
 
 class ProxyProcess:
-    """``xks-proxy serve`` on a free port; collects its log lines."""
+    """``xks-proxy serve``; collects its log lines.
+
+    Without ``port`` the proxy binds port 0 and ``port`` is the one it announces. The workers
+    of ``--workers N`` bind one port together, so for them a port is reserved (tests/ports.py)
+    until ``stop``. A caller that restarts a proxy on the same port passes a ``port`` it
+    holds a ``PortReservation`` for."""
 
     def __init__(
         self,
@@ -43,7 +59,9 @@ class ProxyProcess:
         port: int | None = None,
         launcher: Sequence[str] = (),
     ) -> None:
-        self.port = port or free_port()
+        self._reservation = PortReservation() if port is None and "--workers" in extra else None
+        if self._reservation is not None:
+            port = self._reservation.port
         self.lines: list[str] = []
         self._terminated = False
         self._changed = threading.Condition()
@@ -56,7 +74,7 @@ class ProxyProcess:
                 "--config",
                 str(config),
                 "--port",
-                str(self.port),
+                str(port or 0),
                 *extra,
             ],
             stderr=subprocess.PIPE,
@@ -67,10 +85,28 @@ class ProxyProcess:
         self._reader.start()
         try:
             self.wait_for(ready)
+            self.port: int = port or int(self._announced(_LISTENING, "xks-proxy listening on"))
         except BaseException:
             self.process.kill()
             self.stop()
             raise
+
+    def _announced(self, pattern: re.Pattern[str], text: str) -> str:
+        """The first group of ``pattern`` in the first log line that has it (waits for
+        ``text``: a listener's line may come after the ``ready`` one)."""
+        self.wait_for(text)
+        found = next(match for line in self.lines if (match := pattern.search(line)))
+        return found.group(1)
+
+    @property
+    def ping_port(self) -> int:
+        """The load-balancer ping port the proxy announced (``ping_port = 0`` included)."""
+        return int(self._announced(_PING, "load-balancer ping on"))
+
+    @property
+    def admin_url(self) -> str:
+        """Where the admin API listener said it serves, without ``/admin/v1/``."""
+        return self._announced(_ADMIN, "admin API on")
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -93,7 +129,7 @@ class ProxyProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> None:
+    def wait_for(self, text: str, timeout: float = WAIT_SECONDS, count: int = 1) -> None:
         deadline = time.monotonic() + timeout
         with self._changed:
             while sum(text in line for line in self.lines) < count:
@@ -119,6 +155,8 @@ class ProxyProcess:
         assert not self._reader.is_alive(), "a child of the proxy still holds its stderr open"
         assert self.process.stderr is not None
         self.process.stderr.close()
+        if self._reservation is not None:
+            self._reservation.close()
         return code
 
     def __enter__(self) -> ProxyProcess:

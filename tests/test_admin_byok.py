@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -266,15 +267,17 @@ def test_cli_byok_over_the_admin_url(deployment: Path, tmp_path: Path) -> None: 
     config = load_config(deployment)
     store = config.key_stores[0]
     custodian = mint(deployment, "key-admin", tmp_path / "custodian.jwt")
-    remote = (
-        "--admin-url", f"https://localhost:{config.admin.port}",
-        "--admin-cacert", str(deployment.parent / "admin-ca.pem"),
-        "--token-file", str(custodian),
-    )  # fmt: skip
     assert ca is not None
     material = os.urandom(32)
     key_id = "key-cli-byok"
     with ProxyProcess(deployment, ready="admin API on") as proxy:
+        # The admin listener binds port 0 and announces it; its certificate names localhost.
+        admin_port = urlsplit(proxy.admin_url).port
+        remote = (
+            "--admin-url", f"https://localhost:{admin_port}",
+            "--admin-cacert", str(deployment.parent / "admin-ca.pem"),
+            "--token-file", str(custodian),
+        )  # fmt: skip
         made = run("keys", "create", *remote, "--key-id", key_id, "--origin", "external")
         assert "DISABLED until `keys import`" in made.stdout
         out = tmp_path / "params"

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.authz_policies import ALICE, ALICE_ENCRYPTS_ONLY, BASELINE, BOB, DENY_ALL, ONLY_EBS
 from tests.conftest import KEY_BOTH, Deployment
-from tests.proxy_process import ProxyProcess, close_all, free_port
+from tests.proxy_process import ProxyProcess, close_all
 from tests.test_admin_api import AiohttpClient, admin_deployment, call, token
 from tests.test_admin_process import mint
 from tests.test_authz_http import POLICY_FILE, deployment_with_policy
@@ -179,19 +179,14 @@ async def test_explain_a_decision(admin: Admin) -> None:
 def test_policy_put_over_the_admin_url_is_in_force_at_once(tmp_path: Path) -> None:
     """A running proxy: decisions cached under the old policy give way to the new one."""
     deployment = deployment_with_policy(tmp_path, ALICE_ENCRYPTS_ONLY)
-    port = free_port()
-    text = deployment.config_path.read_text()
-    old = 'host = "127.0.0.1"\nport = 0\n\n[admin.auth]'
-    assert old in text
-    deployment.config_path.write_text(text.replace(old, old.replace("port = 0", f"port = {port}")))
     config = deployment.config_path
     security = mint(config, "security-admin", tmp_path / "security.jwt")
     custodian = mint(config, "key-admin", tmp_path / "custodian.jwt")
-    remote = ("--admin-url", f"http://127.0.0.1:{port}", "--key-store", "dev", "--token-file")
     (tmp_path / "baseline.cedar").write_text(BASELINE)
     (tmp_path / "broken.cedar").write_text(BROKEN)
     request = tmp_path / "request.json"
     with ProxyProcess(config, ready="admin API on") as proxy:
+        remote = ("--admin-url", proxy.admin_url, "--key-store", "dev", "--token-file")
         caller = Caller(proxy, deployment)
         status, encrypted = caller("encrypt", encrypt_body(b"data"))
         assert status == 200

@@ -16,7 +16,7 @@ import pytest
 
 from tests.authz_policies import ALICE, ALICE_ENCRYPTS_ONLY, BASELINE, DENY_ALL
 from tests.conftest import KEY_BOTH, Deployment, make_pkcs11_deployment, software_database
-from tests.proxy_process import ProxyProcess, close_all, free_port
+from tests.proxy_process import ProxyProcess, close_all
 from tests.softhsm import SoftHsm
 from tests.test_admin_api import AiohttpClient, admin_deployment, call, token
 from tests.test_admin_policies import BROKEN, admin_audit
@@ -117,15 +117,11 @@ async def test_a_put_reaches_every_proxy_of_the_store_without_a_reload(
 
 def test_a_running_proxy_follows_a_put_through_the_cli(tmp_path: Path) -> None:
     deployment = in_store(admin_deployment(tmp_path))
-    port = free_port()
-    text = deployment.config_path.read_text()
-    old = 'host = "127.0.0.1"\nport = 0\n\n[admin.auth]'
-    deployment.config_path.write_text(text.replace(old, old.replace("port = 0", f"port = {port}")))
     config = deployment.config_path
     security = mint(config, "security-admin", tmp_path / "security.jwt")
-    remote = ("--admin-url", f"http://127.0.0.1:{port}", "--token-file", str(security))
     (tmp_path / "deny.cedar").write_text(DENY_ALL)
     with ProxyProcess(config, ready="admin API on") as proxy:
+        remote = ("--admin-url", proxy.admin_url, "--token-file", str(security))
         assert "no policy in the key store database yet" in proxy.log
         caller = Caller(proxy, deployment)
         assert caller("encrypt", encrypt_body(b"data"))[0] == 200

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy_process import ProxyProcess, connect, free_port, post
+from tests.proxy_process import ProxyProcess, connect, post
 from tests.test_cli import run
 from tests.xks_client import encrypt_body
 from xks_proxy import sigv4
@@ -24,8 +24,8 @@ from xks_proxy import sigv4
 @pytest.fixture
 def deployment(tmp_path: Path) -> Path:
     run(
-        "init", str(tmp_path / "dep"), "--key-id", "first-key", "--port", str(free_port()),
-        "--metrics-port", str(free_port()), "--admin-port", str(free_port()),
+        "init", str(tmp_path / "dep"), "--key-id", "first-key", "--port", "0",
+        "--metrics-port", "0", "--admin-port", "0",
     )  # fmt: skip
     return tmp_path / "dep" / "xks-proxy.toml"
 
@@ -47,8 +47,6 @@ def test_init_writes_an_enabled_loopback_admin_section(deployment: Path) -> None
 
 
 def test_cli_over_the_admin_api_against_a_running_proxy(deployment: Path, tmp_path: Path) -> None:
-    admin_port = tomllib.loads(deployment.read_text())["admin"]["port"]
-    url = f"http://127.0.0.1:{admin_port}"
     custodian = mint(deployment, "key-admin", tmp_path / "custodian.jwt")
     viewer = mint(deployment, "viewer", tmp_path / "viewer.jwt")
     security = mint(deployment, "security-admin", tmp_path / "security.jwt")
@@ -58,6 +56,7 @@ def test_cli_over_the_admin_api_against_a_running_proxy(deployment: Path, tmp_pa
         kms["XksProxyAuthenticationCredential"]["RawSecretAccessKey"],
     )
     with ProxyProcess(deployment, ready="admin API on") as proxy:
+        url = proxy.admin_url
         remote = ("--admin-url", url, "--token-file")
         run("keys", "create", *remote, str(custodian), "--key-id", "key-over-api")
         listed = json.loads(run("keys", "list", *remote, str(viewer), "--json").stdout)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.authz_policies import ALICE, ALICE_ENCRYPTS_ONLY, BASELINE, BOB, DENY_ALL, EBS, ONLY_EBS
 from tests.conftest import KEY_BOTH, Deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, free_port, post
+from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
 from tests.test_authz_http import POLICY_FILE, audit_lines, deployment_with_policy
 from tests.xks_client import decrypt_body, encrypt_body
 
@@ -41,7 +41,7 @@ def test_a_bad_policy_stops_start_up_and_check_config(tmp_path: Path) -> None:
     deployment = deployment_with_policy(tmp_path, BAD_POLICY)
     config = str(deployment.config_path)
     for args in (
-        ("serve", "--config", config, "--port", str(free_port())),
+        ("serve", "--config", config, "--port", "0"),
         ("check-config", "--config", config),
     ):
         result = run(*args)

@@ -230,14 +230,21 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
             "--wrapping-key-spec", "RSA_3072", "--out", str(out),
         )  # fmt: skip
 
-    def import_material(algorithm: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    def import_material(
+        algorithm: str, out: Path, valid_for: timedelta | None = None
+    ) -> tuple[subprocess.CompletedProcess[str], datetime | None]:
+        """``keys import``; with ``valid_for``, a ``--valid-to`` that long after the command
+        starts (counted after the wrapping, which takes long on a busy machine)."""
         made = import_parameters(algorithm, out)
         assert made.returncode == 0, made.stderr
         wrapped = wrap(out / "wrapping-key.pem", material, algorithm, out)
-        return cli(
+        valid_to = None if valid_for is None else datetime.now(UTC) + valid_for
+        extra = () if valid_to is None else ("--valid-to", valid_to.isoformat())
+        imported = cli(
             "import", "--key-id", key_id, "--material", str(wrapped),
             "--import-token", str(out / "import-token"), *extra,
         )  # fmt: skip
+        return imported, valid_to
 
     created = cli("create", "--key-id", key_id, "--origin", "external")
     assert created.returncode == 0, created.stderr
@@ -260,7 +267,7 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
             status, body = call("encrypt", encrypt_body(b"x"))
             assert status == 400 and body["errorName"] == "InvalidStateException"
 
-            imported = import_material("RSA_AES_KEY_WRAP_SHA_256", tmp_path / "p1")
+            imported, _ = import_material("RSA_AES_KEY_WRAP_SHA_256", tmp_path / "p1")
             assert imported.returncode == 0, imported.stderr
             assert (tmp_path / "p1" / "import-token").stat().st_mode & 0o077 == 0
             wait_for("ENABLED", 5)
@@ -279,11 +286,11 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
             assert deleted.returncode == 0 and "DISABLED" in deleted.stdout, deleted.stderr
             wait_for("DISABLED", 5)
 
-            valid_to = datetime.now(UTC) + timedelta(seconds=12)
-            again = import_material(
-                "RSAES_OAEP_SHA_256", tmp_path / "p2", "--valid-to", valid_to.isoformat()
+            again, valid_to = import_material(
+                "RSAES_OAEP_SHA_256", tmp_path / "p2", timedelta(seconds=12)
             )
             assert again.returncode == 0, again.stderr
+            assert valid_to is not None
             while datetime.now(UTC) < valid_to:
                 time.sleep(0.1)
             wait_for("DISABLED", 5)
@@ -300,7 +307,7 @@ def test_cli_byok_walk_through_against_the_running_proxy(tmp_path: Path) -> None
     refused = cli("rotate", "--key-id", key_id)
     assert refused.returncode == 1 and "imported keys cannot be rotated" in refused.stderr
     material = os.urandom(32)
-    other = import_material("RSAES_OAEP_SHA_256", tmp_path / "p3")
+    other, _ = import_material("RSAES_OAEP_SHA_256", tmp_path / "p3")
     assert other.returncode == 1 and "only the same material" in other.stderr
     naive = cli(
         "import", "--key-id", key_id, "--material", config, "--import-token", config,

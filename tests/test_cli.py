@@ -6,14 +6,13 @@ import json
 import os
 import stat
 import subprocess
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.proxy_process import XKS_PROXY, ProxyProcess, connect, free_port, post
+from tests.proxy_process import XKS_PROXY, ProxyProcess, connect, post
 from xks_proxy import sigv4
 
 
@@ -34,11 +33,11 @@ def deployment(tmp_path: Path) -> Path:
         "--key-id",
         "cli-key",
         "--port",
-        str(free_port()),
+        "0",
         "--metrics-port",
-        str(free_port()),
+        "0",
         "--admin-port",
-        str(free_port()),
+        "0",
     )
     return tmp_path / "dep" / "xks-proxy.toml"
 
@@ -82,7 +81,6 @@ def test_init_serve_round_trip_and_metrics(deployment: Path) -> None:
         kms["XksProxyAuthenticationCredential"]["AccessKeyId"],
         kms["XksProxyAuthenticationCredential"]["RawSecretAccessKey"],
     )
-    metrics_port = tomllib.loads(deployment.read_text())["metrics"]["port"]
     with ProxyProcess(deployment, ready="metrics on") as proxy:
         base, uri = f"http://127.0.0.1:{proxy.port}", kms["XksProxyUriPath"]
         connection = connect(proxy.port)
@@ -122,7 +120,7 @@ def test_init_serve_round_trip_and_metrics(deployment: Path) -> None:
         )
         assert status == 200 and health["ekmFleetDetails"][0]["healthStatus"] == "ACTIVE"
         connection.close()
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+        with urllib.request.urlopen(proxy.metrics_url) as response:
             scraped = response.read().decode()
         assert 'xks_request_duration_seconds_count{key_store="dev",operation="Encrypt"' in scraped
         with pytest.raises(urllib.error.HTTPError):
@@ -187,7 +185,7 @@ def test_wrong_kek_is_caught_before_serving(deployment: Path) -> None:
     (deployment.parent / "kek.key").write_text("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")
     result = run("check-config", "--config", str(deployment), check=False)
     assert result.returncode == 2 and "key-encryption key" in result.stderr
-    served = run("serve", "--config", str(deployment), "--port", str(free_port()), check=False)
+    served = run("serve", "--config", str(deployment), "--port", "0", check=False)
     assert served.returncode == 2 and "key-encryption key" in served.stderr
 
 

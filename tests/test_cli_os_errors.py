@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy_process import XKS_PROXY, free_port
+from tests.proxy_process import XKS_PROXY
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI is)")
 
@@ -63,11 +63,11 @@ def deployment_on(volume: Path) -> Path:
         "--key-id",
         "first-key",
         "--port",
-        str(free_port()),
+        "0",
         "--metrics-port",
-        str(free_port()),
+        "0",
         "--admin-port",
-        str(free_port()),
+        "0",
     )
     assert made.returncode == 0, made.stderr
     return volume / "dep" / "xks-proxy.toml"

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Deployment, lifecycle_audit_lines, make_deployment
 from tests.postgres import PostgresServer
-from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all, free_port
+from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, close_all
 from tests.test_admin_api import AiohttpClient, admin_deployment, call, token
 from tests.test_keystore_postgres import PROPAGATION_BOUND_SECONDS, wait_until
 from tests.xks_client import HEALTH_BODY
@@ -197,7 +197,7 @@ def test_a_key_store_without_any_credential_is_refused_at_serve(
     host_a.credentials("revoke", "--access-key-id", first.access_key_id, "--force")
     check = cli("check-config", "--config", str(host_a.config))
     assert check.returncode == 2 and "key store dev has no credential" in check.stderr
-    serve = cli("serve", "--config", str(host_a.config), "--port", str(free_port()))
+    serve = cli("serve", "--config", str(host_a.config), "--port", "0")
     assert serve.returncode != 0
     assert "key store dev has no credential" in serve.stderr
     assert "Traceback" not in serve.stderr

@@ -22,7 +22,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from tests.conftest import make_deployment
-from tests.proxy_process import ProxyProcess, free_port
+from tests.proxy_process import ProxyProcess
 
 ROOT = Path(__file__).parent.parent
 CONTAINER = ROOT / "deploy" / "container"
@@ -110,15 +110,14 @@ def test_the_healthcheck_command_follows_ping(tmp_path: Path) -> None:
     """The HEALTHCHECK's exact argv (the container's ``python`` is this one), pointed at a
     real proxy's ping port."""
     argv = healthcheck_argv(parse(FILES[0]))
-    ping_port = free_port()
-    argv = [sys.executable, *argv[1:-1], argv[-1].replace(":8081/", f":{ping_port}/")]
     deployment = make_deployment(
         tmp_path,
         **{"max_body_bytes = 65536": "max_body_bytes = 65536\nshutdown_delay_seconds = 3\n"
-           f'ping_host = "127.0.0.1"\nping_port = {ping_port}'},
+           'ping_host = "127.0.0.1"\nping_port = 0'},
     )  # fmt: skip
     with ProxyProcess(deployment.config_path, ready="load-balancer ping") as proxy:
         proxy.wait_for("key store")
+        argv = [sys.executable, *argv[1:-1], argv[-1].replace(":8081/", f":{proxy.ping_port}/")]
         assert subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
         proxy.send_signal(signal.SIGTERM)
         proxy.wait_for("SIGTERM: /ping answers 503")

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import KEY_BOTH, make_pkcs11_deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls, free_port
+from tests.ports import PortReservation
+from tests.proxy_process import XKS_PROXY, ProxyProcess, add_tls
 from tests.softhsm import SoftHsm
 
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "xks-proxy.json"
@@ -62,7 +63,9 @@ class Prometheus:
             f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n"
             f"      - targets: ['{target}']\n"
         )
-        self.port = free_port()
+        # Prometheus takes no port 0 it would report: a port held for it (tests/ports.py).
+        self._reservation = PortReservation()
+        self.port = self._reservation.port
         self.log = directory / "prometheus.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
@@ -103,6 +106,7 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._reservation.close()
 
 
 @pytest.fixture

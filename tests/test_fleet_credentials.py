@@ -22,7 +22,6 @@ from tests.proxy_process import (
     ProxyProcess,
     close_all,
     connect,
-    free_port,
     post,
 )
 from tests.softhsm import find_module
@@ -57,9 +56,9 @@ def deployment(directory: Path) -> Path:
         "init",
         str(directory),
         "--port",
-        str(free_port()),
+        "0",
         "--metrics-port",
-        str(free_port()),
+        "0",
         "--admin-port",
         "0",
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, free_port, post
+from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
 from tests.softhsm import USER_PIN, SoftHsm, find_module, make_softhsm
 from xks_proxy.config import load_config
 
@@ -40,7 +40,7 @@ def init(
     return subprocess.run(
         [XKS_PROXY, "init", str(directory), "--backend", "pkcs11", "--module", str(hsm.module),
          "--token-label", "xks", "--pin-env", PIN_ENV, "--key-id", KEY_ID,
-         "--port", str(free_port()), "--metrics-port", str(free_port()), "--admin-port", "0",
+         "--port", "0", "--metrics-port", "0", "--admin-port", "0",
          *extra],
         capture_output=True, text=True, timeout=120, check=False, env=environment,
     )  # fmt: skip
@@ -175,8 +175,8 @@ def test_the_softhsm_example_works_as_its_comments_say(tmp_path: Path) -> None:
     text = (examples / "xks-proxy.softhsm2.example.toml").read_text()
     module = find_module()
     text = text.replace("/usr/lib/softhsm/libsofthsm2.so", str(module))
-    text = text.replace("port = 8080", f"port = {free_port()}")
-    config.write_text(text + f"\n[metrics]\nport = {free_port()}\n")
+    text = text.replace("port = 8080", "port = 0")
+    config.write_text(text + "\n[metrics]\nport = 0\n")
     environment = {**os.environ, "SOFTHSM2_CONF": str(softhsm_conf), "XKS_HSM_PIN": USER_PIN}
 
     def step(*args: str) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.proxy_process import free_port
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import parse_config
 from xks_proxy.errors import ConfigError
@@ -187,8 +187,10 @@ def test_concurrent_writers_on_postgresql_never_collide(postgres_url: str) -> No
         database.close()
 
 
-def test_an_unreachable_postgresql_is_a_clear_error_without_the_password() -> None:
-    port = free_port()
+def test_an_unreachable_postgresql_is_a_clear_error_without_the_password(
+    reserve_port: Callable[[], int],
+) -> None:
+    port = reserve_port()  # held and never listened on: connections are refused
     url = f"postgresql://xks:hunter2secret@127.0.0.1:{port}/keys"
     with pytest.raises(KeyStoreUnavailableError) as raised:
         KeyDatabase(url, os.urandom(32))

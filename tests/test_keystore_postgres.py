@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import KEY_BOTH, Deployment, make_deployment
 from tests.postgres import PostgresServer
-from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, free_port, post
+from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
 from tests.xks_client import HEALTH_BODY, METADATA_BODY, decrypt_body, encrypt_body, unb64
 from xks_proxy import sigv4
 from xks_proxy.backends.base import DECRYPT, ENCRYPT, HealthState
@@ -367,11 +367,11 @@ def test_keys_migrate_refuses_a_store_sealed_under_another_kek(
 
 
 def test_without_its_store_a_proxy_refuses_to_start_and_commands_say_why(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, reserve_port: Callable[[], int]
 ) -> None:
     deployment = make_deployment(tmp_path / "d", database_url=postgres_url)
     config = deployment.config_path
-    gone = f"postgresql://postgres:pw-not-shown@127.0.0.1:{free_port()}/gone"
+    gone = f"postgresql://postgres:pw-not-shown@127.0.0.1:{reserve_port()}/gone"
     config.write_text(config.read_text().replace(postgres_url, gone))
     for command in (
         ["serve", "--config", str(config), "--port", "0"],

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KEY_BOTH, Deployment, make_deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, free_port, post
+from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
 
 ENCRYPT = {
     "requestMetadata": {"awsPrincipalArn": "arn:p", "kmsKeyArn": "arn:k",
@@ -162,18 +162,18 @@ def test_workers_never_outlive_a_killed_supervisor(lifecycle_deployment: Deploym
 
 
 def test_sigterm_turns_ping_to_503_and_serves_through_the_delay(tmp_path: Path) -> None:
-    ping_port = free_port()
     deployment = make_deployment(
         tmp_path,
         **{
             "max_body_bytes = 65536": "max_body_bytes = 65536\nshutdown_delay_seconds = 2\n"
-            f'ping_host = "127.0.0.1"\nping_port = {ping_port}'
+            'ping_host = "127.0.0.1"\nping_port = 0'
         },
     )
     credential = deployment.config.key_stores[0].credentials[0]
     uri = deployment.config.key_stores[0].uri_path
     with ProxyProcess(deployment.config_path, ready="load-balancer ping") as proxy:
         proxy.wait_for("key store")
+        ping_port = proxy.ping_port
         assert ping(proxy.port) == ping(ping_port) == 200
         connection = connect(proxy.port)
         assert post(connection, f"{uri}/keys/{KEY_BOTH}/encrypt", ENCRYPT, credential)[0] == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import KEY_BOTH, Deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, free_port
+from tests.proxy_process import XKS_PROXY, ProxyProcess
 from xks_proxy.loadtest.runner import LoadSpec, run, run_process
 from xks_proxy.loadtest.stats import Results, percentile
 from xks_proxy.loadtest.workload import XksTarget, parse_mix, schedule
@@ -94,16 +95,18 @@ async def test_rate_and_mix_against_the_proxy(
     summary = (await run_process(spec)).summary()
     assert summary["scheduled"] == summary["completed"] == 400
     assert summary["errors"] == {}
-    # The last request is due at 1.995 s; finishing takes a little longer (a tolerance, not a
-    # speed test).
-    assert 1.99 <= summary["elapsed_s"] < 4.0
+    # The last request is due at 1.995 s: the run is paced, not a burst. The upper bound only
+    # catches a hang (a busy machine, e.g. under `pytest -n`, took 11.8 s), not a speed test.
+    assert 1.99 <= summary["elapsed_s"] < 60.0
 
 
-async def test_errors_are_counted_by_name(proxy_url: str, software_deployment: Deployment) -> None:
+async def test_errors_are_counted_by_name(
+    proxy_url: str, software_deployment: Deployment, reserve_port: Callable[[], int]
+) -> None:
     cases: dict[str, dict[str, Any]] = {
         "KeyNotFoundException": {"key_id": "key-missing"},
         "AuthenticationFailedException": {"credential": Credential("A" * 20, "s" * 44)},
-        "ClientConnectorError": {"url": f"http://127.0.0.1:{free_port()}"},
+        "ClientConnectorError": {"url": f"http://127.0.0.1:{reserve_port()}"},
     }
     for name, changes in cases.items():
         spec = LoadSpec(target=_target(proxy_url, software_deployment, **changes),

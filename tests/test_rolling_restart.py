@@ -19,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import KEY_BOTH, make_deployment
-from tests.proxy_process import XKS_PROXY, ProxyProcess, free_port
+from tests.proxy_process import XKS_PROXY, ProxyProcess
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
 HAPROXY_CONFIG = Path(__file__).parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
@@ -58,8 +59,10 @@ def haproxy_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_the_shipped_haproxy_config_is_valid_and_needs_its_addresses() -> None:
-    ports = [free_port() for _ in range(2 * PROXIES + 1)]
+def test_the_shipped_haproxy_config_is_valid_and_needs_its_addresses(
+    reserve_port: Callable[[], int],
+) -> None:
+    ports = [reserve_port() for _ in range(2 * PROXIES + 1)]
     env = haproxy_environment(ports[0], ports[1 : PROXIES + 1], ports[PROXIES + 1 :])
     checked = haproxy_check(env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -97,7 +100,7 @@ def wait_for_rise() -> None:
 
 
 def test_fleet_behind_the_shipped_haproxy_survives_kill_and_rolling_restart(
-    tmp_path: Path,
+    tmp_path: Path, reserve_port: Callable[[], int]
 ) -> None:
     assert HAPROXY is not None, "make test installs it (scripts/install-system-deps.sh)"
     deployment = make_deployment(
@@ -112,7 +115,7 @@ def test_fleet_behind_the_shipped_haproxy_survives_kill_and_rolling_restart(
     base = deployment.config_path.read_text()
     configs, ping_ports = [], []
     for i in range(PROXIES):
-        ping_ports.append(free_port())
+        ping_ports.append(reserve_port())
         config = tmp_path / f"proxy{i}.toml"
         text = base.replace(
             "[server]",
@@ -128,9 +131,11 @@ def test_fleet_behind_the_shipped_haproxy_survives_kill_and_rolling_restart(
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout
     )  # fmt: skip
-    proxies = [ProxyProcess(config) for config in configs]
-    ports = [proxy.port for proxy in proxies]
-    front = free_port()
+    # Every port is held for the whole test (tests/ports.py): a proxy is started again on the
+    # port HAProxy knows, and nobody else may take it in between.
+    ports = [reserve_port() for _ in configs]
+    proxies = [ProxyProcess(config, port=port) for config, port in zip(configs, ports, strict=True)]
+    front = reserve_port()
     balancer_log = tmp_path / "haproxy.log"
     with balancer_log.open("w") as log:
         balancer = subprocess.Popen(

@@ -30,7 +30,6 @@ from tests.proxy_process import (
     ProxyProcess,
     close_all,
     connect,
-    free_port,
     open_socket,
     post,
     signed_request,
@@ -235,9 +234,8 @@ def test_mutual_tls_accepts_kms_and_refuses_every_other_client(
     tmp_path: Path, pki: Pki, client_certs: dict[str, tuple[Path, Path]]
 ) -> None:
     deployment = make_deployment(tmp_path)
-    ping_port = free_port()
     config = configure(
-        deployment, server={"ping_port": ping_port, "ping_host": "127.0.0.1"},
+        deployment, server={"ping_port": 0, "ping_host": "127.0.0.1"},
         tls=pki.server_files(), mtls_ca=pki.ca_pem,
     )  # fmt: skip
     with ProxyProcess(config) as proxy:
@@ -271,7 +269,7 @@ def test_mutual_tls_accepts_kms_and_refuses_every_other_client(
                 proxy.port, HEALTH_PATH, b"{}", credential(deployment), "--cacert", str(pki.ca_pem)
             )
         # the load balancer's plain-HTTP probe needs no certificate
-        with urllib.request.urlopen(f"http://127.0.0.1:{ping_port}/ping", timeout=10) as ping:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy.ping_port}/ping", timeout=10) as ping:
             assert ping.status == 200
         assert metric_value(metrics_text(proxy), "xks_tls_handshake_failures_total") >= 5
 
