@@ -55,6 +55,7 @@ from xks_proxy.keystore.records import (
 )
 from xks_proxy.keystore.store import KeyStoreUnavailableError
 from xks_proxy.safelog import log_unexpected
+from xks_proxy.web.connection import report_to_connection
 from xks_proxy.web.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -336,7 +337,10 @@ def _audit_hook(
 def create_admin_app(
     config: Config, guard: AdminGuard, metrics: AdminMetrics | None = None
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
+    # report_to_connection first: the head timer and the drain see every request, failed or not.
+    app = web.Application(
+        middlewares=[report_to_connection, errors_as_json], client_max_size=MAX_BODY_BYTES
+    )
     app[GUARD] = guard
     app[CONFIG_PATH] = config.path
     app[AUDIT] = _audit_hook(config.audit, metrics)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -333,3 +333,21 @@ def request_finished(connection: XksConnection | None) -> bool:
         return False
     connection.request_finished()
     return connection.draining
+
+
+@web.middleware
+async def report_to_connection(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """For an Application behind ``XksSite`` whose handlers do not report to their connection
+    themselves (the admin API). Without it the connection counts no request as running, so the
+    head timer, armed by the connection's first byte and never disarmed, cut a keep-alive
+    connection ``header_timeout`` after that byte, even in the middle of a request."""
+    connection = request_started(request)
+    try:
+        response = await handler(request)
+    finally:
+        draining = request_finished(connection)
+    if draining:
+        response.force_close()
+    return response
