@@ -32,8 +32,8 @@ HISTORY = [
     "transport at once, and a task only for an endpoint that waits; hot-path value types as "
     "NamedTuples instead of frozen dataclasses |",
     "",
-    "The third pass's row: the proxy before it (`--baseline`, the second pass) and after it, "
-    "interleaved in the run above; the other rows are from earlier runs. Measured and not kept:",
+    "The third pass's row is the run above (with `--baseline`, the proxy before it too, "
+    "interleaved in that run); the other rows are from earlier runs. Measured and not kept:",
     "",
     "- uvloop, measured again: its TLS failure had a cause, not a race. uvloop starts reading "
     "a connection right after `connection_made` even when the protocol paused it there, so the "
