@@ -45,7 +45,7 @@ async def create(config_path: Path, key_id: str) -> web.Application:
     backend = SoftwareBackend(backend_config)
     await backend.open()
     key = backend._key(key_id)  # a benchmark helper, not the proxy
-    versions = await backend._versions(key, key.newest_version)  # its one version, unsealed
+    cipher = await backend._unseal_version(key, key.newest_version)  # its one version
     credentials = {c.access_key_id: c for c in store.credentials}
     metadata = {"keySpec": "AES_256", "keyUsage": ["DECRYPT", "ENCRYPT"], "keyStatus": "ENABLED"}
     health = {"xksProxyFleetSize": 1, "xksProxyVendor": "x", "xksProxyModel": "x",
@@ -61,7 +61,7 @@ async def create(config_path: Path, key_id: str) -> web.Application:
         answer: dict[str, Any]
         if action == "encrypt":
             aad = document.get("additionalAuthenticatedData")
-            sealed = seal(versions, key.newest_version, _b64(document["plaintext"]),
+            sealed = seal(cipher, key.newest_version, _b64(document["plaintext"]),
                           _b64(aad) if aad else None)  # fmt: skip
             answer = {"ciphertext": _text(sealed.ciphertext), "initializationVector":
                       _text(sealed.iv), "authenticationTag": _text(sealed.tag),
@@ -72,7 +72,7 @@ async def create(config_path: Path, key_id: str) -> web.Application:
                                 _b64(document["initializationVector"]),
                                 _b64(document["authenticationTag"]),
                                 _b64(document["ciphertextMetadata"]))  # fmt: skip
-            answer = {"plaintext": _text(unseal(versions, sealed, _b64(aad) if aad else None))}
+            answer = {"plaintext": _text(unseal(cipher, sealed, _b64(aad) if aad else None))}
         else:
             answer = metadata if action == "metadata" else health
         return web.Response(body=orjson.dumps(answer), content_type="application/json")

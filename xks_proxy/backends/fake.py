@@ -33,8 +33,8 @@ from xks_proxy.backends.base import (
     KeyInfo,
     SealedData,
 )
-from xks_proxy.backends.software import seal, unseal
-from xks_proxy.errors import KeyNotFoundError
+from xks_proxy.backends.software import ciphertext_version, seal, unseal
+from xks_proxy.errors import InvalidCiphertextError, KeyNotFoundError
 
 FakeCall = Literal["describe_key", "encrypt", "decrypt", "check_health"]
 BOTH = frozenset({ENCRYPT, DECRYPT})
@@ -117,7 +117,7 @@ class FakeBackend:
     async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         self._enter("encrypt")
         key = self._key(key_id)
-        sealed = seal(key.ciphers.__getitem__, key.newest_version, plaintext, aad)
+        sealed = seal(key.ciphers[key.newest_version], key.newest_version, plaintext, aad)
         if self._corrupt_encrypts:
             self._corrupt_encrypts -= 1
             tag = bytes([sealed.tag[0] ^ 0x01]) + sealed.tag[1:]
@@ -126,7 +126,10 @@ class FakeBackend:
 
     async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
         self._enter("decrypt")
-        return unseal(self._key(key_id).ciphers.__getitem__, sealed, aad)
+        cipher = self._key(key_id).ciphers.get(ciphertext_version(sealed))
+        if cipher is None:
+            raise InvalidCiphertextError()
+        return unseal(cipher, sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         self._enter("check_health")

@@ -242,14 +242,17 @@ class SoftwareBackend:
                 log.warning("deleted the imported material of key %s: --valid-to passed", key_id)
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
-    async def _versions(self, key: KeyRecord, version: int) -> Versions:
-        """``key`` for a request on ``version``, that version unsealed (off the event loop
-        under an HSM KEK); the versions it lacks raise ``KeyError`` as ``seal`` expects."""
+    async def _unseal_version(self, key: KeyRecord, version: int) -> AESGCM:
+        """``version`` of ``key`` unsealed into the cache (off the event loop under an HSM KEK):
+        the miss path, awaited only when ``UnsealedKeyCache.cached`` has nothing, so a request on
+        a cached version runs no coroutine of its own for its key."""
         assert self._cache is not None
         if version not in key.versions:
-            return _no_version
+            # Only a ciphertext names a version the key lacks: Encrypt uses the newest, and a key
+            # without material is DISABLED before a request reaches the backend.
+            raise InvalidCiphertextError()
         try:
-            return _only(version, await self._cache.load(key, version))
+            return await self._cache.load(key, version)
         except KeyStoreUnavailableError as error:
             # The HSM holding the KEK is out of reach: the key exists, and the request may be
             # retried (InternalException), never KeyNotFound.
@@ -279,13 +282,19 @@ class SoftwareBackend:
 
     async def encrypt(self, key_id: str, plaintext: bytes, aad: bytes | None) -> SealedData:
         key = self._key(key_id)
-        versions = await self._versions(key, key.newest_version)
-        return seal(versions, key.newest_version, plaintext, aad)
+        version = key.newest_version
+        cache = self._cache
+        assert cache is not None
+        cipher = cache.cached(key_id, version) or await self._unseal_version(key, version)
+        return seal(cipher, version, plaintext, aad)
 
     async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
         key = self._key(key_id)
-        versions = await self._versions(key, ciphertext_version(sealed))
-        return unseal(versions, sealed, aad)
+        version = ciphertext_version(sealed)
+        cache = self._cache
+        assert cache is not None
+        cipher = cache.cached(key_id, version) or await self._unseal_version(key, version)
+        return unseal(cipher, sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
         state = HealthState.UNAVAILABLE
@@ -296,34 +305,15 @@ class SoftwareBackend:
                 await asyncio.to_thread(self._db.sealer.probe)
         if key is not None:
             try:
-                versions = await self._versions(key, key.newest_version)
-                sealed = seal(versions, key.newest_version, _HEALTH_PLAINTEXT, None)
-                if unseal(versions, sealed, None) == _HEALTH_PLAINTEXT:
+                cipher = await self._unseal_version(key, key.newest_version)
+                sealed = seal(cipher, key.newest_version, _HEALTH_PLAINTEXT, None)
+                if unseal(cipher, sealed, None) == _HEALTH_PLAINTEXT:
                     # Serving from memory works, but changes to the store do not arrive.
                     state = HealthState.DEGRADED if self.store_problem else HealthState.ACTIVE
             except Exception as error:
                 log_unexpected(log, logging.WARNING, f"health check of backend {self.name}", error)
         model = f"xks-proxy software key store {__version__}"
         return [EkmHealth(ekm_id=self.name, model=model, state=state)]
-
-
-# A key's cipher for each version it has; KeyError for a version it lacks.
-Versions = Callable[[int], AESGCM]
-
-
-def _only(version: int, cipher: AESGCM) -> Versions:
-    """``cipher`` as ``version``; any other version is one the request cannot use."""
-
-    def versions(asked: int) -> AESGCM:
-        if asked != version:
-            raise KeyError(asked)
-        return cipher
-
-    return versions
-
-
-def _no_version(asked: int) -> AESGCM:
-    raise KeyError(asked)
 
 
 def ciphertext_version(sealed: SealedData) -> int:
@@ -334,25 +324,25 @@ def ciphertext_version(sealed: SealedData) -> int:
         raise InvalidCiphertextError() from None
 
 
-def seal(versions: Versions, version: int, plaintext: bytes, aad: bytes | None) -> SealedData:
-    """AES-256-GCM under ``version``, with the spec's EKM_AAD (xks-spec §5.2)."""
+def seal(cipher: AESGCM, version: int, plaintext: bytes, aad: bytes | None) -> SealedData:
+    """AES-256-GCM under ``cipher``, key ``version``, with the spec's EKM_AAD (xks-spec §5.2)."""
     metadata = CiphertextMetadata(key_version=version).encode()
     iv = os.urandom(IV_BYTES)
-    sealed = versions(version).encrypt(iv, plaintext, ekm_aad(aad, metadata))
+    sealed = cipher.encrypt(iv, plaintext, ekm_aad(aad, metadata))
     return SealedData(
         ciphertext=sealed[:-TAG_BYTES], iv=iv, tag=sealed[-TAG_BYTES:], ciphertext_metadata=metadata
     )
 
 
-def unseal(versions: Versions, sealed: SealedData, aad: bytes | None) -> bytes:
-    """The plaintext of ``sealed``; raises InvalidCiphertextError for any failure."""
+def unseal(cipher: AESGCM, sealed: SealedData, aad: bytes | None) -> bytes:
+    """The plaintext of ``sealed`` under ``cipher``, the version its metadata names
+    (``ciphertext_version``); raises InvalidCiphertextError for any failure."""
     # Every failure looks the same to the caller: no oracle for versions, metadata or tags.
     try:
-        version = CiphertextMetadata.decode(sealed.ciphertext_metadata).key_version
-        return versions(version).decrypt(
+        return cipher.decrypt(
             sealed.iv, sealed.ciphertext + sealed.tag, ekm_aad(aad, sealed.ciphertext_metadata)
         )
-    except (ValueError, KeyError, InvalidTag):
+    except (ValueError, InvalidTag):
         raise InvalidCiphertextError() from None
 
 

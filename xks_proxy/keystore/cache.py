@@ -41,6 +41,11 @@ class UnsealedKeyCache:
     def __len__(self) -> int:
         return len(self._ciphers)
 
+    def cached(self, key_id: str, version: int) -> AESGCM | None:
+        """The version's cipher if it is unsealed already, else None: the hot path, which
+        neither unseals nor waits (``load`` does on a miss)."""
+        return self._cached((key_id, version))
+
     def cipher(self, record: KeyRecord, version: int) -> AESGCM:
         """The cipher of one version, unsealed here if need be; ``KeyError`` when the key has
         no such version."""
