@@ -162,7 +162,6 @@ class InlineRequestHandler(XksRequestHandler):
                 if not isinstance(message, RawRequestMessage) or not _qualifies(message, payload):
                     break
                 messages.popleft()
-                self._consumed()
                 if not self._answer(message, payload):
                     messages.appendleft((message, payload))  # the shortcut did not take it
                     break
@@ -192,6 +191,9 @@ class InlineRequestHandler(XksRequestHandler):
         handler = self._shortcut(request)
         if handler is None:
             return False
+        # Taken: it is this connection's now (what start() does with a message it takes; one
+        # the shortcut declines goes back to start(), which does it then).
+        self._consumed()
         self._request_in_progress = True
         coroutine = handler(request)
         try:
