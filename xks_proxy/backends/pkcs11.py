@@ -68,6 +68,7 @@ from xks_proxy.backends.base import (
     SealedData,
 )
 from xks_proxy.backends.call_threads import CallThreads
+from xks_proxy.backends.pkcs11_direct import AesGcm, DirectCallFailed
 from xks_proxy.backends.pkcs11_errors import (
     SESSION_FAILURES,
     TokenLostError,
@@ -111,6 +112,7 @@ class Pkcs11Backend:
             config.sessions * len(self._tokens) + 1, f"pkcs11-{config.name}"
         )
         self._library: Any = None
+        self._aes_gcm: AesGcm | None = None
         self._keys = KeyFinder(config.key_lookup, config.health_key_label)
         self._described: dict[str, tuple[float, KeyInfo]] = {}
         self._reconnecting = asyncio.Lock()
@@ -130,6 +132,7 @@ class Pkcs11Backend:
 
     def _connect_all(self) -> None:
         self._library = pkcs11_library.load(self._config.module)
+        self._aes_gcm = AesGcm(self._config.module)
         for token in self._tokens:
             try:
                 session = self._ensure(token, token.sessions[0])
@@ -252,6 +255,24 @@ class Pkcs11Backend:
         self._described[key_id] = (time.monotonic() + DESCRIBE_TTL_SECONDS, info)
         return info
 
+    def _aes_gcm_call(
+        self, key: Any, params: pkcs11_library.GcmParams, data: bytes, *, encrypting: bool
+    ) -> bytes:
+        """AES-GCM with ``key``: two direct calls (``pkcs11_direct``) when the key permits
+        the operation; otherwise, and after a failed direct call, through python-pkcs11, whose
+        typed exception (or AttributeError for a key without the usage) names the failure."""
+        name = "encrypt" if encrypting else "decrypt"
+        if self._aes_gcm is not None and hasattr(key, name):
+            direct = self._aes_gcm.encrypt if encrypting else self._aes_gcm.decrypt
+            try:
+                return direct(key, params, data)
+            except DirectCallFailed:
+                pass
+        result: bytes = getattr(key, name)(
+            data, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
+        )
+        return result
+
     def _encrypt_in_session(
         self, pooled: PooledSession, key_id: str, plaintext: bytes, aad: bytes | None
     ) -> SealedData:
@@ -264,9 +285,7 @@ class Pkcs11Backend:
             pooled,
             key_id,
             version,
-            lambda key: key.encrypt(
-                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
-            ),
+            lambda key: self._aes_gcm_call(key, params, plaintext, encrypting=True),
         )
         if token_iv:
             iv = params.iv_after_call()
@@ -302,10 +321,8 @@ class Pkcs11Backend:
             pooled,
             key_id,
             version,
-            lambda key: key.decrypt(
-                sealed.ciphertext + sealed.tag,
-                mechanism=Mechanism.AES_GCM,
-                mechanism_param=params.raw(),
+            lambda key: self._aes_gcm_call(
+                key, params, sealed.ciphertext + sealed.tag, encrypting=False
             ),
         )
         return plaintext
