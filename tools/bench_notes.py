@@ -109,9 +109,32 @@ PKCS11_NOTES = [
     "threads; probably why its requests cost more here). Kept as an option, default off, "
     "measured above "
     "next to the default.",
+    "- Where the thread path's extra CPU went (issue 15, second pass): py-spy put 18 % of the "
+    "event-loop thread's samples in `sem_post`, the job queue's wake-up of a call thread, "
+    "which preempts the loop on its core although the loop holds the GIL (5.3 context switches "
+    "per request through the proxy, 0.2 with `calls_on_event_loop`); and python-pkcs11 makes "
+    "three module calls per operation (a size query first), each taking the GIL twice (its "
+    "Cython wrapper checks for a Python error with the GIL after each call). In process "
+    "(8 sessions, 16 tasks, the loop busy 300 µs per request as the HTTP path is, one core, "
+    "7 interleaved rounds, load average 7-10), CPU per call:",
+    "- AES-GCM through two direct calls (`pkcs11_direct`: `C_*Init` and one "
+    "`C_Encrypt`/`C_Decrypt` through ctypes, output room known, a failure named by "
+    "python-pkcs11 on a second try): with `calls_on_event_loop` Decrypt 555 → 499 and "
+    "543 → 496 µs, Encrypt 593 → 551 µs; on threads within the noise (Decrypt 650 → 663, "
+    "716 → 711; Encrypt 775 → 727). SoftHSM2 asks for the full input length as room for a "
+    "decrypt (not the plaintext's), so that is the room given.",
+    "- Call threads under `SCHED_BATCH` (no wake-up preemption; same share): context switches "
+    "per call 2.15 → 0.85 and 2.03 → 0.91; Decrypt 699 → 664 and 673 → 637 µs, Encrypt "
+    "740 → 632 and 646 → 582 µs (both with direct calls).",
     "",
     "Measured and not kept:",
     "",
+    "- `sys.setswitchinterval(0.02)` (default 5 ms; global): Decrypt 673 → 664, Encrypt "
+    "646 → 595 µs alone, and 637 → 643, 582 → 609 µs on top of `SCHED_BATCH`: no consistent "
+    "gain for a process-wide side effect.",
+    "- Fewer call threads (1 or 2 instead of one per session): 1.2 context switches per call "
+    "instead of 2.1 but CPU within the noise (645 and 626 against 644 and 704 µs), and a "
+    "network HSM needs a thread per session in flight.",
     "- A session-object copy of each key (`C_CopyObject` with CKA_TOKEN false): SoftHSM2 "
     "reads the token's generation file and the key's object file under `fcntl` locks on every "
     "`C_EncryptInit`/`C_DecryptInit` of a token object (strace: 2.5 opens and 7.6 `fcntl` per "

@@ -27,6 +27,8 @@
   InvalidCiphertextException once the token is confirmed: the metadata is part of what Encrypt
   returned, and any change to it makes a ciphertext that does not decrypt (xks-spec §4.3,
   §7.2); the key exists, so it is not KeyNotFoundException.
+* AES-GCM itself is two direct calls into the module (``pkcs11_direct``): no size query, and
+  half the GIL acquisitions of python-pkcs11's calls; a failure is named by python-pkcs11.
 * Errors are translated once, by ``pkcs11_errors.translate``. A session or device failure
   discards the session (it is reopened on next use), marks the token unhealthy until the next
   health check, and answers InternalException (retryable). A failure that would blame the
@@ -55,7 +57,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pkcs11 import Mechanism, ObjectClass
+from pkcs11 import ObjectClass
 from pkcs11 import exceptions as p11
 
 from xks_proxy.aad import CiphertextMetadata, ekm_aad
@@ -68,7 +70,7 @@ from xks_proxy.backends.base import (
     SealedData,
 )
 from xks_proxy.backends.call_threads import CallThreads
-from xks_proxy.backends.pkcs11_direct import AesGcm, DirectCallFailed
+from xks_proxy.backends.pkcs11_direct import AesGcm, aes_gcm
 from xks_proxy.backends.pkcs11_errors import (
     SESSION_FAILURES,
     TokenLostError,
@@ -255,24 +257,6 @@ class Pkcs11Backend:
         self._described[key_id] = (time.monotonic() + DESCRIBE_TTL_SECONDS, info)
         return info
 
-    def _aes_gcm_call(
-        self, key: Any, params: pkcs11_library.GcmParams, data: bytes, *, encrypting: bool
-    ) -> bytes:
-        """AES-GCM with ``key``: two direct calls (``pkcs11_direct``) when the key permits
-        the operation; otherwise, and after a failed direct call, through python-pkcs11, whose
-        typed exception (or AttributeError for a key without the usage) names the failure."""
-        name = "encrypt" if encrypting else "decrypt"
-        if self._aes_gcm is not None and hasattr(key, name):
-            direct = self._aes_gcm.encrypt if encrypting else self._aes_gcm.decrypt
-            try:
-                return direct(key, params, data)
-            except DirectCallFailed:
-                pass
-        result: bytes = getattr(key, name)(
-            data, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
-        )
-        return result
-
     def _encrypt_in_session(
         self, pooled: PooledSession, key_id: str, plaintext: bytes, aad: bytes | None
     ) -> SealedData:
@@ -285,7 +269,7 @@ class Pkcs11Backend:
             pooled,
             key_id,
             version,
-            lambda key: self._aes_gcm_call(key, params, plaintext, encrypting=True),
+            lambda key: aes_gcm(self._aes_gcm, key, params, plaintext, encrypting=True),
         )
         if token_iv:
             iv = params.iv_after_call()
@@ -321,8 +305,8 @@ class Pkcs11Backend:
             pooled,
             key_id,
             version,
-            lambda key: self._aes_gcm_call(
-                key, params, sealed.ciphertext + sealed.tag, encrypting=False
+            lambda key: aes_gcm(
+                self._aes_gcm, key, params, sealed.ciphertext + sealed.tag, encrypting=False
             ),
         )
         return plaintext

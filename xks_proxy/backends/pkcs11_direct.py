@@ -26,6 +26,8 @@ import ctypes
 from pathlib import Path
 from typing import Any
 
+from pkcs11 import Mechanism
+
 from xks_proxy.backends.pkcs11_library import GcmParams
 
 CKR_OK = 0
@@ -98,6 +100,24 @@ class AesGcm:
     def decrypt(self, key: Any, params: GcmParams, sealed: bytes) -> bytes:
         """``sealed``: ciphertext with the tag appended."""
         return _run(self._decrypt_init, self._decrypt, key, params, sealed, len(sealed))
+
+
+def aes_gcm(
+    direct: AesGcm | None, key: Any, params: GcmParams, data: bytes, *, encrypting: bool
+) -> bytes:
+    """AES-GCM with ``key``: direct calls when ``direct`` is set and the key permits the
+    operation; otherwise, and after a failed direct call, through python-pkcs11, whose typed
+    exception (or AttributeError, for a key without the usage) names the failure."""
+    name = "encrypt" if encrypting else "decrypt"
+    if direct is not None and hasattr(key, name):
+        try:
+            return (direct.encrypt if encrypting else direct.decrypt)(key, params, data)
+        except DirectCallFailed:
+            pass
+    result: bytes = getattr(key, name)(
+        data, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
+    )
+    return result
 
 
 def _run(init: Any, crypt: Any, key: Any, params: GcmParams, data: bytes, room: int) -> bytes:
