@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import threading
 
 import pytest
@@ -85,17 +84,4 @@ def test_calls_from_two_event_loops_settle_on_their_own_loops() -> None:
     for each in runners:
         each.join(timeout=30)
     assert results == {name: [n**3 for n in range(300)] for name in ("a", "b")}
-    threads.close()
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
-async def test_calls_run_under_sched_batch_and_the_loop_keeps_its_policy() -> None:
-    """A call thread woken by a new job must not preempt the event loop that holds the GIL
-    (call_threads' docstring): only the call threads change policy."""
-    threads = CallThreads(2, "test-calls-policy")
-    loop_policy = os.sched_getscheduler(0)
-    policies = await asyncio.gather(*(threads.run(lambda: os.sched_getscheduler(0))
-                                      for _ in range(8)))  # fmt: skip
-    assert set(policies) == {os.SCHED_BATCH}
-    assert os.sched_getscheduler(0) == loop_policy != os.SCHED_BATCH
     threads.close()

@@ -13,23 +13,12 @@ executor's idle semaphore, and a second ``call_soon_threadsafe`` (one more byte 
 loop's self-pipe) to give the session back (measured in tools/bench.py's PKCS#11 notes).
 
 Daemon threads: a call stuck in a dead HSM must not keep the process from exiting.
-
-Scheduling: each call thread runs under Linux's ``SCHED_BATCH`` (same nice value and fair share
-as every other thread; only wake-up preemption is off). With the default policy, the job queue's
-wake-up of a call thread preempts the event loop, which still holds the GIL; the woken thread
-can do nothing but wait for the GIL and switch back. Under ``SCHED_BATCH`` it runs when the loop
-blocks in its selector (and gives up the GIL) or on another core. In process (SoftHSM2, one
-core, the loop busy 300 µs per request) this halved the context switches per call (2.1 to 0.9)
-and cut 35 to 65 µs of CPU per call (docs/benchmarks.md). Where the policy is not available
-(another OS, a sandbox refusing ``sched_setscheduler``) the threads keep the default.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -54,8 +43,6 @@ class CallThreads:
         self._done_lock = threading.Lock()
 
     def _serve(self) -> None:
-        with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # this thread only
         while (job := self._jobs.get()) is not None:
             job()
 

@@ -27,8 +27,6 @@
   InvalidCiphertextException once the token is confirmed: the metadata is part of what Encrypt
   returned, and any change to it makes a ciphertext that does not decrypt (xks-spec §4.3,
   §7.2); the key exists, so it is not KeyNotFoundException.
-* AES-GCM itself is two direct calls into the module (``pkcs11_direct``): no size query, and
-  half the GIL acquisitions of python-pkcs11's calls; a failure is named by python-pkcs11.
 * Errors are translated once, by ``pkcs11_errors.translate``. A session or device failure
   discards the session (it is reopened on next use), marks the token unhealthy until the next
   health check, and answers InternalException (retryable). A failure that would blame the
@@ -57,7 +55,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pkcs11 import ObjectClass
+from pkcs11 import Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
 from xks_proxy.aad import CiphertextMetadata, ekm_aad
@@ -70,7 +68,6 @@ from xks_proxy.backends.base import (
     SealedData,
 )
 from xks_proxy.backends.call_threads import CallThreads
-from xks_proxy.backends.pkcs11_direct import AesGcm, aes_gcm
 from xks_proxy.backends.pkcs11_errors import (
     SESSION_FAILURES,
     TokenLostError,
@@ -114,7 +111,6 @@ class Pkcs11Backend:
             config.sessions * len(self._tokens) + 1, f"pkcs11-{config.name}"
         )
         self._library: Any = None
-        self._aes_gcm: AesGcm | None = None
         self._keys = KeyFinder(config.key_lookup, config.health_key_label)
         self._described: dict[str, tuple[float, KeyInfo]] = {}
         self._reconnecting = asyncio.Lock()
@@ -134,7 +130,6 @@ class Pkcs11Backend:
 
     def _connect_all(self) -> None:
         self._library = pkcs11_library.load(self._config.module)
-        self._aes_gcm = AesGcm(self._config.module)
         for token in self._tokens:
             try:
                 session = self._ensure(token, token.sessions[0])
@@ -269,7 +264,9 @@ class Pkcs11Backend:
             pooled,
             key_id,
             version,
-            lambda key: aes_gcm(self._aes_gcm, key, params, plaintext, encrypting=True),
+            lambda key: key.encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params.raw()
+            ),
         )
         if token_iv:
             iv = params.iv_after_call()
@@ -305,8 +302,10 @@ class Pkcs11Backend:
             pooled,
             key_id,
             version,
-            lambda key: aes_gcm(
-                self._aes_gcm, key, params, sealed.ciphertext + sealed.tag, encrypting=False
+            lambda key: key.decrypt(
+                sealed.ciphertext + sealed.tag,
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=params.raw(),
             ),
         )
         return plaintext

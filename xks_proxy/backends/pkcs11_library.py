@@ -69,20 +69,17 @@ class GcmParams:
         self._iv_buffer = ctypes.create_string_buffer(self.iv, len(self.iv))
         self._aad_buffer = ctypes.create_string_buffer(self.aad, max(1, len(self.aad)))
 
-    def structure(self) -> _GcmParams:
-        """The CK_GCM_PARAMS itself (for a direct call, ``pkcs11_direct``)."""
-        return _GcmParams(
-            ctypes.cast(self._iv_buffer, ctypes.c_void_p),
-            len(self.iv),
-            len(self.iv) * 8,
-            ctypes.cast(self._aad_buffer, ctypes.c_void_p) if self.aad else None,
-            len(self.aad),
-            self.tag_bits,
-        )
-
     def raw(self) -> bytes:
-        """The CK_GCM_PARAMS as bytes (python-pkcs11's ``mechanism_param``)."""
-        return bytes(self.structure())
+        return bytes(
+            _GcmParams(
+                ctypes.cast(self._iv_buffer, ctypes.c_void_p),
+                len(self.iv),
+                len(self.iv) * 8,
+                ctypes.cast(self._aad_buffer, ctypes.c_void_p) if self.aad else None,
+                len(self.aad),
+                self.tag_bits,
+            )
+        )
 
     def iv_after_call(self) -> bytes:
         """The IV buffer as the token left it (tokens that generate IVs write it here)."""
