@@ -110,6 +110,45 @@ PKCS11_NOTES = [
     "measured above "
     "next to the default.",
     "",
+    "Where the thread path's extra CPU goes (second pass): py-spy put 18 % of the event-loop "
+    "thread's samples in `sem_post`, the job queue waking a call thread, which preempts the "
+    "loop on its core while the loop still holds the GIL; through the proxy 5.2-5.5 context "
+    "switches per request on threads against 0.2 with `calls_on_event_loop`. The call threads "
+    "use about what the same work costs on the loop (230-260 µs per request); the rest, "
+    "about 100 µs, is on the loop thread (505-570 µs per request against the software "
+    "proxy's 400-510 in the same runs): the hop, the future and the suspended request's task "
+    "and deadline timer. python-pkcs11 makes three module calls per operation (a size query "
+    "first), and its Cython wrapper takes the GIL once more after each call to look for a "
+    "Python error. Interleaved A/B, in process (8 sessions, 16 tasks, the loop busy 300 µs per "
+    "request, one core, 7-9 rounds) and through the proxy (`wrk`, 5-8 rounds of 3 s), load "
+    "average 6-9, all measured and not kept:",
+    "",
+    "- Call threads under `SCHED_BATCH` (no wake-up preemption): in process context switches "
+    "per call 2.3 → 1.0 and CPU per call Decrypt 741 → 688 µs, Encrypt 682 → 652 µs (three "
+    "more runs, with other changes, alike); through the proxy context switches 5.2 → 4.2 per "
+    "request but CPU per request rose: Decrypt 735 → 803 µs, Encrypt 812 → 971 µs, with fewer "
+    "req/s. The proxy is the measure.",
+    "- AES-GCM through two direct calls (ctypes on the module's function list: `C_*Init` and "
+    "one `C_Encrypt`/`C_Decrypt` with the output room known, no size query; SoftHSM2 asks "
+    "for the whole input as room for a decrypt, not the plaintext's length): in process with "
+    "`calls_on_event_loop` Decrypt 555 → 499, 543 → 496, 488 → 474 µs and Encrypt 593 → 551, "
+    "516 → 523 µs; on threads Decrypt 650 → 663, 593 → 614 µs, Encrypt 775 → 727, 666 → 634 "
+    "µs; through the proxy (with `SCHED_BATCH`) Decrypt 797 → 813 and 716 → 727 µs on threads, "
+    "738 → 759 and 734 → 786 µs on the loop. Within the noise, for a second code path beside "
+    "python-pkcs11.",
+    "- `sys.setswitchinterval(0.02)` (default 5 ms; process-wide): in process Decrypt 673 → 664, "
+    "Encrypt 646 → 595 µs alone, 637 → 643 and 582 → 609 µs on top of `SCHED_BATCH`: no "
+    "consistent gain for a process-wide side effect.",
+    "- Fewer call threads (1 or 2 instead of one per session): 1.2 context switches per call "
+    "instead of 2.1, CPU within the noise (645 and 626 against 644 and 704 µs), and a network "
+    "HSM needs one thread per session in flight.",
+    "",
+    "So the thread path stays above the same calls on the loop (in process by 100-150 µs per "
+    "call; in the idle-machine `make bench` above by 360 µs per Decrypt), and cannot reach 0.6 "
+    "of the software backend on one core: that allows 341 / 0.6 = 568 µs per Decrypt, and the "
+    "calls on the loop alone cost 550. `calls_on_event_loop` is the way there for an "
+    "in-process module.",
+    "",
     "Measured and not kept:",
     "",
     "- A session-object copy of each key (`C_CopyObject` with CKA_TOKEN false): SoftHSM2 "
