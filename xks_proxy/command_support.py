@@ -16,7 +16,7 @@ from pathlib import Path
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import Config, Pkcs11BackendConfig, SoftwareBackendConfig, load_config
 from xks_proxy.errors import CommandError, ConfigError
-from xks_proxy.keymgmt.service import HSM_KEYS_HINT
+from xks_proxy.keymgmt.limits import HSM_KEYS_HINT
 from xks_proxy.keystore.records import KeyStoreUnavailableError
 
 Command = Callable[[argparse.Namespace], int]

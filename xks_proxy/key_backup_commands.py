@@ -21,7 +21,7 @@ from xks_proxy.config import resolve_secret
 from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.key_commands import key_manager
 from xks_proxy.keystore.location import StoreLocation
-from xks_proxy.keystore.store import KeyDatabase, KeyExistsError
+from xks_proxy.keystore.records import KeyExistsError
 
 
 def _passphrase(args: argparse.Namespace) -> str:
@@ -94,6 +94,7 @@ def _store_argument(value: str, option: str) -> StoreLocation:
 def cmd_keys_migrate(args: argparse.Namespace) -> int:
     from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
     from xks_proxy.keymgmt.migrate import migrate_keys
+    from xks_proxy.keystore.store import KeyDatabase
 
     source_location = _store_argument(args.source, "--from")
     destination_location = _store_argument(args.destination, "--to")

@@ -5,6 +5,9 @@ disable, rotate, schedule-deletion, cancel-deletion) and bring-your-own-key impo
 With ``--admin-url URL --token-file F`` each runs on the proxy through the admin API
 (``admin/client.py``), else on the store the configuration names (``KeyManager``). HSM keys:
 ``keys list`` and ``keys rotate`` only (``keymgmt/hsm.py``).
+
+The key store, the token library and the key import's cryptography are imported by the actions
+that use them, not with the parser: ``xks-proxy serve`` registers these commands too.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xks_proxy.admin.client import AdminClient, RemoteKeys, add_admin_url_options
 from xks_proxy.command_support import (
@@ -28,29 +32,28 @@ from xks_proxy.command_support import (
 )
 from xks_proxy.config import require_key_id
 from xks_proxy.errors import CommandError, ConfigError
-from xks_proxy.keymgmt.byok import (
-    DEFAULT_WRAPPING_KEY_SPEC,
-    WRAPPING_ALGORITHMS,
-    WRAPPING_KEY_BITS,
-    ImportRefusedError,
-    parse_valid_to,
-)
-from xks_proxy.keymgmt.hsm import open_lifecycle_keys
-from xks_proxy.keymgmt.service import (
+from xks_proxy.keymgmt.limits import (
     DEFAULT_DELETION_DAYS,
+    DEFAULT_WRAPPING_KEY_SPEC,
     HSM_KEYS_HINT,
     MAX_DELETION_DAYS,
     MIN_DELETION_DAYS,
-    KeyManager,
-    describe_key,
+    WRAPPING_ALGORITHMS,
+    WRAPPING_KEY_BITS,
 )
-from xks_proxy.keystore.store import KeyDatabase, KeyExistsError, KeyStateError, UnknownKeyError
+from xks_proxy.keystore.records import KeyExistsError, KeyStateError, UnknownKeyError
+
+if TYPE_CHECKING:
+    from xks_proxy.keymgmt.service import KeyManager
 
 
 @contextlib.contextmanager
 def key_manager(args: argparse.Namespace) -> Iterator[KeyManager]:
     """The key lifecycle service over the configured store; store refusals become exit 1."""
     from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
+    from xks_proxy.keymgmt.hsm import open_lifecycle_keys
+    from xks_proxy.keymgmt.service import KeyManager
+    from xks_proxy.keystore.store import KeyDatabase
 
     config = command_config(args)
     database = open_lifecycle_keys(config, args.backend)
@@ -101,6 +104,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 @key_store_command
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.service import describe_key
+
     with _key_actions(args) as manager:
         rows = (
             manager.keys()
@@ -195,11 +200,15 @@ def _read_file(path: str) -> bytes:
 
 
 def _valid_to(text: str | None) -> datetime | None:
+    from xks_proxy.keymgmt.byok import parse_valid_to
+
     return None if text is None else parse_valid_to(text, "--valid-to")
 
 
 @key_store_command
 def cmd_keys_import(args: argparse.Namespace) -> int:
+    from xks_proxy.keymgmt.byok import ImportRefusedError
+
     valid_to = _valid_to(args.valid_to)
     wrapped = _read_file(args.material)
     try:

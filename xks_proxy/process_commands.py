@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xks_proxy import credential_service
 from xks_proxy.command_support import (
     ConfigArgument,
     command_config,
@@ -31,7 +30,7 @@ from xks_proxy.config import (
     require_key_id,
 )
 from xks_proxy.errors import CommandError, ConfigError
-from xks_proxy.keystore.store import KeyExistsError, KeyStoreUnavailableError, open_key_database
+from xks_proxy.keystore.records import KeyExistsError, KeyStoreUnavailableError
 
 if TYPE_CHECKING:
     from xks_proxy.scaffold import Pkcs11Setup
@@ -156,8 +155,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = command_config(args)
     config.check_serving()
+    from xks_proxy import credential_service
     from xks_proxy.authz.load import load_authorizers  # cedarpy: only for the commands using it
     from xks_proxy.authz.stored import check_stored_policies
+    from xks_proxy.keystore.store import open_key_database
 
     load_authorizers(config)  # parses every key store's authorization_policy file
     for backend in config.backends.values():
