@@ -33,7 +33,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from xks_proxy import credential_service
 from xks_proxy.admin.client import AdminClient, RemoteCredentials, add_admin_url_options
 from xks_proxy.config import load_config
 from xks_proxy.credentials import write_private_file
@@ -97,6 +96,8 @@ def audited(action: str) -> Callable[[Command], Command]:
 
 @audited("create")
 def cmd_create(args: argparse.Namespace) -> int:
+    from xks_proxy import credential_service  # the key store: only when a command runs
+
     api = remote(args)
     if api is not None:
         document = api.create()
@@ -136,6 +137,8 @@ def read_secret(args: argparse.Namespace) -> str:
 
 @audited("add")
 def cmd_add(args: argparse.Namespace) -> int:
+    from xks_proxy import credential_service  # the key store: only when a command runs
+
     api = remote(args)
     secret = read_secret(args)
     store, added = (
@@ -156,6 +159,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from xks_proxy import credential_service  # the key store: only when a command runs
+
     api = remote(args)
     if api is not None:
         for document in api.list_credentials():
@@ -168,6 +173,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @audited("revoke")
 def cmd_revoke(args: argparse.Namespace) -> int:
+    from xks_proxy import credential_service  # the key store: only when a command runs
+
     api = remote(args)
     name = (
         api.revoke(args.access_key_id, args.force)

@@ -22,8 +22,8 @@ from xks_proxy.config import (
     KeyStoreConfig,
     SoftwareBackendConfig,
     load_config,
-    validate_credential,
 )
+from xks_proxy.config_table import validate_credential
 from xks_proxy.credentials import CredentialEntry, CredentialsFile, generate_credential
 from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.keystore.credentials import CredentialTable, unseal_credential

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from xks_proxy.command_support import command_config, software_backend
 from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.kek_config import SCHEME, Kek, Pkcs11Kek, parse_kek_setting
 from xks_proxy.keystore.records import KeyStateError
@@ -36,14 +37,13 @@ def _config_line(value: str) -> str:
 
 
 def cmd_keys_rewrap(args: argparse.Namespace) -> int:
-    from xks_proxy.cli import _config, _software_backend
     from xks_proxy.keymgmt.audit import LifecycleAudit, local_actor
     from xks_proxy.keymgmt.rewrap import rewrap_kek
     from xks_proxy.keystore.sealing import describe_identity
     from xks_proxy.keystore.store import open_key_database
 
-    config = _config(args)
-    backend = _software_backend(config, args.backend)
+    config = command_config(args)
+    backend = software_backend(config, args.backend)
     new_kek = _kek_reference(args.new_kek, "--new-kek")
     database = open_key_database(backend)
     try:
@@ -68,7 +68,6 @@ def cmd_keys_rewrap(args: argparse.Namespace) -> int:
 
 
 def cmd_pkcs11_create_kek(args: argparse.Namespace) -> int:
-    from xks_proxy.cli import _config, _software_backend
     from xks_proxy.keystore.hsm_kek import HsmKeySealer, create_kek
 
     if bool(args.kek) == bool(args.config):
@@ -76,7 +75,7 @@ def cmd_pkcs11_create_kek(args: argparse.Namespace) -> int:
     kek = (
         _kek_reference(args.kek, "--kek")
         if args.kek
-        else _software_backend(_config(args), args.backend).kek
+        else software_backend(command_config(args), args.backend).kek
     )
     if not isinstance(kek, Pkcs11Kek):
         raise ConfigError("the kek is not a pkcs11: URI; nothing to create in a token")

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from xks_proxy.config import TokenSelector, parse_kek, resolve_secret
+from xks_proxy.config_backends import TokenSelector
+from xks_proxy.config_table import parse_kek, resolve_secret
 from xks_proxy.errors import ConfigError
 
 SCHEME = "pkcs11:"

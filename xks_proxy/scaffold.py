@@ -31,9 +31,9 @@ from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import (
     Pkcs11BackendConfig,
     TokenSelector,
-    require_uri_path,
     resolve_secret,
 )
+from xks_proxy.config_key_stores import require_uri_path
 from xks_proxy.credentials import CredentialsFile, generate_credential, write_private_file
 from xks_proxy.devcert import self_signed
 from xks_proxy.errors import ConfigError

@@ -45,7 +45,8 @@ from xks_proxy.config import (
 from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.keymgmt.audit import LifecycleAudit
 from xks_proxy.keymgmt.hsm import lifecycle_keys
-from xks_proxy.keymgmt.service import DEFAULT_DELETION_DAYS, KeyManager, describe_key
+from xks_proxy.keymgmt.limits import DEFAULT_DELETION_DAYS
+from xks_proxy.keymgmt.service import KeyManager, describe_key
 from xks_proxy.keystore.records import (
     ORIGIN_EXTERNAL,
     ORIGIN_PROXY,

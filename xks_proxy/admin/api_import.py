@@ -37,7 +37,8 @@ from xks_proxy.admin.api import (
 )
 from xks_proxy.admin.http import DETAIL, requires
 from xks_proxy.errors import ConfigError
-from xks_proxy.keymgmt.byok import DEFAULT_WRAPPING_KEY_SPEC, ImportParameters, parse_valid_to
+from xks_proxy.keymgmt.byok import ImportParameters, parse_valid_to
+from xks_proxy.keymgmt.limits import DEFAULT_WRAPPING_KEY_SPEC
 from xks_proxy.keymgmt.service import KeyManager
 from xks_proxy.web.responses import json_response
 

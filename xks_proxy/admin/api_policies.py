@@ -45,7 +45,8 @@ from xks_proxy.admin.api import (
     run_blocking,
 )
 from xks_proxy.admin.http import CALLER, DETAIL, actor_of, requires
-from xks_proxy.config import POLICY_IN_STORE, Config, KeyStoreConfig, load_config
+from xks_proxy.config import Config, KeyStoreConfig, load_config
+from xks_proxy.config_key_stores import POLICY_IN_STORE
 from xks_proxy.credentials import write_private_file
 from xks_proxy.errors import CommandError, ConfigError
 from xks_proxy.web.responses import json_response

@@ -22,10 +22,13 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xks_proxy.errors import CommandError, ConfigError
-from xks_proxy.keymgmt.byok import ImportParameters
+
+if TYPE_CHECKING:
+    # The key import (cryptography, the key store) only for the command that imports keys.
+    from xks_proxy.keymgmt.byok import ImportParameters
 
 TIMEOUT_SECONDS = 30
 API_PREFIX = "/admin/v1"
@@ -122,6 +125,8 @@ class RemoteKeys:
         self.create(key_id, usage, "external")
 
     def import_parameters(self, key_id: str, algorithm: str, spec: str) -> ImportParameters:
+        from xks_proxy.keymgmt.byok import ImportParameters
+
         quoted = urllib.parse.quote(key_id, safe="")
         answer = self._client.call(
             "POST", f"{self._base}/{quoted}/import-parameters",

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from xks_proxy.admin.errors import AuthenticationError, PermissionDeniedError
-from xks_proxy.admin.tokens import Identity
+
+if TYPE_CHECKING:
+    # Annotations only: ``admin token --role`` lists the roles without loading pyjwt.
+    from xks_proxy.admin.tokens import Identity
 
 DEFAULT_ROLES_CLAIM = "roles"
 

@@ -37,7 +37,8 @@ from xks_proxy.admin.tokens import (
     TokenPolicy,
     TokenVerifier,
 )
-from xks_proxy.config import LOOPBACK_HOSTS, _Table
+from xks_proxy.config_server import LOOPBACK_HOSTS
+from xks_proxy.config_table import Table
 from xks_proxy.errors import ConfigError
 
 MAX_LEEWAY_SECONDS = 300
@@ -53,14 +54,14 @@ class AdminAuthConfig:
     jwks_url: str | None = None
 
 
-def _strings(table: _Table, key: str) -> list[str]:
+def _strings(table: Table, key: str) -> list[str]:
     values = table.get(key, list, [])
     if not all(isinstance(value, str) and value for value in values):
         raise ConfigError(f"{table.where(key)}: a list of non-empty strings")
     return values
 
 
-def _jwks_url(table: _Table) -> str | None:
+def _jwks_url(table: Table) -> str | None:
     url = table.get("jwks_url", str, "")
     if not url:
         return None
@@ -71,7 +72,7 @@ def _jwks_url(table: _Table) -> str | None:
 
 
 def parse_admin_auth(data: Any, where: str, base_dir: Path) -> AdminAuthConfig:
-    table = _Table(data, where)
+    table = Table(data, where)
     issuers = _strings(table, "issuers")
     if not issuers:
         raise ConfigError(f"{table.where('issuers')}: at least one issuer is required")

@@ -12,7 +12,6 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from xks_proxy.admin.devtoken import mint_token, parse_ttl
 from xks_proxy.admin.roles import Role
 from xks_proxy.config import load_config
 from xks_proxy.credentials import write_private_file
@@ -20,6 +19,8 @@ from xks_proxy.errors import CommandError, ConfigError
 
 
 def cmd_admin_token(args: argparse.Namespace) -> int:
+    from xks_proxy.admin.devtoken import mint_token, parse_ttl  # pyjwt, cryptography
+
     config = load_config(Path(args.config), with_backends=False)
     auth = config.admin.auth
     if auth is None or not auth.public_keys:

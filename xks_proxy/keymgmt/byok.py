@@ -37,13 +37,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
 from xks_proxy.errors import ConfigError
+from xks_proxy.keymgmt.limits import WRAPPING_ALGORITHMS, WRAPPING_KEY_BITS
 from xks_proxy.keystore.imported import SIGNING_KEY_NAME, ImportedMaterial, iso
 from xks_proxy.keystore.sealing import KEY_BYTES
 from xks_proxy.keystore.store import KeyDatabase
 
-WRAPPING_ALGORITHMS = ("RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_256")
-WRAPPING_KEY_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
-DEFAULT_WRAPPING_KEY_SPEC = "RSA_2048"
 TOKEN_LIFETIME = timedelta(hours=24)  # as KMS's import tokens and wrapping keys
 # KMS ImportKeyMaterial: "ValidTo must be a future date and time. The maximum value is 365 days
 # from the request date."

@@ -31,6 +31,12 @@ from xks_proxy.keymgmt.backup import (
     write_backup,
 )
 from xks_proxy.keymgmt.hsm import HsmKey, TokenKeys
+from xks_proxy.keymgmt.limits import (
+    DEFAULT_DELETION_DAYS,
+    HSM_KEYS_HINT,
+    MAX_DELETION_DAYS,
+    MIN_DELETION_DAYS,
+)
 from xks_proxy.keystore.imported import ExpiredImports, ImportedMaterial
 from xks_proxy.keystore.records import (
     ORIGIN_EXTERNAL,
@@ -41,23 +47,9 @@ from xks_proxy.keystore.records import (
 )
 from xks_proxy.keystore.store import KeyDatabase
 
-# KMS ScheduleKeyDeletion: PendingWindowInDays 7-30, default 30.
-MIN_DELETION_DAYS = 7
-MAX_DELETION_DAYS = 30
-DEFAULT_DELETION_DAYS = 30
-
 T = TypeVar("T")
 # Asked for something the store's state does not allow: the audit says "refused", not "failed".
 REFUSALS = (KeyExistsError, UnknownKeyError, KeyStateError, ValueError, BackupError)
-
-
-# What works for HSM keys, for operators who reach for another `keys` action on one.
-HSM_KEYS_HINT = (
-    "HSM keys are made with `xks-proxy pkcs11 create-key`; to switch one off, list it in "
-    "`disabled_keys` of its key store and run `xks-proxy reload` (the kill switch for every "
-    "backend); `keys list` and `keys rotate` work for them (with `--backend NAME` when the "
-    "configuration has a software backend too)"
-)
 
 
 def key_status(record: KeyRecord | HsmKey) -> str:
