@@ -125,3 +125,57 @@ PKCS11_NOTES = [
     "the software proxy's Decrypt costs more than its Encrypt too (a larger request body).",
     "",
 ]
+
+
+# Issue 15's latency item: what lagged the proxy's loop at 1,800 req/s over TLS, measured on a
+# shared machine at load averages of 6-10 on 2 cores (so CPU time, profile shares, object counts
+# and A/B pairs within one run, not absolute latencies).
+LATENCY_NOTES = [
+    "What lagged the loop at 1,800 req/s over TLS (the 13:29 run: p90 1.4 ms but p99 78.5 ms, "
+    "the proxy's own p99 0.5 ms, its loop lag p99 14.6 ms):",
+    "",
+    "- The start of each run, not its steady state. The generator opened connections as "
+    "requests needed them, and every request due during a handshake found none idle and "
+    "opened another, so a run began with up to 64 TLS handshakes on the proxy's core at once, "
+    "at 1.4-2.2 ms of proxy CPU each (64 at a time, three rounds): about 100 ms in which no "
+    "request moved, which a core three quarters busy at 1,800 req/s takes about half a second "
+    "to work off, long enough for the 1 % of a 20-second run that p99 is. The generator's own "
+    "64 client handshakes ran on its loop at the same moment (its send lag p99.9 33.8 ms, max "
+    "41 ms in that run). Measured by due time at 500 req/s, the most the loaded machine gave "
+    "the proxy, two interleaved pairs: the worst request of the first half second waited 901 "
+    "and 1,170 ms opening connections as needed against 133 and 119 ms with them open before; "
+    "the generator's send lag p99 160 and 244 ms against 19 and 16 ms. Kept: the generator "
+    "opens its connections before the first request (`--no-warm-up` measures the old start).",
+    "- Failed handshakes under overload. A client that gives up mid-handshake (as every client "
+    "that times out does) left its connection in a reference cycle (the exception's traceback "
+    "holds `start_tls`'s frame, which holds the future holding the exception) with asyncio's "
+    "256 KiB TLS read buffer, until a full collection; one that reset the connection also "
+    "stayed in the drain registry for good. After 5 s at 2,500 req/s with a 250 ms timeout "
+    "(fresh proxy each): 35,582 objects of garbage, 881 connections with their buffers, RSS "
+    "384 MiB, before; 755 objects (asyncio's own small transport cycles), none, 116 MiB, "
+    "after. Overloaded runs before the change showed full collections of 0.3-2.5 s. Kept: "
+    "the handshake's exception drops its traceback and the connection leaves the registry "
+    "(tests/test_tls_handshake_failures.py).",
+    "- In steady state (600 req/s over TLS, py-spy `--idle`, 12 s): 44 % of the proxy's samples "
+    "in the XKS request (38 % the inline path's answer), 13 % in asyncio's pure-Python TLS "
+    "layer (reading 5 %, writing 8 %), under 1 % in handshakes, 47 % idle; no timer, scrape "
+    "or collection stood out (the idle-machine run had no full collection at any rate).",
+    "",
+    "Measured and not kept:",
+    "",
+    "- TLS records read into a buffer the protocol owns (asyncio's `BufferedProtocol` path) "
+    "instead of `SSLObject.read(256 KiB)`, which allocates 256 KiB per call: one 5.6 KB "
+    "record written and read 20,000 times, 18.95, 19.15, 14.16 µs per record copied against "
+    "22.74, 21.93, 14.32 µs buffered (three rounds): glibc serves the large allocation from "
+    "its heap after the first. No change.",
+    "- A `select(2)` event loop for the generator (microsecond timeouts; `epoll_wait` takes "
+    "milliseconds and asyncio rounds each wait up, so requests leave up to 1 ms late, p99 about "
+    "1 ms even at 20 % CPU): 686 and 657 µs of generator CPU per request against 482 and 450 "
+    "with epoll (two interleaved pairs at 300 req/s), its Python-level descriptor sets rebuilt "
+    "on every call. Not adopted.",
+    "- Re-running a rate with more generator processes when the generator sends late at a low "
+    "CPU share: on this machine the late sending is epoll's millisecond (above) and, in the "
+    "tail, the generator's own start-up handshakes (gone with the warm pool); more processes on "
+    "the one generator core change neither. The rule stays: CPU share only.",
+    "",
+]

@@ -5,7 +5,9 @@ not from when it actually left, so a server that stalls cannot hide the queue it
 it (coordinated omission): every request that should have gone out during a stall carries the
 stall in its latency. Requests beyond the connection limit wait in the client's queue, and that
 wait counts too. Several processes can share one rate when one core cannot generate it: each
-takes every N-th slot of the same schedule, from a common wall-clock start.
+takes every N-th slot of the same schedule, from a common wall-clock start. Connections are
+opened before the first slot (``HttpClient.warm_up``; ``warm_up=False`` opens them as requests
+need them, which measures the target's handshake storm at start rather than its steady state).
 
 The generator watches itself, so that its own stall is not read as the server's: the CPU it
 used (a share of one core), how late each request left against its due time (``send_lag``),
