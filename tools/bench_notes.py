@@ -132,20 +132,31 @@ PKCS11_NOTES = [
 # and A/B pairs within one run, not absolute latencies).
 LATENCY_NOTES = [
     "What lagged the loop at 1,800 req/s over TLS (the 13:29 run: p90 1.4 ms but p99 78.5 ms, "
-    "the proxy's own p99 0.5 ms, its loop lag p99 14.6 ms):",
+    "the proxy's own p99 0.5 ms, its loop lag p99 14.6 ms), measured on this machine shared "
+    "with other work (load average 2-10):",
     "",
-    "- The start of each run, not its steady state. The generator opened connections as "
-    "requests needed them, and every request due during a handshake found none idle and "
-    "opened another, so a run began with up to 64 TLS handshakes on the proxy's core at once, "
-    "at 1.4-2.2 ms of proxy CPU each (64 at a time, three rounds): about 100 ms in which no "
-    "request moved, which a core three quarters busy at 1,800 req/s takes about half a second "
-    "to work off, long enough for the 1 % of a 20-second run that p99 is. The generator's own "
-    "64 client handshakes ran on its loop at the same moment (its send lag p99.9 33.8 ms, max "
-    "41 ms in that run). Measured by due time at 500 req/s, the most the loaded machine gave "
-    "the proxy, two interleaved pairs: the worst request of the first half second waited 901 "
-    "and 1,170 ms opening connections as needed against 133 and 119 ms with them open before; "
-    "the generator's send lag p99 160 and 244 ms against 19 and 16 ms. Kept: the generator "
-    "opens its connections before the first request (`--no-warm-up` measures the old start).",
+    "- Little slack: over TLS the proxy spent 451-483 µs of CPU per request at 1,800 req/s "
+    "(six runs, loaded machine; 328 µs over plain HTTP on the idle one), 81-87 % of its core, "
+    "so "
+    "anything else on that core builds a queue the loop is slow to work off. Two interleaved "
+    "pairs at 1,800 req/s while the load average fell from 5 to 2: p99 989 and 169 ms with "
+    "connections opened first against 179 and 97 ms opened as needed, the proxy's loop-lag "
+    "samples over 10 ms 80, 23 against 38, 9 (of about 150 each), ordered by the machine's "
+    "load, not by the variant; the proxy's own p99 from first byte 0.5-1.5 ms throughout. "
+    "Whether one worker holds issue 15's target at 1,800 is for `make bench` on an idle "
+    "machine to say; on this shared one it did not.",
+    "- The start of each run. The generator opened connections as requests needed them, and "
+    "every request due during a handshake found none idle and opened another, so a run began "
+    "with up to 64 TLS handshakes on the proxy's core at once, at 1.4-2.2 ms of proxy CPU "
+    "each (64 at a time, three rounds; 54 % of it in OpenSSL's handshake, the rest asyncio's "
+    "TLS layer and aiohttp's per-connection set-up): about 100 ms in which no request moved, "
+    "on a core with a fifth of it to spare. The generator's own 64 client handshakes ran on "
+    "its loop at the same moment (its send lag p99.9 33.8 ms, max 41 ms in the 13:29 run). "
+    "Measured by due time at 500 req/s, two interleaved pairs: the worst request of the first "
+    "half second waited 901 and 1,170 ms opening connections as needed against 133 and 119 "
+    "ms with them open before; the generator's send lag p99 160 and 244 ms against 19 and "
+    "16 ms. Kept: the generator opens its connections before the first request "
+    "(`--no-warm-up` measures the old start), so a run measures the steady state.",
     "- Failed handshakes under overload. A client that gives up mid-handshake (as every client "
     "that times out does) left its connection in a reference cycle (the exception's traceback "
     "holds `start_tls`'s frame, which holds the future holding the exception) with asyncio's "
@@ -159,12 +170,10 @@ LATENCY_NOTES = [
     "- In steady state (600 req/s over TLS, py-spy `--idle`, 12 s): 44 % of the proxy's samples "
     "in the XKS request (38 % the inline path's answer), 13 % in asyncio's pure-Python TLS "
     "layer (reading 5 %, writing 8 %), under 1 % in handshakes, 47 % idle; no timer, scrape "
-    "or collection stood out. At 1,800 req/s over TLS with connections opened first (15 s, "
-    "loaded machine): 4 young-generation collections, 1.6-1.7 ms in all, and at most one "
-    "middle-generation one of 2.7 ms; no full collection (nor in the idle-machine run at any "
-    "rate). The proxy's CPU per request over TLS was 466-483 µs there, 84-87 % of its core, "
-    "against 328 µs over plain HTTP on the idle machine: on a shared core 1,800 req/s leaves "
-    "it little slack, and its loop lag (p99 92 ms) then measures the machine.",
+    "or collection stood out. At 1,800 req/s over TLS (six runs of 15 s, loaded machine): "
+    "3-5 young-generation collections per run, 1.6-3.3 ms in all, and at most one "
+    "middle-generation one of 2-4.4 ms; no full collection (nor in the idle-machine run at "
+    "any rate). The collector is not what lags the loop.",
     "",
     "Measured and not kept:",
     "",
@@ -180,7 +189,7 @@ LATENCY_NOTES = [
     "on every call. Not adopted.",
     "- Re-running a rate with more generator processes when the generator sends late at a low "
     "CPU share: on this machine the late sending is epoll's millisecond (above) and, in the "
-    "tail, the generator's own start-up handshakes (gone with the warm pool); more processes on "
+    "tail, the generator's own start-up handshakes (now made before the run); more processes on "
     "the one generator core change neither. The rule stays: CPU share only.",
     "- One task and one `asyncio.timeout` per generator request replaced by a callback on the "
     "answer's future (and one deadline sweep): in isolation 46-53 µs per request with task and "
