@@ -143,8 +143,12 @@ LATENCY_NOTES = [
     "connections opened first against 179 and 97 ms opened as needed, the proxy's loop-lag "
     "samples over 10 ms 80, 23 against 38, 9 (of about 150 each), ordered by the machine's "
     "load, not by the variant; the proxy's own p99 from first byte 0.5-1.5 ms throughout. "
-    "Whether one worker holds issue 15's target at 1,800 is for `make bench` on an idle "
-    "machine to say; on this shared one it did not.",
+    "One warm run at a quiet moment (load average 1, 15 s): p50 1.04, p99 11.7, p99.9 22.9, "
+    "max 26.8 ms, no error; the proxy 433 µs per request (78 % of its core), its own p99 0.5 "
+    "ms, loop lag p99 13.6 ms (3 samples over 10 ms), 4 young collections (1.8 ms); the "
+    "generator 46 % of its core, send lag p99 1.5 ms (its cold pair ran after the load rose "
+    "again: no pair). Steady state with warm connections is far better than the 13:29 run "
+    "but still short of p99 ≤ 5 ms, p99.9 ≤ 20 ms; `make bench` on an idle machine decides.",
     "- The start of each run. The generator opened connections as requests needed them, and "
     "every request due during a handshake found none idle and opened another, so a run began "
     "with up to 64 TLS handshakes on the proxy's core at once, at 1.4-2.2 ms of proxy CPU "
