@@ -4,6 +4,7 @@ replayed, and the figures that tell a generator stall from a server stall."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,42 @@ async def test_connections_are_kept_alive_and_reopened_when_the_server_closes() 
     assert summary["completed"] == 60 and summary["errors"] == {}
     # One connection at a time, a new one after each close: 60 requests on 6 connections.
     assert len(set(peers)) == 6
+
+
+async def test_connections_are_open_before_the_first_request_unless_told_not_to() -> None:
+    open_at_first: list[int] = []
+    server: TestServer | None = None
+
+    async def handler(request: web.Request) -> web.Response:
+        assert server is not None and server.runner is not None
+        if not open_at_first:
+            open_at_first.append(len(server.runner.server.connections))  # type: ignore[union-attr]
+        await request.read()
+        return web.json_response({"ok": True})
+
+    for warm_up in (True, False):
+        open_at_first.clear()
+        server = await _serve(handler)
+        try:
+            spec = LoadSpec(target=_target(f"http://127.0.0.1:{server.port}"),
+                            mix=[("health", 1)], rate=25, duration=0.2, connections=6,
+                            warm_up=warm_up)  # fmt: skip
+            summary = (await run_process(spec)).summary()
+        finally:
+            await server.close()
+        assert summary["completed"] == 5 and summary["errors"] == {}
+        # Warm: all six made before the schedule starts. Cold: made as requests need them, so
+        # never more than the five requests (one, unless the server was slow to answer).
+        assert open_at_first[0] == 6 if warm_up else 1 <= open_at_first[0] <= 5
+
+
+async def test_a_warm_up_that_cannot_connect_leaves_the_errors_to_the_requests(
+    reserve_port: Callable[[], int],
+) -> None:
+    spec = LoadSpec(target=_target(f"http://127.0.0.1:{reserve_port()}"), mix=[("health", 1)],
+                    rate=20, duration=0.2, connections=3)  # fmt: skip
+    summary = (await asyncio.wait_for(run_process(spec), 30)).summary()
+    assert summary["completed"] == 4 and summary["errors"] == {"ClientConnectorError": 4}
 
 
 async def test_a_dropped_connection_and_a_silent_server_are_counted_by_name() -> None:

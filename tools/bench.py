@@ -227,8 +227,9 @@ def latency_section(work: Path, options: argparse.Namespace, data: dict[str, Any
             if result["generator"]["cpu_utilisation"] >= SATURATED_CPU_SHARE:
                 # The generator's queue is in these figures: measure again with more generator
                 # processes and keep that row; the one-process figures stay beside it. (Late
-                # sending with a low CPU share is the machine's doing: more processes on the
-                # same core would not help, and the row says SATURATED instead.)
+                # sending with a low CPU share is epoll's millisecond, asyncio rounding each wait
+                # up to it, and beyond that the machine's doing: more processes on the same core
+                # help with neither, and the row says SATURATED instead.)
                 why = "; ".join(result["generator"]["saturated_by"])
                 print(f"  generator saturated ({why}), again with {GENERATOR_PROCESSES} "
                       "processes …", file=sys.stderr)  # fmt: skip

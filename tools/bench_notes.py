@@ -164,3 +164,80 @@ PKCS11_NOTES = [
     "the software proxy's Decrypt costs more than its Encrypt too (a larger request body).",
     "",
 ]
+
+
+# Issue 15's latency item: what lagged the proxy's loop at 1,800 req/s over TLS, measured on a
+# shared machine at load averages of 6-10 on 2 cores (so CPU time, profile shares, object counts
+# and A/B pairs within one run, not absolute latencies).
+LATENCY_NOTES = [
+    "What lagged the loop at 1,800 req/s over TLS (the 13:29 run: p90 1.4 ms but p99 78.5 ms, "
+    "the proxy's own p99 0.5 ms, its loop lag p99 14.6 ms), measured on this machine shared "
+    "with other work (load average 2-10):",
+    "",
+    "- Little slack: over TLS the proxy spent 451-483 µs of CPU per request at 1,800 req/s "
+    "(six runs, loaded machine; 328 µs over plain HTTP on the idle one), 81-87 % of its core, "
+    "so "
+    "anything else on that core builds a queue the loop is slow to work off. Two interleaved "
+    "pairs at 1,800 req/s while the load average fell from 5 to 2: p99 989 and 169 ms with "
+    "connections opened first against 179 and 97 ms opened as needed, the proxy's loop-lag "
+    "samples over 10 ms 80, 23 against 38, 9 (of about 150 each), ordered by the machine's "
+    "load, not by the variant; the proxy's own p99 from first byte 0.5-1.5 ms throughout. "
+    "One warm run at a quiet moment (load average 1, 15 s): p50 1.04, p99 11.7, p99.9 22.9, "
+    "max 26.8 ms, no error; the proxy 433 µs per request (78 % of its core), its own p99 0.5 "
+    "ms, loop lag p99 13.6 ms (3 samples over 10 ms), 4 young collections (1.8 ms); the "
+    "generator 46 % of its core, send lag p99 1.5 ms (its cold pair ran after the load rose "
+    "again: no pair). Steady state with warm connections is far better than the 13:29 run "
+    "but still short of p99 ≤ 5 ms, p99.9 ≤ 20 ms; `make bench` on an idle machine decides.",
+    "- The start of each run. The generator opened connections as requests needed them, and "
+    "every request due during a handshake found none idle and opened another, so a run began "
+    "with up to 64 TLS handshakes on the proxy's core at once, at 1.4-2.2 ms of proxy CPU "
+    "each (64 at a time, three rounds; 54 % of it in OpenSSL's handshake, the rest asyncio's "
+    "TLS layer and aiohttp's per-connection set-up): about 100 ms in which no request moved, "
+    "on a core with a fifth of it to spare. The generator's own 64 client handshakes ran on "
+    "its loop at the same moment (its send lag p99.9 33.8 ms, max 41 ms in the 13:29 run). "
+    "Measured by due time at 500 req/s, two interleaved pairs: the worst request of the first "
+    "half second waited 901 and 1,170 ms opening connections as needed against 133 and 119 "
+    "ms with them open before; the generator's send lag p99 160 and 244 ms against 19 and "
+    "16 ms. Kept: the generator opens its connections before the first request "
+    "(`--no-warm-up` measures the old start), so a run measures the steady state.",
+    "- Failed handshakes under overload. A client that gives up mid-handshake (as every client "
+    "that times out does) left its connection in a reference cycle (the exception's traceback "
+    "holds `start_tls`'s frame, which holds the future holding the exception) with asyncio's "
+    "256 KiB TLS read buffer, until a full collection; one that reset the connection also "
+    "stayed in the drain registry for good. After 5 s at 2,500 req/s with a 250 ms timeout "
+    "(fresh proxy each): 35,582 objects of garbage, 881 connections with their buffers, RSS "
+    "384 MiB, before; 755 objects (asyncio's own small transport cycles), none, 116 MiB, "
+    "after. Overloaded runs before the change showed full collections of 0.3-2.5 s. Kept: "
+    "the handshake's exception drops its traceback and the connection leaves the registry "
+    "(tests/test_tls_handshake_failures.py).",
+    "- In steady state (600 req/s over TLS, py-spy `--idle`, 12 s): 44 % of the proxy's samples "
+    "in the XKS request (38 % the inline path's answer), 13 % in asyncio's pure-Python TLS "
+    "layer (reading 5 %, writing 8 %), under 1 % in handshakes, 47 % idle; no timer, scrape "
+    "or collection stood out. At 1,800 req/s over TLS (six runs of 15 s, loaded machine): "
+    "3-5 young-generation collections per run, 1.6-3.3 ms in all, and at most one "
+    "middle-generation one of 2-4.4 ms; no full collection (nor in the idle-machine run at "
+    "any rate). The collector is not what lags the loop.",
+    "",
+    "Measured and not kept:",
+    "",
+    "- TLS records read into a buffer the protocol owns (asyncio's `BufferedProtocol` path) "
+    "instead of `SSLObject.read(256 KiB)`, which allocates 256 KiB per call: one 5.6 KB "
+    "record written and read 20,000 times, 18.95, 19.15, 14.16 µs per record copied against "
+    "22.74, 21.93, 14.32 µs buffered (three rounds): glibc serves the large allocation from "
+    "its heap after the first. No change.",
+    "- A `select(2)` event loop for the generator (microsecond timeouts; `epoll_wait` takes "
+    "milliseconds and asyncio rounds each wait up, so requests leave up to 1 ms late, p99 about "
+    "1 ms even at 20 % CPU): 686 and 657 µs of generator CPU per request against 482 and 450 "
+    "with epoll (two interleaved pairs at 300 req/s), its Python-level descriptor sets rebuilt "
+    "on every call. Not adopted.",
+    "- Re-running a rate with more generator processes when the generator sends late at a low "
+    "CPU share: on this machine the late sending is epoll's millisecond (above) and, in the "
+    "tail, the generator's own start-up handshakes (now made before the run); more processes on "
+    "the one generator core change neither. The rule stays: CPU share only.",
+    "- One task and one `asyncio.timeout` per generator request replaced by a callback on the "
+    "answer's future (and one deadline sweep): in isolation 46-53 µs per request with task and "
+    "timeout, 9-14 µs as a callback (50,000 at once, three rounds, loaded machine), so at most "
+    "about 15 % of the generator's 261 µs per request at 1,800 req/s, where it used 47 % of "
+    "its core: not its limit. Not done.",
+    "",
+]

@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=1,
                         help="generator processes sharing the rate (when the report says the "
                         "generator was saturated)")  # fmt: skip
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                        help="open connections as requests need them, not all before the first "
+                        "request (measures the target's start-up: a TLS handshake per "
+                        "connection at once)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=10, help="per request, seconds")
     parser.add_argument("--cacert", help="CA bundle that signed the proxy's certificate")
     parser.add_argument("--insecure", action="store_true", help="do not verify the certificate")
@@ -120,6 +124,7 @@ def spec_from(args: argparse.Namespace) -> LoadSpec:
         insecure=args.insecure,
         client_cert=(args.cert, args.key) if args.cert else None,
         processes=args.processes,
+        warm_up=args.warm_up,
         progress=not args.json,
     )
 

@@ -5,7 +5,9 @@ not from when it actually left, so a server that stalls cannot hide the queue it
 it (coordinated omission): every request that should have gone out during a stall carries the
 stall in its latency. Requests beyond the connection limit wait in the client's queue, and that
 wait counts too. Several processes can share one rate when one core cannot generate it: each
-takes every N-th slot of the same schedule, from a common wall-clock start.
+takes every N-th slot of the same schedule, from a common wall-clock start. Connections are
+opened before the first slot (``HttpClient.warm_up``; ``warm_up=False`` opens them as requests
+need them, which measures the target's handshake storm at start rather than its steady state).
 
 The generator watches itself, so that its own stall is not read as the server's: the CPU it
 used (a share of one core), how late each request left against its due time (``send_lag``),
@@ -58,6 +60,9 @@ class LoadSpec:
     insecure: bool = False
     client_cert: tuple[str, str] | None = None
     processes: int = 1
+    # Open every connection before the first request (``HttpClient.warm_up``): the schedule
+    # then measures the target in its steady state, not one TLS handshake per connection at once.
+    warm_up: bool = True
     # Which slots of the shared schedule this process sends: index, index + step, ...
     slot_index: int = 0
     slot_step: int = 1
@@ -156,6 +161,8 @@ async def run_process(spec: LoadSpec) -> Results:
         if "decrypt" in cycle:
             await _set_up_decrypt(client, spec, workload)
         prepared = PreparedRequests(workload)
+        if spec.warm_up:
+            await client.warm_up(spec.connections)
         record, send_lag = results.record, results.send_lag_ms.append
 
         async def one(operation: str, due: float) -> None:
@@ -221,7 +228,9 @@ def run(spec: LoadSpec) -> Results:
     """Run the whole load test, in one process or several."""
     if spec.processes <= 1:
         return asyncio.run(run_process(spec))
-    start_at = time.time() + 1.5  # time for the children to start
+    # Time for the children to start and open their connections (a process with 64 TLS
+    # connections to open takes about half a second); one that is late shows it in its send lag.
+    start_at = time.time() + 3.0
     specs = [
         replace(spec, slot_index=i, slot_step=spec.processes, start_at=start_at,
                 progress=spec.progress and i == 0)

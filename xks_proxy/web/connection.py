@@ -117,8 +117,7 @@ class XksConnection(asyncio.Protocol):
         return self._handler.eof_received()  # type: ignore[func-returns-value]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._registry.connections.discard(self)
-        self._cancel_head_timer()
+        self._forget()
         if self._handshake is not None and not self._handshake.done():
             self._handshake.cancel()
         if self._handler is not None:
@@ -147,14 +146,18 @@ class XksConnection(asyncio.Protocol):
             self._registry.tls_failed()
             log.info("TLS handshake failed: %s", type(error).__name__)
             raw.abort()  # type: ignore[attr-defined]
+            forget_frames(error)
+            self._forget()
             return
         if secure is None:
+            self._forget()
             return
         allowed, names = tls.client_allowed(secure.get_extra_info("peercert"))
         if not allowed:
             self._registry.tls_failed()
             log.warning("client certificate CN %r is not allowed; closing", names)
             secure.abort()
+            self._forget()
             return
         self._transport = secure
         self._attach(secure)
@@ -196,6 +199,15 @@ class XksConnection(asyncio.Protocol):
         if self._handler is not None:
             self._handler.force_close()
 
+    def _forget(self) -> None:
+        """The connection is over. Also called when a handshake fails: ``start_tls`` has given
+        the socket to asyncio's TLS protocol by then, which tells this one nothing of a connection
+        lost before the handshake completed, so without this a failed handshake stayed in the
+        registry for good (a leak per failed handshake, and a drain that waited its full period
+        for a connection long gone)."""
+        self._registry.connections.discard(self)
+        self._cancel_head_timer()
+
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -215,6 +227,24 @@ class XksConnection(asyncio.Protocol):
             return
         log.info("closing a connection that did not send a request head in time")
         self._transport.abort()  # type: ignore[attr-defined]
+
+
+def forget_frames(error: BaseException) -> None:
+    """Drop the tracebacks of a failed handshake's exception (and of the exceptions behind it).
+
+    ``loop.start_tls`` awaits a future that holds the exception, and the exception's traceback
+    holds ``start_tls``'s frame, which holds that future: a reference cycle per failed handshake
+    that keeps the connection's TLS state (a 256 KiB read buffer in asyncio's SSLProtocol)
+    until a full garbage collection. Under overload, with clients dropping connections that
+    time out mid-handshake, thousands piled up, and the full collections that freed them paused
+    the event loop for 0.1 to 2.5 s. Only the exception's class name is logged, so nothing
+    needs the frames."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__context__ or current.__cause__
 
 
 def connection_of(request: XksRequest) -> XksConnection | None:
