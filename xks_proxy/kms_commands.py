@@ -15,6 +15,7 @@ from pathlib import Path
 from xks_proxy.command_support import ConfigArgument
 from xks_proxy.config import load_config
 from xks_proxy.errors import CommandError, ConfigError
+from xks_proxy.loadtest.arguments import DESCRIPTION, add_arguments
 
 
 def cmd_kms_config(args: argparse.Namespace) -> int:
@@ -126,8 +127,6 @@ def add_loadtest_command(commands: argparse._SubParsersAction[argparse.ArgumentP
     load = commands.add_parser(
         "loadtest", help="open-loop load test of an XKS proxy (signed requests, latency report)"
     )
-    from xks_proxy.loadtest.command import DESCRIPTION, add_arguments
-
     load.description = DESCRIPTION
     add_arguments(load)
     load.set_defaults(func=cmd_loadtest)

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # A worker that dies sooner than this after starting is restarted after a pause, not at once.
 QUICK_DEATH_SECONDS = 5.0
 RESTART_PAUSE_SECONDS = 1.0
-# A worker's exit status for "cannot start at all" (cli.py: bad configuration, busy port).
+# A worker's exit status for "cannot start at all" (process_commands.cmd_serve: bad
+# configuration, busy port).
 EXIT_CANNOT_START = 2
 
 
