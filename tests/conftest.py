@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,19 @@ KEY_DECRYPT_ONLY = "key-decrypt-only"
 KEY_NO_USAGE = "key-no-usage"
 KEY_DISABLED = "key-disabled"
 KEY_OUTSIDE_STORE = "other-key"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis (4.32, under pytest 9) gives the tests it makes of one function, one per
+    API operation, that function's node id; pytest-xdist sends tests to its workers by node
+    id, so it ran one operation of each and silently none of the others. Each such test gets
+    the id its name says (``test_x[POST /health]``), and node ids must be unique."""
+    counts = Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1 and item.name.endswith("]") and "[" not in item.nodeid:
+            item._id = item._id.with_params(item.name.partition("[")[2].removesuffix("]"))
+    duplicates = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    assert not duplicates, f"tests that share a node id: {duplicates}"
 
 
 # Every store test runs on both kinds: the embedded SQLite file and a real PostgreSQL.
