@@ -30,8 +30,14 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
 
+# In parallel (pytest-xdist, README "Development"): 4 worker processes, more than CI's 2 cores
+# because the tests mostly wait on the servers and commands they start; --dist loadfile keeps
+# each test file on one worker, in order, so its module-scoped servers start once. Each worker
+# starts its own session PostgreSQL and SoftHSM2 token in its own temporary directory.
+# `make unit TEST_WORKERS=0` runs the suite in this one process instead.
+TEST_WORKERS ?= 4
 unit: $(INSTALLED) system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

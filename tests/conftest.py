@@ -6,7 +6,8 @@ import contextlib
 import itertools
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.ports import PortReservation
 from tests.postgres import PostgresServer
 from tests.softhsm import SoftHsm, make_softhsm, provision_conformance_token
 from tests.xks_client import XksClient
+from xks_proxy import health
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.config import Config, SoftwareBackendConfig, load_config
 from xks_proxy.keystore.store import KeyDatabase, open_key_database
@@ -36,6 +38,19 @@ KEY_DECRYPT_ONLY = "key-decrypt-only"
 KEY_NO_USAGE = "key-no-usage"
 KEY_DISABLED = "key-disabled"
 KEY_OUTSIDE_STORE = "other-key"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis (4.32, under pytest 9) gives the tests it makes of one function, one per
+    API operation, that function's node id; pytest-xdist sends tests to its workers by node
+    id, so it ran one operation of each and silently none of the others. Each such test gets
+    the id its name says (``test_x[POST /health]``), and node ids must be unique."""
+    counts = Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1 and item.name.endswith("]") and "[" not in item.nodeid:
+            item._id = item._id.with_params(item.name.partition("[")[2].removesuffix("]"))
+    duplicates = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    assert not duplicates, f"tests that share a node id: {duplicates}"
 
 
 # Every store test runs on both kinds: the embedded SQLite file and a real PostgreSQL.
@@ -76,6 +91,45 @@ class Deployment:
         return self.config.path
 
 
+# The proxy's default request deadline (200 ms, under KMS's 250 ms) is met on an idle machine,
+# not always on a loaded one (`pytest -n`, other test runs, CI): a test whose subject is not the
+# deadline must not fail because a request took longer. The deployments made here have this
+# one unless the test sets its own; a test of the deadline sets a short one and injects a
+# backend delay far beyond it (``fault_delay_ms``), so that its outcome never depends on speed.
+TEST_REQUEST_DEADLINE_MS = 10_000
+
+
+def with_server_settings(text: str, settings: Mapping[str, object]) -> str:
+    """A configuration's text with ``settings`` in its ``[server]`` table, each replacing the
+    line the table had for it (TOML refuses a key given twice)."""
+    start = text.index("[server]\n") + len("[server]\n")
+    end = text.find("\n[", start) + 1 or len(text)
+    kept = [
+        line
+        for line in text[start:end].splitlines(keepends=True)
+        if line.partition("=")[0].strip() not in settings
+    ]
+    added = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return text[:start] + added + "".join(kept) + text[end:]
+
+
+def _with_test_deadline(text: str) -> str:
+    if "request_deadline_ms" in text:
+        return text
+    return with_server_settings(text, {"request_deadline_ms": TEST_REQUEST_DEADLINE_MS})
+
+
+@pytest.fixture(autouse=True)
+def _health_checks_judged_by_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The health monitor reports an EKM DEGRADED when one check took over 100 ms
+    (``xks_proxy.health.DEGRADED_AFTER_SECONDS``, not a setting): a loaded machine makes a
+    SoftHSM or PostgreSQL check that slow. For the proxies the tests run in this process, a
+    check is judged by its outcome only, as for the request deadline above; no test of an
+    in-process proxy is about that threshold (DEGRADED from a slow backend is tested on a
+    proxy process, ``tests/test_transport.py``)."""
+    monkeypatch.setattr(health, "DEGRADED_AFTER_SECONDS", TEST_REQUEST_DEADLINE_MS / 1000)
+
+
 def make_deployment(
     directory: Path, *, database_url: str | None = None, **config_changes: str
 ) -> Deployment:
@@ -86,7 +140,7 @@ def make_deployment(
     text = made.config_path.read_text().replace('keys = ["*"]', 'keys = ["key-*"]')
     for old, new in config_changes.items():
         text = text.replace(old, new)
-    made.config_path.write_text(text)
+    made.config_path.write_text(_with_test_deadline(text))
     config = load_config(made.config_path)
     database = software_database(config)
     try:
@@ -125,7 +179,7 @@ def make_pkcs11_deployment(directory: Path, hsm: SoftHsm, **settings: object) ->
     # PKCS#11 defines no on/off switch for a key (and SoftHSM cannot read back CKA_END_DATE),
     # so the key store's kill switch disables it.
     text = text.replace('keys = ["*"]', 'keys = ["key-*"]\ndisabled_keys = ["key-disabled"]')
-    made.config_path.write_text(text)
+    made.config_path.write_text(_with_test_deadline(text))
     return Deployment(directory, load_config(made.config_path))
 
 

@@ -216,7 +216,9 @@ def test_import_tokens_and_parameters_are_checked(kms: Any, tmp_path: Path) -> N
 
 def test_material_expires_back_to_pending_import(kms: Any, tmp_path: Path) -> None:
     key_id = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
-    valid_to = datetime.now(UTC) + timedelta(seconds=2)
+    # Long enough for the import (an openssl wrap, three calls) to finish well before it on a
+    # loaded machine (`pytest -n`), so the key is seen enabled first: a bound, not a speed.
+    valid_to = datetime.now(UTC) + timedelta(seconds=10)
     import_material(kms, key_id, tmp_path, os.urandom(32), "RSAES_OAEP_SHA_256", ValidTo=valid_to)
     assert state(kms, key_id) == "Enabled"
     time.sleep(max(0.0, (valid_to - datetime.now(UTC)).total_seconds()) + 0.5)

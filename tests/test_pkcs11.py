@@ -27,6 +27,7 @@ from tests.conftest import (
     KEY_BOTH,
     Deployment,
     make_pkcs11_deployment,
+    with_server_settings,
 )
 from tests.proxy_process import XKS_PROXY, ProxyProcess, close_all, connect, post
 from tests.softhsm import HEALTH_LABEL, USER_PIN, SoftHsm, make_softhsm
@@ -39,6 +40,7 @@ from tests.xks_client import (
     unb64,
 )
 from xks_proxy.backends.pkcs11 import Pkcs11Backend
+from xks_proxy.config import load_config
 from xks_proxy.runtime import ProxyRuntime
 from xks_proxy.sigv4 import Credential
 from xks_proxy.web.app import create_app
@@ -86,8 +88,6 @@ async def test_health_key_is_not_a_customer_key(
     deployment = make_pkcs11_deployment(tmp_path, softhsm)
     text = deployment.config_path.read_text().replace('keys = ["key-*"]', 'keys = ["*"]')
     deployment.config_path.write_text(text)
-    from xks_proxy.config import load_config
-
     _, xks = await _client(Deployment(tmp_path, load_config(deployment.config_path)),
                            aiohttp_client)  # fmt: skip
     error = await xks.call("metadata", HEALTH_LABEL, METADATA_BODY, expect=404)
@@ -108,12 +108,8 @@ async def test_hundreds_of_overlapping_requests(
     # 600 operations queue for 4 sessions: the bounds are the configuration's largest, so a
     # busy machine (a parallel test run) slows the test down instead of failing it.
     deployment = make_pkcs11_deployment(tmp_path, softhsm, sessions=4, session_wait_ms=60_000)
-    text = deployment.config_path.read_text().replace(
-        "[server]\n", "[server]\nrequest_deadline_ms = 60000\n"
-    )
+    text = with_server_settings(deployment.config_path.read_text(), {"request_deadline_ms": 60_000})
     deployment.config_path.write_text(text)
-    from xks_proxy.config import load_config
-
     runtime, xks = await _client(Deployment(tmp_path, load_config(deployment.config_path)),
                                  aiohttp_client)  # fmt: skip
 
@@ -204,9 +200,14 @@ async def test_calls_run_on_call_threads_by_default(
 async def test_pool_exhaustion_waits_then_times_out(
     tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any
 ) -> None:
-    # The session wait (1 s) is longer than the request deadline (200 ms): the deadline wins.
-    deployment = make_pkcs11_deployment(tmp_path, softhsm, sessions=1, session_wait_ms=1000)
-    runtime, xks = await _client(deployment, aiohttp_client)
+    # The session wait (60 s) is far longer than the request deadline (3 s): the deadline wins,
+    # however loaded the machine (the bounds below are on a hang, not on speed).
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, sessions=1, session_wait_ms=60_000)
+    deployment.config_path.write_text(
+        with_server_settings(deployment.config_path.read_text(), {"request_deadline_ms": 3000})
+    )
+    runtime, xks = await _client(Deployment(tmp_path, load_config(deployment.config_path)),
+                                 aiohttp_client)  # fmt: skip
     backend = runtime.backends["hsm"]
     assert isinstance(backend, Pkcs11Backend)
     await xks.call("metadata", KEY_BOTH, METADATA_BODY)  # description cached
@@ -215,7 +216,7 @@ async def test_pool_exhaustion_waits_then_times_out(
     error = await xks.call("encrypt", KEY_BOTH, encrypt_body(b"x"), expect=503)
     waited = time.monotonic() - started
     assert error["errorName"] == "DependencyTimeoutException"
-    assert 0.2 <= waited < 1.0, "it waited for a session until the request deadline"
+    assert 3.0 <= waited < 30, "it waited for a session until the request deadline"
     # A request that waits less than session_wait_ms gets the session when it comes back.
     pending = asyncio.create_task(xks.call("encrypt", KEY_BOTH, encrypt_body(b"y")))
     await asyncio.sleep(0.1)
@@ -337,8 +338,6 @@ def _provisioned_removable_token(tmp_path: Path, **settings: object) -> tuple[So
 
 @contextlib.contextmanager
 def _removable_token_proxy(tmp_path: Path, **settings: object) -> Iterator[_RemovableTokenProxy]:
-    from xks_proxy.config import load_config
-
     hsm, config = _provisioned_removable_token(tmp_path, **settings)
     credential = load_config(config).key_stores[0].credentials[0]
     old_conf = os.environ.get("SOFTHSM2_CONF")

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,13 +33,19 @@ PROXIES = 3
 RATE = 200
 CONNECTIONS = 32  # the load generator's keep-alive connections
 KILL_DURATION = 30
-# Enough for three restarts of ~5 s each (delay, drain, start-up, HAProxy's rise).
-ROLLING_DURATION = 24
-SHUTDOWN_DELAY = 1.5
-# HAProxy needs `rise` (2 in the shipped file) good checks `inter` apart before it sends
-# traffic to a restarted proxy; inter x fall (1) stays well below SHUTDOWN_DELAY.
-CHECK_INTERVAL_MS = 200
-RISE = 2
+# Enough for three restarts of ~10 s each (delay, drain, start-up, HAProxy's rise).
+ROLLING_DURATION = 36
+# HAProxy's check interval is also its check's time-out (no `timeout check` in the shipped
+# file): 1 s, as its `timeout connect`, so that a proxy slow to answer /ping on a loaded machine
+# (`pytest -n`, CI) is not taken for down. A stopping proxy is out of rotation after one failed
+# check: within inter x fall (1) plus the check's own time-out, well below SHUTDOWN_DELAY (the
+# proxies' default).
+CHECK_INTERVAL_MS = 1000
+SHUTDOWN_DELAY = 5
+# A request answered late is not a failed one: the load generator's per-request time-out is
+# far above its 10 s default so that a loaded machine's queueing is not counted as an error,
+# while a request the fleet lost still fails (below HAProxy's 130 s `timeout server`).
+REQUEST_TIMEOUT = 60
 
 
 def haproxy_environment(front: int, ports: list[int], ping_ports: list[int]) -> dict[str, str]:
@@ -79,14 +86,15 @@ def start_load(front: int, kms_config: Path, duration: int) -> subprocess.Popen[
     return subprocess.Popen(
         [XKS_PROXY, "loadtest", "--url", f"http://127.0.0.1:{front}",
          "--kms-config", str(kms_config), "--key-id", KEY_BOTH, "--rate", str(RATE),
-         "--connections", str(CONNECTIONS), "--duration", str(duration), "--json"],
+         "--connections", str(CONNECTIONS), "--duration", str(duration),
+         "--timeout", str(REQUEST_TIMEOUT), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )  # fmt: skip
 
 
 def finish_load(loadtest: subprocess.Popen[str], duration: int, phase: str) -> dict[str, Any]:
-    out, err = loadtest.communicate(timeout=duration + 60)
+    out, err = loadtest.communicate(timeout=duration + 2 * REQUEST_TIMEOUT)
     assert loadtest.returncode == 0, err
     summary: dict[str, Any] = json.loads(out)
     print(f"{phase}: {json.dumps(summary, indent=1)}", file=sys.stderr)
@@ -94,9 +102,31 @@ def finish_load(loadtest: subprocess.Popen[str], duration: int, phase: str) -> d
     return summary
 
 
-def wait_for_rise() -> None:
-    """Long enough for HAProxy to see a (re)started proxy up."""
-    time.sleep(RISE * CHECK_INTERVAL_MS / 1000 + 0.5)
+def wait_for_front(front: int, balancer: subprocess.Popen[bytes], balancer_log: Path) -> None:
+    """Until HAProxy accepts connections (its servers start up: the proxies already serve)."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert balancer.poll() is None, balancer_log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", front), timeout=5).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, balancer_log.read_text()
+            time.sleep(0.1)
+
+
+def server_ups(balancer_log: Path, index: int) -> int:
+    """How often HAProxy has said the proxy ``index`` came up (after a failed check)."""
+    return balancer_log.read_text().count(f"Server xks_proxies/xks{index + 1} is UP")
+
+
+def wait_for_up(balancer_log: Path, index: int, ups_before: int) -> None:
+    """Until HAProxy says a restarted proxy is up again (`rise` good checks): it takes no
+    traffic before, whatever a loaded machine makes of the check interval."""
+    deadline = time.monotonic() + 60
+    while server_ups(balancer_log, index) <= ups_before:
+        assert time.monotonic() < deadline, balancer_log.read_text()
+        time.sleep(0.1)
 
 
 def test_fleet_behind_the_shipped_haproxy_survives_kill_and_rolling_restart(
@@ -144,11 +174,11 @@ def test_fleet_behind_the_shipped_haproxy_survives_kill_and_rolling_restart(
         )  # fmt: skip
     loadtest = None
     try:
-        wait_for_rise()
-        assert balancer.poll() is None, balancer_log.read_text()
+        wait_for_front(front, balancer, balancer_log)
         # Phase 1: kill -9 one proxy mid-run, start it again.
         loadtest = start_load(front, kms_config, KILL_DURATION)
         time.sleep(KILL_DURATION / 3)
+        ups_before = server_ups(balancer_log, 1)
         proxies[1].send_signal(signal.SIGKILL)
         assert proxies[1].stop(timeout=10) == -signal.SIGKILL
         time.sleep(2)
@@ -162,15 +192,16 @@ def test_fleet_behind_the_shipped_haproxy_survives_kill_and_rolling_restart(
         assert killed["completed"] == killed["scheduled"]
 
         # Phase 2: rolling SIGTERM restart of all three.
-        wait_for_rise()
+        wait_for_up(balancer_log, 1, ups_before)
         loadtest = start_load(front, kms_config, ROLLING_DURATION)
         time.sleep(2)
         for i, config in enumerate(configs):
+            ups_before = server_ups(balancer_log, i)
             assert proxies[i].stop(timeout=30) == 0
             assert "SIGTERM: /ping answers 503" in proxies[i].log
             proxies[i] = ProxyProcess(config, port=ports[i])
-            # Let HAProxy see it up again before the next one goes down.
-            wait_for_rise()
+            # HAProxy sees it up again before the next one goes down.
+            wait_for_up(balancer_log, i, ups_before)
         rolling = finish_load(loadtest, ROLLING_DURATION, "rolling SIGTERM restart")
         assert rolling["completed"] == rolling["scheduled"]
         assert rolling["errors"] == {}, rolling["errors"]

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.conftest import KEY_BOTH, Deployment, make_deployment
+from tests.conftest import KEY_BOTH, Deployment, make_deployment, with_server_settings
 from tests.proxy_process import (
     XKS_PROXY,
     ProxyProcess,
@@ -140,7 +140,7 @@ def configure(
     def lines(values: dict[str, Any] | None) -> str:
         return "".join(f"{k} = {json.dumps(v)}\n" for k, v in (values or {}).items())
 
-    text = text.replace("[server]\n", "[server]\n" + lines(server))
+    text = with_server_settings(text, server or {})
     text = text.replace('kek = "file:kek.key"\n', 'kek = "file:kek.key"\n' + lines(backend))
     text += lines(key_store)
     if tls is not None:
@@ -539,9 +539,11 @@ def test_key_store_quota_answers_429(tmp_path: Path) -> None:
 
 
 def test_slow_backend_meets_the_deadline_and_shows_degraded(tmp_path: Path) -> None:
+    # A backend delay far beyond the deadline: the answer comes at the deadline, long before
+    # the backend's, however loaded the machine (the bound below is on a hang, not on speed).
     deployment = make_deployment(tmp_path)
     config = configure(
-        deployment, server={"request_deadline_ms": 100}, backend={"fault_delay_ms": 300}
+        deployment, server={"request_deadline_ms": 100}, backend={"fault_delay_ms": 5000}
     )
     cred = credential(deployment)
     with ProxyProcess(config) as proxy:
@@ -549,7 +551,7 @@ def test_slow_backend_meets_the_deadline_and_shows_degraded(tmp_path: Path) -> N
         started = time.monotonic()
         status, error = post(connection, ENCRYPT_PATH, encrypt_body(b"x"), cred)
         assert (status, error["errorName"]) == (503, "DependencyTimeoutException")
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 5, "it waited for the backend, not the deadline"
         status, health = post(connection, HEALTH_PATH, HEALTH_BODY, cred)
         assert status == 200 and health["ekmFleetDetails"][0]["healthStatus"] == "DEGRADED"
 
