@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -208,10 +211,50 @@ def test_gc_pauses_are_timed_by_generation() -> None:
         gc.collect()
     finally:
         monitor.stop()
+    assert seen == [], "observed only by flush, never inside the collection's callback"
+    monitor.flush()
     assert [generation for generation, _ in seen] == [2]
     assert seen[0][1] >= 0
     gc.collect()
+    monitor.flush()
     assert len(seen) == 1, "a stopped monitor observes nothing"
+
+
+# A collection on nearly every allocation, while multiprocess histogram children are made
+# (prometheus-client builds each one's key under its one non-reentrant lock): with the pause
+# observed inside the collection's callback, this process deadlocked on that lock.
+_COLLECTIONS_INSIDE_PROMETHEUS = """
+import gc
+import os
+import subprocess
+import sys
+from prometheus_client import CollectorRegistry, Histogram
+from xks_proxy.gc_pauses import GcPauseMonitor
+histogram = Histogram("pauses", "gc", ["generation"], registry=CollectorRegistry())
+made = Histogram("made", "children", ["n"], registry=CollectorRegistry())
+pause = histogram.labels("0")
+monitor = GcPauseMonitor(lambda generation, seconds: pause.observe(seconds))
+monitor.start()
+gc.freeze()
+gc.set_threshold(10, 10**6, 10**6)  # a young collection every 10 allocations, no older one
+for n in range(200):
+    made.labels(str(n)).observe(0.1)
+    if n % 50 == 0:
+        monitor.flush()
+gc.set_threshold(700, 10, 10)
+monitor.flush()
+print("done")
+"""
+
+
+def test_gc_pauses_never_observed_inside_prometheus_locks(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    finished = subprocess.run(
+        [sys.executable, "-c", _COLLECTIONS_INSIDE_PROMETHEUS],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "done"
 
 
 def test_the_proxy_exports_its_gc_pauses(tmp_path: Path) -> None:

@@ -31,9 +31,15 @@ async def _runtime_lifetime(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE_RUNTIME_KEY]
     await live.current.open()
     # Metrics live across reloads, so one monitor serves every runtime.
-    lag = LoopLagMonitor(live.current.metrics.tick)
+    metrics = live.current.metrics
+    pauses = GcPauseMonitor(metrics.gc_pause)
+
+    def tick(loop_lag: float) -> None:
+        metrics.tick(loop_lag)
+        pauses.flush()
+
+    lag = LoopLagMonitor(tick)
     lag.start()
-    pauses = GcPauseMonitor(live.current.metrics.gc_pause)
     pauses.start()
     yield
     pauses.stop()
