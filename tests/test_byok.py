@@ -22,6 +22,7 @@ from xks_proxy.aad import ekm_aad
 from xks_proxy.backends.base import DECRYPT, ENCRYPT
 from xks_proxy.backends.software import SoftwareBackend
 from xks_proxy.config import AuditConfig, SoftwareBackendConfig
+from xks_proxy.errors import InvalidCiphertextError
 from xks_proxy.keymgmt.audit import LifecycleAudit
 from xks_proxy.keymgmt.byok import ImportRefusedError
 from xks_proxy.keymgmt.service import KeyManager
@@ -371,3 +372,30 @@ def test_migrate_copies_an_imported_key_as_imported(tmp_path: Path) -> None:
     finally:
         source.close()
         target.close()
+
+
+async def test_deleted_material_stops_decrypting_though_its_cipher_was_cached(
+    tmp_path: Path,
+) -> None:
+    """The backend uses only the versions its key's record has now: a cipher unsealed before
+    the material was deleted neither decrypts nor stays in the cache."""
+    kek = os.urandom(32)
+    database = KeyDatabase(tmp_path / "keys.db", kek)
+    keys = KeyManager(database, LifecycleAudit(AuditConfig(enabled=False)), "tester@host")
+    keys.create_external("byok", BOTH)
+    Importer(keys, tmp_path / "work").run("byok", os.urandom(32), "RSAES_OAEP_SHA_256")
+    backend = SoftwareBackend(SoftwareBackendConfig("soft", tmp_path / "keys.db", kek))
+    await backend.open()
+    try:
+        sealed = await backend.encrypt("byok", b"secret", None)
+        assert await backend.decrypt("byok", sealed, None) == b"secret"
+        cached = len(backend._cache or ())
+        keys.delete_material("byok")
+        assert backend._follower is not None
+        await backend._follower.sync()
+        with pytest.raises(InvalidCiphertextError):
+            await backend.decrypt("byok", sealed, None)
+        assert len(backend._cache or ()) == cached - 1
+    finally:
+        await backend.close()
+        database.close()

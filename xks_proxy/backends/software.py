@@ -191,7 +191,9 @@ class SoftwareBackend:
                 self._infos.pop(key_id, None)
                 if purged is not None:
                     self._cache.forget([purged])
-            self._cache.forget(changes.keys)
+            # The versions a key had too: deleted material leaves the cache with its record.
+            previous = [self._keys[r.key_id] for r in changes.keys if r.key_id in self._keys]
+            self._cache.forget([*changes.keys, *previous])
         if changes.credentials is not None:
             self._credentials = self._unsealed(changes.credentials)
         with gc_paused():
@@ -285,7 +287,9 @@ class SoftwareBackend:
         version = key.newest_version
         cache = self._cache
         assert cache is not None
-        cipher = cache.cached(key_id, version) or await self._unseal_version(key, version)
+        # Only the record's versions: a cached cipher may outlive them (deleted material).
+        cipher = cache.cached(key_id, version) if version in key.versions else None
+        cipher = cipher or await self._unseal_version(key, version)
         return seal(cipher, version, plaintext, aad)
 
     async def decrypt(self, key_id: str, sealed: SealedData, aad: bytes | None) -> bytes:
@@ -293,7 +297,8 @@ class SoftwareBackend:
         version = ciphertext_version(sealed)
         cache = self._cache
         assert cache is not None
-        cipher = cache.cached(key_id, version) or await self._unseal_version(key, version)
+        cipher = cache.cached(key_id, version) if version in key.versions else None
+        cipher = cipher or await self._unseal_version(key, version)
         return unseal(cipher, sealed, aad)
 
     async def check_health(self) -> list[EkmHealth]:
