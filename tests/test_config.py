@@ -80,6 +80,44 @@ def test_softhsm_example_configuration_loads(tmp_path: Path) -> None:
     assert "1234" not in repr(config)
 
 
+def _pkcs11(**settings: Any) -> Pkcs11BackendConfig:
+    """A minimal configuration whose backend is PKCS#11 (the module only has to be a file)."""
+    document = _minimal()
+    document["backends"]["local"] = {"type": "pkcs11", "module": str(EXAMPLE), "user_pin": "1",
+                                     "tokens": [{"label": "a"}], **settings}  # fmt: skip
+    backend = _parse(document).backends["local"]
+    assert isinstance(backend, Pkcs11BackendConfig)
+    return backend
+
+
+def test_calls_on_event_loop_is_auto_unless_set() -> None:
+    default = _pkcs11()
+    assert (default.calls_on_event_loop, default.event_loop_call_limit_ms) == ("auto", 10.0)
+    assert _pkcs11(calls_on_event_loop=True).calls_on_event_loop is True
+    assert _pkcs11(calls_on_event_loop=False).calls_on_event_loop is False
+    assert _pkcs11(calls_on_event_loop="auto").calls_on_event_loop == "auto"
+    # Milliseconds as a float or an int: a SoftHSM2 call takes tens of microseconds.
+    assert _pkcs11(event_loop_call_limit_ms=0.001).event_loop_call_limit_ms == 0.001
+    limit = _pkcs11(event_loop_call_limit_ms=5).event_loop_call_limit_ms
+    assert (limit, type(limit)) == (5.0, float)
+
+
+@pytest.mark.parametrize("value", ["yes", "Auto", "true", 1, 0, [True]])
+def test_calls_on_event_loop_refuses_other_values(value: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _pkcs11(calls_on_event_loop=value)
+    assert str(raised.value) == (
+        'backends.local.calls_on_event_loop: must be true, false or "auto"'
+    )
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0, 60_001, "10", True])
+def test_event_loop_call_limit_is_above_zero_and_at_most_a_minute(value: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _pkcs11(event_loop_call_limit_ms=value)
+    assert str(raised.value).startswith("backends.local.event_loop_call_limit_ms: must be")
+
+
 def _minimal() -> dict[str, Any]:
     return {
         "backends": {"local": {"type": "software", "path": "keys.db", "kek": KEK}},

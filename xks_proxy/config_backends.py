@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from xks_proxy.config_table import Table, resolve_secret
 from xks_proxy.errors import ConfigError
@@ -60,10 +60,11 @@ class Pkcs11BackendConfig:
     vendor: str | None = None
     model: str | None = None
     type: str = "pkcs11"
-    # Only for a module that answers in process in microseconds (SoftHSM2): its calls run on
-    # the event loop thread, skipping the hop to a thread; a slow call would stall the worker
-    # and the request deadline could not interrupt it (backends/pkcs11.py).
-    calls_on_event_loop: bool = False
+    # true, false or "auto": whether the module's calls run on the event loop thread, skipping
+    # the hop to a thread; "auto" only for SoftHSM2, and a call on the loop slower than
+    # event_loop_call_limit_ms moves them to threads (backends/pkcs11_placement.py).
+    calls_on_event_loop: bool | Literal["auto"] = "auto"
+    event_loop_call_limit_ms: float = 10.0
     fault_delay_ms: int = 0
 
 
@@ -154,7 +155,27 @@ def _pkcs11_backend(
         vendor=table.get("vendor", str, "") or None,
         model=table.get("model", str, "") or None,
         fault_delay_ms=table.ranged("fault_delay_ms", 0, 0, 60_000),
-        calls_on_event_loop=table.get("calls_on_event_loop", bool, False),
+        calls_on_event_loop=_calls_on_event_loop(table),
+        event_loop_call_limit_ms=_event_loop_call_limit_ms(table),
     )
     table.done()
     return config
+
+
+def _calls_on_event_loop(table: Table) -> bool | Literal["auto"]:
+    value = table.get("calls_on_event_loop", object, "auto")
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return "auto"
+    raise ConfigError(f'{table.where("calls_on_event_loop")}: must be true, false or "auto"')
+
+
+def _event_loop_call_limit_ms(table: Table) -> float:
+    """Milliseconds, a float: a SoftHSM2 call takes tens of microseconds."""
+    value = table.get("event_loop_call_limit_ms", float, 10.0)
+    if not 0 < value <= 60_000:
+        raise ConfigError(
+            f"{table.where('event_loop_call_limit_ms')}: must be more than 0 and at most 60000"
+        )
+    return value

@@ -185,6 +185,15 @@ class ProxyMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # With workers, 0 as soon as one worker's calls left the loop (each decides alone).
+        self.calls_on_event_loop = Gauge(
+            "xks_pkcs11_calls_on_event_loop",
+            "1 while a PKCS#11 backend's calls run on the event loop, 0 on call threads "
+            "(configured, chosen by auto, or moved there after a slow call).",
+            ["backend"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
 
     def set_tls_expiry(self, not_after_seconds: float) -> None:
         """The server certificate's notAfter as a Unix time: valid at every scrape, so an alert
@@ -285,3 +294,6 @@ class _PoolMetrics:
 
     def waited(self, token: str, seconds: float) -> None:
         self._metrics.pool_wait.labels(self._backend, token).observe(seconds)
+
+    def calls_on_event_loop(self, on_loop: bool) -> None:
+        self._metrics.calls_on_event_loop.labels(self._backend).set(1 if on_loop else 0)

@@ -8,14 +8,15 @@
   and one extra session that logs in and stays open. A request waits for a free session up to
   ``session_wait_ms`` and then answers DependencyTimeoutException. A session only returns to
   the pool when its thread is done with it, even if the request gave up earlier.
-* Blocking PKCS#11 calls run on call threads (``call_threads``; python-pkcs11 releases the GIL),
-  never on the event loop: a network HSM may take long to answer, and the request deadline must
-  still answer 503 meanwhile. The exception is ``calls_on_event_loop = true``, for a module that
-  works in process in microseconds (SoftHSM2): the calls then run on the event loop thread and
-  skip the hop to a thread and back, on SoftHSM2 a larger per-request cost than the module's
-  own work (tools/bench.py's PKCS#11 notes); a call that blocks would stall every request
-  of the worker, and the deadline could not interrupt it. The module is initialised for OS
-  locking either way (see ``pkcs11_library``).
+* Blocking PKCS#11 calls run on call threads (``call_threads``; python-pkcs11 releases the GIL):
+  a network HSM may take long to answer, and the request deadline must still answer 503
+  meanwhile. Only a module known to answer in process in microseconds (SoftHSM2) has its calls
+  on the event loop thread, skipping the hop to a thread and back, on SoftHSM2 a larger
+  per-request cost than the module's own work: ``calls_on_event_loop = "auto"`` (the default)
+  chooses this by the module's identity and falls back to threads after one slow call, ``true``
+  forces it (``pkcs11_placement``). A call on the loop that blocks stalls every request of the
+  worker, and the deadline cannot interrupt it. The module is initialised for OS locking either
+  way (see ``pkcs11_library``).
 * Key objects, their versions and their descriptions come from ``pkcs11_keys.KeyFinder``
   (which says how a running proxy learns of a rotation made elsewhere, within
   ``VERSION_RESCAN_SECONDS``); descriptions are cached for ``DESCRIBE_TTL_SECONDS``.
@@ -74,6 +75,7 @@ from xks_proxy.backends.pkcs11_errors import (
     translate,
 )
 from xks_proxy.backends.pkcs11_keys import HEALTH_KEY, KeyFinder, PooledSession
+from xks_proxy.backends.pkcs11_placement import CallPlacement
 from xks_proxy.backends.pkcs11_tokens import PooledToken
 from xks_proxy.backends.pkcs11_versions import FIRST_VERSION
 from xks_proxy.backends.session_pool import SessionPoolObserver, SilentObserver
@@ -110,6 +112,7 @@ class Pkcs11Backend:
         self._threads = CallThreads(
             config.sessions * len(self._tokens) + 1, f"pkcs11-{config.name}"
         )
+        self._placement = CallPlacement(config, self._observer.calls_on_event_loop)
         self._library: Any = None
         self._keys = KeyFinder(config.key_lookup, config.health_key_label)
         self._described: dict[str, tuple[float, KeyInfo]] = {}
@@ -158,8 +161,8 @@ class Pkcs11Backend:
     async def _call(
         self, token: PooledToken, work: Callable[[PooledSession], T], *, decrypting: bool = False
     ) -> T:
-        """Run ``work`` on a free session of ``token`` on a call thread (or, with
-        ``calls_on_event_loop``, right here)."""
+        """Run ``work`` on a free session of ``token`` on a call thread (or, with the calls on
+        the event loop, right here)."""
         observer, ekm_id = self._observer, token.ekm_id
         try:
             pooled = token.pool.get_nowait()  # the common case costs no timer
@@ -196,9 +199,9 @@ class Pkcs11Backend:
                 raise
 
         try:
-            if self._config.calls_on_event_loop:
+            if self._placement.on_loop:
                 try:
-                    return run()
+                    return self._placement.run(run)
                 finally:
                     give_back()
             # The session goes back when the thread is done with it, not when the request gives up.
@@ -215,8 +218,8 @@ class Pkcs11Backend:
 
     async def _blocking(self, call: Callable[[], T]) -> T:
         """A call outside the session pool (start-up, close, reinitialising the module)."""
-        if self._config.calls_on_event_loop:
-            return call()  # no thread is ever started
+        if self._placement.on_loop:
+            return self._placement.run(call)  # no thread is ever started
         return await self._threads.run(call)
 
     def _token(self) -> PooledToken:
@@ -227,7 +230,12 @@ class Pkcs11Backend:
 
     # -- Backend -------------------------------------------------------------------------------
     async def open(self) -> None:
-        await self._blocking(self._connect_all)
+        if self._config.calls_on_event_loop == "auto":
+            # Which module this is is known once it is loaded: until then, off the loop.
+            await asyncio.to_thread(self._connect_all)
+        else:
+            await self._blocking(self._connect_all)
+        self._placement.choose(self._library)
 
     async def close(self) -> None:
         def close_all() -> None:
