@@ -96,7 +96,7 @@ def test_calls_on_event_loop_is_auto_unless_set() -> None:
     assert _pkcs11(calls_on_event_loop=True).calls_on_event_loop is True
     assert _pkcs11(calls_on_event_loop=False).calls_on_event_loop is False
     assert _pkcs11(calls_on_event_loop="auto").calls_on_event_loop == "auto"
-    # Milliseconds as a float or an int: a SoftHSM2 call takes tens of microseconds.
+    # Milliseconds as a float or an int: a SoftHSM2 call takes about a tenth of one.
     assert _pkcs11(event_loop_call_limit_ms=0.001).event_loop_call_limit_ms == 0.001
     limit = _pkcs11(event_loop_call_limit_ms=5).event_loop_call_limit_ms
     assert (limit, type(limit)) == (5.0, float)

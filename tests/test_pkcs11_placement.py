@@ -21,7 +21,7 @@ from xks_proxy.runtime import ProxyRuntime
 PLACEMENT = "xks_proxy.backends.pkcs11_placement"
 ON_LOOP = "backend hsm: PKCS#11 calls on the event loop"
 ON_THREADS = "backend hsm: PKCS#11 calls on call threads"
-# 1 µs: every real SoftHSM2 call takes longer (tens of microseconds at the least).
+# 1 µs: every real SoftHSM2 call takes longer (about 100 µs through python-pkcs11).
 BELOW_ANY_CALL_MS = 0.001
 FALLBACK = re.compile(
     r"backend hsm: a PKCS#11 call took \d+\.\d{3} ms on the event loop \(limit 0\.001 ms\); "

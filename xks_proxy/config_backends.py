@@ -172,7 +172,7 @@ def _calls_on_event_loop(table: Table) -> bool | Literal["auto"]:
 
 
 def _event_loop_call_limit_ms(table: Table) -> float:
-    """Milliseconds, a float: a SoftHSM2 call takes tens of microseconds."""
+    """Milliseconds, a float: a SoftHSM2 call takes about a tenth of one."""
     value = table.get("event_loop_call_limit_ms", float, 10.0)
     if not 0 < value <= 60_000:
         raise ConfigError(
