@@ -15,13 +15,13 @@
   software backend on threads, 0.61 on the loop).
 
 The fallback. Under "auto" each call on the loop (requests, health checks, reinitialising the
-module) is timed (two ``perf_counter`` readings); the
-first that takes longer than ``event_loop_call_limit_ms`` moves the backend to call threads
-until the process restarts, with one WARNING line and ``xks_pkcs11_calls_on_event_loop`` going
-to 0. The default, 10 ms, is far above what SoftHSM2 takes: measured here, a 4 KiB AES-GCM call
-through python-pkcs11 0.13 ms (median; 0.35 ms p99), the first call after the token changed (a
-key made in another session: SoftHSM2 rereads its object files) 0.4 ms on a token of a dozen
-keys; that reread grows with the number of objects on the token.
+module) is timed (two ``perf_counter`` readings); the first that takes longer than
+``event_loop_call_limit_ms`` moves the backend to call threads until the process restarts, with
+one WARNING line and ``xks_pkcs11_calls_on_event_loop`` going to 0. The default, 10 ms, is far
+above what SoftHSM2 takes: measured here, a 4 KiB AES-GCM call through python-pkcs11 0.13 ms
+(median; 0.35 ms p99), the first call after the token changed (a key made in another session:
+SoftHSM2 rereads its object files) 0.4 ms on a token of a dozen keys; that reread grows with the
+number of objects on the token.
 
 What remains: SoftHSM2 takes fcntl locks on its token files, so another process holding them
 (``softhsm2-util``, ``xks-proxy pkcs11`` on the same token) stalls the event loop once, for as
