@@ -107,16 +107,25 @@ PKCS11_NOTES = [
     "Encrypt 941 → 824, 924 → 767, 1024 → 1053, 749 → 848 µs (the software proxy: 500-670 "
     "µs). On this busy machine one server's rounds spread by up to 40 %, so only Decrypt's gain "
     "is consistent here; the idle-machine `make bench` decides.",
-    "- `calls_on_event_loop = true` (default false; for an in-process module such as SoftHSM2, "
-    "never a network HSM): no hop at all. In process it halves the backend's cost per call "
+    "- `calls_on_event_loop = true` (then an option, default false; for an in-process module "
+    'such as SoftHSM2, never a network HSM; since 2026-11-29 19:00 the default `"auto"` picks '
+    "it for SoftHSM2): no hop at all. In process it halves the backend's cost per call "
     "(Decrypt 353 → 199 µs, Encrypt 385 → 205 µs, 16 tasks, one interleaved run). Through the "
     "proxy on the busy machine it did not show (two interleaved runs): Encrypt 872 and 892 "
     "µs per request against 767 and 848 with threads, Decrypt 1149 and 847 against 912 and "
     "849, at under half the req/s, as for the single-threaded software proxy in the same runs "
     "(the scheduler gives a one-thread process less of a shared core than one with runnable "
     "threads; probably why its requests cost more here). Kept as an option, default off, "
-    "measured above "
-    "next to the default.",
+    "measured above next to the threads; the idle-machine `make bench` then showed the gain "
+    "(Decrypt 0.61 of the software backend on the loop, 0.38 on threads).",
+    '- The default `calls_on_event_loop = "auto"` (2026-11-29 19:00): the calls run on the '
+    "event loop when the module says it is SoftHSM2 (`C_GetInfo`: manufacturer `SoftHSM`, "
+    "version 2) and no fault delay is configured, on call threads for every other module; "
+    'under `"auto"` one call on the loop slower than `event_loop_call_limit_ms` (10 ms; a '
+    "4 KiB AES-GCM call on SoftHSM2 takes 0.13 ms median, 0.35 ms p99, in process) moves that "
+    "backend to call threads until restart, with a warning and "
+    "`xks_pkcs11_calls_on_event_loop` going to 0. The table above measures it as the "
+    "default.",
     "",
     "Where the thread path's extra CPU goes (second pass): py-spy put 18 % of the event-loop "
     "thread's samples in `sem_post`, the job queue waking a call thread, which preempts the "
@@ -154,8 +163,8 @@ PKCS11_NOTES = [
     "So the thread path stays above the same calls on the loop (in process by 100-150 µs per "
     "call; in the idle-machine `make bench` above by 360 µs per Decrypt), and cannot reach 0.6 "
     "of the software backend on one core: that allows 341 / 0.6 = 568 µs per Decrypt, and the "
-    "calls on the loop alone cost 550. `calls_on_event_loop` is the way there for an "
-    "in-process module.",
+    "calls on the loop alone cost 550. Calls on the event loop are the way there for an "
+    'in-process module, hence the default `"auto"` above.',
     "",
     "Measured and not kept:",
     "",
@@ -225,6 +234,18 @@ LATENCY_NOTES = [
     "3-5 young-generation collections per run, 1.6-3.3 ms in all, and at most one "
     "middle-generation one of 2-4.4 ms; no full collection (nor in the idle-machine run at "
     "any rate). The collector is not what lags the loop.",
+    "- The generator's timers. `epoll_wait` counts its timeout in whole milliseconds and "
+    "Python's selectors round it up, so each request left up to 1 ms after its due time, and "
+    "latency is measured from the due time. Kept: the generator's loop waits in `select(2)` "
+    "on the epoll descriptor, which keeps microseconds (xks_proxy/loadtest/precise_loop.py). "
+    "Two interleaved pairs against one TLS proxy, machine otherwise idle (load average "
+    "0.3-0.9): at 450 req/s send lag p50 0.66, 0.64 → 0.22, 0.22 ms and p90 1.17, 1.17 → "
+    "0.47, 0.50 ms, but p99 1.83, 1.92 → 1.73, 1.96 ms (the tail is the generator's own work "
+    "on answers, not epoll); the client's p50 2.17, 2.11 → 1.77, 1.82 ms, its p99 unchanged "
+    "(5.6-6.2 ms); generator CPU per request 597, 581 → 660, 656 µs (+11 %, under 30 % of "
+    "its core). At 1,800 req/s send lag p50 0.33, 0.36 → 0.21, 0.19 ms, the p99s within the "
+    "machine's noise. It pays in accuracy at the median; the tail is unchanged, so a "
+    "generator sending over 1 ms late at p99 is still flagged at low rates.",
     "",
     "Measured and not kept:",
     "",
@@ -232,7 +253,15 @@ LATENCY_NOTES = [
     "instead of `SSLObject.read(256 KiB)`, which allocates 256 KiB per call: one 5.6 KB "
     "record written and read 20,000 times, 18.95, 19.15, 14.16 µs per record copied against "
     "22.74, 21.93, 14.32 µs buffered (three rounds): glibc serves the large allocation from "
-    "its heap after the first. No change.",
+    "its heap after the first. No change. asyncio's 256 KiB read size against 64 KiB and "
+    "17 KiB, a fresh 6 KB record each time (20,000, three rounds): 10.8, 11.1, 9.2 against "
+    "10.6, 10.4, 10.3 and 10.9, 10.8, 11.8 µs per record: no difference either.",
+    "- uvloop over TLS (its Cython TLS layer; the `uvloop` branch, same tree on both loops), "
+    "CPU per request at 1,500 req/s, two interleaved pairs on a machine running other tests: "
+    "asyncio 593 and 629 µs against uvloop 565 and 594 µs (5 %), the clients' p99 set by "
+    "the machine's load either way. A py-spy profile at that rate puts asyncio's own "
+    "pure-Python TLS glue at about 3 % of the proxy's samples; the rest of the TLS cost is "
+    "OpenSSL's work and the system calls, which any loop pays. Not pursued.",
     "- A `select(2)` event loop for the generator (microsecond timeouts; `epoll_wait` takes "
     "milliseconds and asyncio rounds each wait up, so requests leave up to 1 ms late, p99 about "
     "1 ms even at 20 % CPU): 686 and 657 µs of generator CPU per request against 482 and 450 "

@@ -301,6 +301,16 @@ def full_collections(port: int) -> tuple[float, float]:
     return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
+_ON_LOOP = re.compile(r"^xks_pkcs11_calls_on_event_loop\{[^}]*\} ([0-9.e+-]+)$", re.M)
+
+
+def calls_on_event_loop(port: int) -> bool:
+    """Whether every PKCS#11 backend of the proxy still runs its calls on the event loop."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
+    values = [float(value) for value in _ON_LOOP.findall(text)]
+    return bool(values) and all(value == 1 for value in values)
+
+
 def _quantile(buckets: dict[float, float], q: float) -> float | None:
     """Prometheus's histogram_quantile on cumulative buckets (linear within a bucket)."""
     bounds = sorted(buckets)
