@@ -34,6 +34,7 @@ from tools.bench_servers import (
     BIN,
     GENERATOR_PROCESSES,
     OPERATIONS,
+    PROXY_CORE,
     RATES,
     ROOT,
     Server,
@@ -45,6 +46,7 @@ from tools.bench_servers import (
     machine,
     metrics_port_of,
     open_loop,
+    pinned,
     proxy_figures,
     replayed,
     requests_for,
@@ -56,6 +58,7 @@ from tools.bench_servers import (
     wrk,
 )
 from tools.micro_ab import rows as micro_rows
+from tools.sched_probe import core_times, steal_share
 from tools.stages import measure as measure_stages
 from tools.stages import with_framework
 from xks_proxy.loadtest.stats import SATURATED_CPU_SHARE
@@ -203,8 +206,10 @@ def measured_rate(port: int, target: XksTarget, cacert: Path, rate: int, seconds
                   kms: Path, metrics_port: int, processes: int = 1) -> dict[str, Any]:  # fmt: skip
     """One open-loop run, with the proxy's own histograms over the same run beside it."""
     before, collections = scrape(metrics_port), full_collections(metrics_port)
+    times = core_times(PROXY_CORE)
     result = open_loop(port, target, cacert, rate, seconds, kms, processes)
     result["proxy"] = proxy_figures(before, scrape(metrics_port))
+    result["proxy"]["steal_share"] = round(steal_share(times, core_times(PROXY_CORE)), 4)
     count, seconds_spent = (b - a for a, b in zip(collections, full_collections(metrics_port),
                                                    strict=True))  # fmt: skip
     result["proxy"]["gc_full"] = {"count": int(count), "ms": round(seconds_spent * 1000, 2)}
@@ -222,6 +227,10 @@ def latency_section(work: Path, options: argparse.Namespace, data: dict[str, Any
     cacert = work / "tls" / "tls" / "server.pem"
     memory: dict[str, Any] = {"start_kib": proxy.rss_kib()[0]}
     data["latency"] = {}
+    # The machine's own wake-up lateness on the proxy's core, the floor under the tails below.
+    data["machine_lag"] = json.loads(subprocess.run(
+        pinned(PROXY_CORE, [sys.executable, "-m", "tools.sched_probe", "10"]), cwd=ROOT,
+        check=True, capture_output=True, text=True).stdout)  # fmt: skip
     try:
         for rate in RATES:
             print(f"open loop at {rate}/s …", file=sys.stderr)

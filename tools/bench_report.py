@@ -216,8 +216,8 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         "## Open-loop latency (TLS 1.3, keep-alive, Encrypt 4 KiB, `xks-proxy loadtest`)",
         "",
         "| offered req/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | over 250 ms | errors "
-        "| proxy p99 ms (from first byte) | loop lag p99 ms | generator |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| proxy p99 ms (from first byte) | loop lag p99 ms | steal, proxy's core | generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate, result in data["latency"].items():
         latency = result["latency_ms"]
@@ -226,7 +226,8 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
             f"| {rate} | {result['achieved_rate']} | {latency['p50']} | {latency['p99']} | "
             f"{latency['p99.9']} | {latency['max']} | {result['over_250ms_share'] * 100:.3f} % "
             f"| {result['errors'] or 'none'} | {proxy.get('request_p99_ms', '-')} "
-            f"| {proxy.get('loop_lag_p99_ms', '-')}{_gc_note(proxy)} | {_generator_cell(result)} |"
+            f"| {proxy.get('loop_lag_p99_ms', '-')}{_gc_note(proxy)} | {_steal(proxy)} "
+            f"| {_generator_cell(result)} |"
         )
     memory = data["memory"]
     lines += [
@@ -249,8 +250,10 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
         "run, its p99 before the arrow). Generator processes run on the cores the proxy does "
         f"not use ({generator_cores()} here): on two cores they share one. Beside the loop "
         "lag: the proxy's full garbage collections during the run and their total pause "
-        "(`xks_gc_pause_seconds`).",
+        "(`xks_gc_pause_seconds`). Steal: the share of the proxy's core the hypervisor gave "
+        "other guests during the run (/proc/stat); this machine is a virtual one.",
         "",
+        *_machine_lag(data),
         *LATENCY_NOTES,
         "![latency percentiles against offered rate](latency.png)",
         "",
@@ -269,6 +272,29 @@ def _latency_section(data: dict[str, Any]) -> list[str]:
 GENERATOR_SATURATION = (
     f"≥ {SATURATED_CPU_SHARE:.0%} of a core or sent more than {LATE_SEND_MS:g} ms late at p99"
 )
+
+
+def _steal(proxy: dict[str, Any]) -> str:
+    share = proxy.get("steal_share")
+    return "-" if share is None else f"{share * 100:.1f} %"
+
+
+def _machine_lag(data: dict[str, Any]) -> list[str]:
+    """The machine's own wake-up lateness on the proxy's core (tools/sched_probe.py)."""
+    lag = data.get("machine_lag")
+    if lag is None:
+        return []
+    return [
+        "The proxy's core on its own, just before these runs (tools/sched_probe.py: a process "
+        "sleeping 1 ms at a time for 10 s, pinned there, nothing else of the benchmark "
+        f"running): woken late by p50 {lag['p50_ms']}, p99 {lag['p99_ms']}, p99.9 "
+        f"{lag['p99.9_ms']}, max {lag['max_ms']} ms, with {lag['steal_share'] * 100:.1f} % of "
+        "the core stolen. On a loop busy a fraction ρ of its time, a pause of T delays "
+        "every request that arrives in the T / (1 − ρ) after it began (at 80 % busy, a 4 ms "
+        "pause delays 20 ms worth of requests), so the machine's own pauses weigh on the "
+        "tail percentiles the more, the busier the proxy is.",
+        "",
+    ]
 
 
 def _gc_note(proxy: dict[str, Any]) -> str:

@@ -46,6 +46,9 @@ GENERATOR_PROCESSES = 2
 
 KEY_ID = "key-both"
 
+# The core every measured server runs on; load generators run on the others.
+PROXY_CORE = 0
+
 
 def pinned(core: int | str, command: list[str]) -> list[str]:
     """``core``: one core, or a taskset list such as ``1-3``."""
@@ -55,7 +58,7 @@ def pinned(core: int | str, command: list[str]) -> list[str]:
 
 
 def generator_cores() -> str:
-    """Every core but the server's (core 0): on two cores, all generator processes share
+    """Every core but the server's (``PROXY_CORE``, 0): on two cores, all generator processes share
     core 1, so more of them help only when one process's loop, not the core, is the limit."""
     count = os.cpu_count() or 1
     return "1" if count <= 2 else f"1-{count - 1}"
@@ -118,7 +121,7 @@ def start_proxy(config: Path, log: Path, scheme: str = "http", pin: bool = True,
     if source is not None:
         env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(
-        pinned(0, command) if pin else command,
+        pinned(PROXY_CORE, command) if pin else command,
         stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env, cwd=source,
     )  # fmt: skip
     wait_for_ping(port, scheme)
@@ -130,7 +133,7 @@ def start_ceiling(bodies: dict[str, str], directory: Path) -> Server:
     path = directory / "ceiling-bodies.json"
     path.write_text(json.dumps(bodies))
     process = subprocess.Popen(
-        pinned(0, [sys.executable, "-m", "tools.ceiling_server", str(port), str(path)]),
+        pinned(PROXY_CORE, [sys.executable, "-m", "tools.ceiling_server", str(port), str(path)]),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wait_for_ping_post(port)
@@ -362,7 +365,8 @@ def machine() -> dict[str, str]:
 def start_minimal(config: Path, log: Path) -> Server:
     port = free_port()
     process = subprocess.Popen(
-        pinned(0, [sys.executable, "-m", "tools.minimal_server", str(port), str(config), KEY_ID]),
+        pinned(PROXY_CORE, [sys.executable, "-m", "tools.minimal_server", str(port),
+                            str(config), KEY_ID]),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
     wait_for_ping_post(port)
