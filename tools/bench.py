@@ -261,6 +261,16 @@ def latency_section(work: Path, options: argparse.Namespace, data: dict[str, Any
         proxy.stop()
 
 
+def appended_sections(page: str, rendered: str) -> str:
+    """The sections of ``page`` that ``make bench``'s other tools appended (authorization,
+    key store scale): a re-rendered report keeps them, in their order."""
+    own = {line for line in rendered.splitlines() if line.startswith("## ")}
+    kept = [
+        section for section in page.split("\n## ")[1:] if f"## {section.splitlines()[0]}" not in own
+    ]
+    return "".join(f"\n## {section}" for section in kept)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true",
@@ -279,9 +289,9 @@ def main() -> None:
     options = parser.parse_args()
     if options.report_only:
         docs = Path(options.out or ROOT / "docs")
-        (docs / "benchmarks.md").write_text(
-            report(json.loads((docs / "benchmarks.json").read_text()))
-        )
+        rendered = report(json.loads((docs / "benchmarks.json").read_text()))
+        page = docs / "benchmarks.md"
+        page.write_text(rendered + appended_sections(page.read_text(), rendered))
         return
     options.seconds = options.seconds or (3 if options.quick else 10)
     options.pairs = options.pairs or (2 if options.quick else 3)

@@ -32,16 +32,21 @@ HISTORY = [
     "no handler task, no aiohttp Request or Response, the answer's bytes written to the "
     "transport at once, and a task only for an endpoint that waits; hot-path value types as "
     "NamedTuples instead of frozen dataclasses |",
-    "| issue 15, fourth pass | ISSUE15 | the software backend uses a key version already "
-    "unsealed without a coroutine of its own (since an HSM KEK's unwrap moved off the loop, "
-    "every request awaited the cache's `load`, and the backend stage had doubled: "
+    "| issue 15, fourth pass (2026-11-29 17:01, quick run) | 0.57 (the proxy before it 0.57 in the"
+    " same run: within the noise end to end) | the software backend uses a key version already "
+    "unsealed without a coroutine of its own (since an HSM KEK's unwrap moved off the loop, every "
+    "request awaited the cache's `load`, and the backend stage had doubled: "
     "`SoftwareBackend.encrypt` 9.2 → 15.4 µs, `decrypt` 6.6 → 8.6 µs in process); `seal` and "
     "`unseal` take the cipher, and a ciphertext's metadata is decoded once. In process, "
-    "interleaved (load average 5-9): encrypt 32.1 / 28.6 / 38.1 → 22.7 / 17.7 / 24.2 µs, "
-    "decrypt 23.0 / 31.0 / 30.3 → 16.6 / 24.8 / 22.4 µs |",
+    "interleaved (load average 5-9): encrypt 32.1 / 28.6 / 38.1 → 22.7 / 17.7 / 24.2 µs, decrypt "
+    "23.0 / 31.0 / 30.3 → 16.6 / 24.8 / 22.4 µs |",
+    "| the run above | ISSUE15 | no change to the software backend's request path since the fourth"
+    " pass (the fifth pass made PKCS#11's default `\"auto\"` and the generator's waits precise); "
+    "full runs on this machine the same day gave 0.49 (13:29), 0.49 (18:12) and 0.45 (18:39), the "
+    "minimal handler 0.57, 0.50 and 0.48 in the same runs: the spread between runs to read the "
+    "rows above against |",
     "",
-    "The fourth pass's row is the run above (with `--baseline`, the proxy before it too, "
-    "interleaved in that run); the other rows are from earlier runs. Measured and not kept:",
+    "The last row is the run above; the other rows are from earlier runs. Measured and not kept:",
     "",
     "- uvloop, measured again: its TLS failure had a cause, not a race. uvloop starts reading "
     "a connection right after `connection_made` even when the protocol paused it there, so the "
@@ -108,7 +113,7 @@ PKCS11_NOTES = [
     "µs). On this busy machine one server's rounds spread by up to 40 %, so only Decrypt's gain "
     "is consistent here; the idle-machine `make bench` decides.",
     "- `calls_on_event_loop = true` (then an option, default false; for an in-process module "
-    'such as SoftHSM2, never a network HSM; since 2026-11-29 19:00 the default `"auto"` picks '
+    'such as SoftHSM2, never a network HSM; since 2026-11-29 18:10 the default `"auto"` picks '
     "it for SoftHSM2): no hop at all. In process it halves the backend's cost per call "
     "(Decrypt 353 → 199 µs, Encrypt 385 → 205 µs, 16 tasks, one interleaved run). Through the "
     "proxy on the busy machine it did not show (two interleaved runs): Encrypt 872 and 892 "
@@ -118,7 +123,7 @@ PKCS11_NOTES = [
     "threads; probably why its requests cost more here). Kept as an option, default off, "
     "measured above next to the threads; the idle-machine `make bench` then showed the gain "
     "(Decrypt 0.61 of the software backend on the loop, 0.38 on threads).",
-    '- The default `calls_on_event_loop = "auto"` (2026-11-29 19:00): the calls run on the '
+    '- The default `calls_on_event_loop = "auto"` (2026-11-29 18:10): the calls run on the '
     "event loop when the module says it is SoftHSM2 (`C_GetInfo`: manufacturer `SoftHSM`, "
     "version 2) and no fault delay is configured, on call threads for every other module; "
     'under `"auto"` one call on the loop slower than `event_loop_call_limit_ms` (10 ms; a '
@@ -161,7 +166,7 @@ PKCS11_NOTES = [
     "HSM needs one thread per session in flight.",
     "",
     "So the thread path stays above the same calls on the loop (in process by 100-150 µs per "
-    "call; in the idle-machine `make bench` above by 360 µs per Decrypt), and cannot reach 0.6 "
+    "call; in the idle-machine `make bench` runs by 200-360 µs per Decrypt), and cannot reach 0.6 "
     "of the software backend on one core: that allows 341 / 0.6 = 568 µs per Decrypt, and the "
     "calls on the loop alone cost 550. Calls on the event loop are the way there for an "
     'in-process module, hence the default `"auto"` above.',
