@@ -70,29 +70,31 @@ async def test_auto_runs_softhsm2_calls_on_the_event_loop(
     assert not _placement_lines(caplog, logging.WARNING)
 
 
-async def test_false_runs_every_call_on_call_threads(
-    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        # The setting for a module that may block (a network HSM), on SoftHSM2 too.
+        ({"calls_on_event_loop": False}, "calls_on_event_loop = false"),
+        # "auto" with a simulated slow HSM.
+        ({"fault_delay_ms": 1}, "auto: SoftHSM2 with fault_delay_ms"),
+    ],
+    ids=["false", "auto-with-fault-delay"],
+)
+async def test_calls_stay_on_call_threads(
+    tmp_path: Path,
+    softhsm: SoftHsm,
+    aiohttp_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    setting: dict[str, Any],
+    reason: str,
 ) -> None:
-    """The setting for a module that may block (a network HSM), on SoftHSM2 too."""
     before = _call_threads()
-    deployment = make_pkcs11_deployment(tmp_path, softhsm, calls_on_event_loop=False)
+    deployment = make_pkcs11_deployment(tmp_path, softhsm, **setting)
     runtime, xks = await _client(deployment, aiohttp_client)
     await _round_trips(xks)
     assert _call_threads() - before, "no call thread was started"
     assert _on_loop_gauge(runtime) == 0
-    assert _placement_lines(caplog) == [f"{ON_THREADS} (calls_on_event_loop = false)"]
-
-
-async def test_auto_keeps_a_simulated_slow_hsm_on_call_threads(
-    tmp_path: Path, softhsm: SoftHsm, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    before = _call_threads()
-    deployment = make_pkcs11_deployment(tmp_path, softhsm, fault_delay_ms=1)
-    runtime, xks = await _client(deployment, aiohttp_client)
-    await _round_trips(xks)
-    assert _call_threads() - before, "no call thread was started"
-    assert _on_loop_gauge(runtime) == 0
-    assert _placement_lines(caplog) == [f"{ON_THREADS} (auto: SoftHSM2 with fault_delay_ms)"]
+    assert _placement_lines(caplog) == [f"{ON_THREADS} ({reason})"]
 
 
 async def test_auto_moves_to_call_threads_after_one_slow_call(
